@@ -1,0 +1,149 @@
+//! `state.in-memory`: a process-local store with etags, TTL, transactions and queries.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::sync::RwLock;
+use std::time::SystemTime;
+
+use async_trait::async_trait;
+
+use super::{
+    DeleteRequest, Feature, Query, QueryItem, QueryResponse, SetRequest, StateError, StateItem,
+    StateStore, TransactionOp, check_etag, expiry,
+};
+use crate::components::{ComponentError, Metadata};
+
+#[derive(Default)]
+pub struct MemoryStore {
+    inner: RwLock<Inner>,
+}
+
+#[derive(Default)]
+struct Inner {
+    items: HashMap<String, StateItem>,
+    next_version: u64,
+}
+
+pub async fn build(_md: Metadata) -> Result<Arc<dyn StateStore>, ComponentError> {
+    Ok(Arc::new(MemoryStore::default()))
+}
+
+impl Inner {
+    fn live(&self, key: &str, now: SystemTime) -> Option<&StateItem> {
+        self.items
+            .get(key)
+            .filter(|i| i.expires_at.is_none_or(|t| t > now))
+    }
+
+    fn check(&self, op: &TransactionOp, now: SystemTime) -> Result<(), StateError> {
+        let (key, etag, concurrency) = match op {
+            TransactionOp::Set(r) => (&r.key, &r.etag, r.concurrency),
+            TransactionOp::Delete(r) => (&r.key, &r.etag, r.concurrency),
+        };
+        let current = self.live(key, now).and_then(|i| i.etag.as_deref());
+        check_etag(current, etag.as_deref(), concurrency, key)
+    }
+
+    fn apply(&mut self, op: &TransactionOp) {
+        match op {
+            TransactionOp::Set(r) => {
+                self.next_version += 1;
+                let item = StateItem {
+                    data: r.value.clone(),
+                    etag: Some(self.next_version.to_string()),
+                    expires_at: expiry(r.ttl),
+                };
+                self.items.insert(r.key.clone(), item);
+            }
+            TransactionOp::Delete(r) => {
+                self.items.remove(&r.key);
+            }
+        }
+    }
+
+    fn run(&mut self, ops: &[TransactionOp]) -> Result<(), StateError> {
+        let now = SystemTime::now();
+        // Validate against the state as each earlier op in the transaction leaves it.
+        let mut shadow: HashMap<&str, Option<String>> = HashMap::new();
+        for op in ops {
+            let key = match op {
+                TransactionOp::Set(r) => r.key.as_str(),
+                TransactionOp::Delete(r) => r.key.as_str(),
+            };
+            match shadow.get(key) {
+                None => self.check(op, now)?,
+                Some(cur) => {
+                    let (etag, concurrency) = match op {
+                        TransactionOp::Set(r) => (&r.etag, r.concurrency),
+                        TransactionOp::Delete(r) => (&r.etag, r.concurrency),
+                    };
+                    check_etag(cur.as_deref(), etag.as_deref(), concurrency, key)?
+                }
+            }
+            // An item written earlier in this transaction has no etag the caller could know.
+            let after = match op {
+                TransactionOp::Set(_) => Some("pending".to_owned()),
+                TransactionOp::Delete(_) => None,
+            };
+            shadow.insert(key, after);
+        }
+        for op in ops {
+            self.apply(op);
+        }
+        Ok(())
+    }
+}
+
+#[async_trait]
+impl StateStore for MemoryStore {
+    fn features(&self) -> &'static [Feature] {
+        &[
+            Feature::Etag,
+            Feature::Transactional,
+            Feature::QueryApi,
+            Feature::Ttl,
+        ]
+    }
+
+    async fn get(&self, key: &str) -> Result<Option<StateItem>, StateError> {
+        Ok(self
+            .inner
+            .read()
+            .expect("state lock")
+            .live(key, SystemTime::now())
+            .cloned())
+    }
+
+    async fn set(&self, req: &SetRequest) -> Result<(), StateError> {
+        self.inner
+            .write()
+            .expect("state lock")
+            .run(&[TransactionOp::Set(req.clone())])
+    }
+
+    async fn delete(&self, req: &DeleteRequest) -> Result<(), StateError> {
+        self.inner
+            .write()
+            .expect("state lock")
+            .run(&[TransactionOp::Delete(req.clone())])
+    }
+
+    async fn transact(&self, ops: &[TransactionOp]) -> Result<(), StateError> {
+        self.inner.write().expect("state lock").run(ops)
+    }
+
+    async fn query(&self, prefix: &str, query: &Query) -> Result<QueryResponse, StateError> {
+        let now = SystemTime::now();
+        let inner = self.inner.read().expect("state lock");
+        let rows = inner.items.iter().filter_map(|(k, i)| {
+            let key = k.strip_prefix(prefix)?;
+            inner.live(k, now)?;
+            Some(QueryItem {
+                key: key.to_owned(),
+                data: i.data.clone(),
+                etag: i.etag.clone(),
+            })
+        });
+        query.run(rows).map_err(StateError::Backend)
+    }
+}

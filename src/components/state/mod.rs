@@ -1,0 +1,203 @@
+//! The state store kind: one trait every backend implements, and the request types it takes.
+
+pub mod memory;
+pub mod query;
+pub mod redis;
+pub mod sqlite;
+
+use std::time::SystemTime;
+
+use async_trait::async_trait;
+use bytes::Bytes;
+use futures::StreamExt;
+
+pub use query::{Query, QueryItem, QueryResponse};
+
+/// Optional capabilities a backend declares; the metadata API reports them by these names.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Feature {
+    Etag,
+    Transactional,
+    QueryApi,
+    Ttl,
+    Actor,
+}
+
+impl Feature {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Feature::Etag => "ETAG",
+            Feature::Transactional => "TRANSACTIONAL",
+            Feature::QueryApi => "QUERY_API",
+            Feature::Ttl => "TTL",
+            Feature::Actor => "ACTOR",
+        }
+    }
+}
+
+/// First-write refuses to overwrite without the current etag; last-write (default) does not.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Concurrency {
+    #[default]
+    Unspecified,
+    FirstWrite,
+    LastWrite,
+}
+
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct StateItem {
+    pub data: Bytes,
+    pub etag: Option<String>,
+    /// When the item expires, for items saved with a TTL.
+    pub expires_at: Option<SystemTime>,
+}
+
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct SetRequest {
+    /// The full key, prefix included.
+    pub key: String,
+    pub value: Bytes,
+    pub etag: Option<String>,
+    pub concurrency: Concurrency,
+    /// Seconds to live; `Some(-1)` means never expire.
+    pub ttl: Option<i64>,
+}
+
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct DeleteRequest {
+    pub key: String,
+    pub etag: Option<String>,
+    pub concurrency: Concurrency,
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub enum TransactionOp {
+    Set(SetRequest),
+    Delete(DeleteRequest),
+}
+
+#[derive(Debug, thiserror::Error, PartialEq)]
+pub enum StateError {
+    #[error("possible etag mismatch. error from state store: {0}")]
+    EtagMismatch(String),
+    #[error("invalid etag value: {0}")]
+    EtagInvalid(String),
+    #[error("{0} is not supported by this state store")]
+    NotSupported(&'static str),
+    #[error("{0}")]
+    Backend(String),
+}
+
+impl StateError {
+    pub fn backend(e: impl std::fmt::Display) -> Self {
+        StateError::Backend(e.to_string())
+    }
+}
+
+/// A state store backend. Keys arrive fully prefixed; the runtime owns Dapr's key scheme.
+#[async_trait]
+pub trait StateStore: Send + Sync {
+    fn features(&self) -> &'static [Feature];
+
+    /// The item under `key`, or `None` when it does not exist (or has expired).
+    async fn get(&self, key: &str) -> Result<Option<StateItem>, StateError>;
+
+    async fn set(&self, req: &SetRequest) -> Result<(), StateError>;
+
+    async fn delete(&self, req: &DeleteRequest) -> Result<(), StateError>;
+
+    /// Many keys, in order, at most `parallelism` lookups at a time.
+    async fn bulk_get(
+        &self,
+        keys: &[String],
+        parallelism: usize,
+    ) -> Vec<Result<Option<StateItem>, StateError>> {
+        let mut lookups = Vec::with_capacity(keys.len());
+        for k in keys {
+            lookups.push(self.get(k));
+        }
+        futures::stream::iter(lookups)
+            .buffered(parallelism.max(1))
+            .collect()
+            .await
+    }
+
+    /// Applies every operation or none of them.
+    async fn transact(&self, _ops: &[TransactionOp]) -> Result<(), StateError> {
+        Err(StateError::NotSupported("transactions"))
+    }
+
+    /// Runs a Dapr state query over the keys that start with `prefix`.
+    async fn query(&self, _prefix: &str, _query: &Query) -> Result<QueryResponse, StateError> {
+        Err(StateError::NotSupported("query"))
+    }
+
+    async fn close(&self) {}
+}
+
+/// Dapr's etag rules, shared by every backend: a given etag must equal the current one; first-write without
+/// an etag only creates. tandem's etags are version numbers, so anything else is an invalid etag.
+pub fn check_etag(
+    current: Option<&str>,
+    given: Option<&str>,
+    concurrency: Concurrency,
+    key: &str,
+) -> Result<(), StateError> {
+    match given.filter(|e| !e.is_empty()) {
+        Some(given) if given.parse::<u64>().is_err() => Err(StateError::EtagInvalid(format!(
+            "{given:?} is not an etag this store issued"
+        ))),
+        Some(given) => match current {
+            None => Err(StateError::EtagMismatch(format!(
+                "state does not exist or expired for key {key}"
+            ))),
+            Some(cur) if cur != given => Err(StateError::EtagMismatch(format!(
+                "etag does not match for key {key}"
+            ))),
+            Some(_) => Ok(()),
+        },
+        None if concurrency == Concurrency::FirstWrite && current.is_some() => {
+            Err(StateError::EtagMismatch(format!(
+                "item {key} already exists and no etag was given with first-write concurrency"
+            )))
+        }
+        None => Ok(()),
+    }
+}
+
+/// Expiry instant for a TTL in seconds (`None` or a non-positive TTL: no expiry).
+pub fn expiry(ttl: Option<i64>) -> Option<SystemTime> {
+    match ttl {
+        Some(s) if s > 0 => Some(SystemTime::now() + std::time::Duration::from_secs(s as u64)),
+        _ => None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn etag_rules() {
+        assert!(check_etag(None, None, Concurrency::Unspecified, "k").is_ok());
+        assert!(check_etag(Some("1"), None, Concurrency::LastWrite, "k").is_ok());
+        assert!(check_etag(Some("1"), Some("1"), Concurrency::FirstWrite, "k").is_ok());
+        assert!(matches!(
+            check_etag(Some("1"), Some("2"), Concurrency::Unspecified, "k"),
+            Err(StateError::EtagMismatch(_))
+        ));
+        assert!(matches!(
+            check_etag(None, Some("2"), Concurrency::LastWrite, "k"),
+            Err(StateError::EtagMismatch(_))
+        ));
+        assert!(matches!(
+            check_etag(Some("1"), None, Concurrency::FirstWrite, "k"),
+            Err(StateError::EtagMismatch(_))
+        ));
+        assert!(check_etag(None, None, Concurrency::FirstWrite, "k").is_ok());
+        assert!(matches!(
+            check_etag(Some("1"), Some("x"), Concurrency::Unspecified, "k"),
+            Err(StateError::EtagInvalid(_))
+        ));
+    }
+}

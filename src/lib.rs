@@ -1,0 +1,8 @@
+//! tandem: a lean, Kubernetes-native distributed application runtime, drop-in compatible with Dapr.
+
+pub mod api;
+pub mod cli;
+pub mod components;
+pub mod run;
+pub mod sidecar;
+pub mod telemetry;

@@ -1,0 +1,26 @@
+use std::process::ExitCode;
+
+use clap::Parser;
+use tandem::cli::{Cli, Command};
+
+#[tokio::main]
+async fn main() -> ExitCode {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let cli = Cli::parse();
+    let (level, json) = cli.command.logging();
+    tandem::telemetry::init(level, json);
+    let result = match cli.command {
+        Command::Sidecar(args) => tandem::sidecar::run(*args)
+            .await
+            .map(|()| ExitCode::SUCCESS),
+        Command::Run(args) => tandem::run::run(*args).await,
+    };
+    match result {
+        Ok(code) => code,
+        Err(e) => {
+            tracing::error!("{e:#}");
+            eprintln!("tandem: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}

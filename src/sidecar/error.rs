@@ -1,0 +1,282 @@
+//! The one error type of the Dapr API: an error code, a message, and the HTTP and gRPC status Dapr gives it.
+//! It meets the wire in exactly two places: `IntoResponse` (http/mod.rs) and `From<ApiError> for Status` (grpc/mod.rs).
+
+use tonic::Code;
+
+use crate::components::secretstores::SecretError;
+use crate::components::state::StateError;
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct ApiError {
+    /// HTTP status code.
+    pub status: u16,
+    pub grpc: Code,
+    /// Dapr's error code, e.g. `ERR_STATE_STORE_NOT_FOUND`.
+    pub code: &'static str,
+    pub message: String,
+}
+
+impl std::fmt::Display for ApiError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}: {}", self.code, self.message)
+    }
+}
+
+impl std::error::Error for ApiError {}
+
+pub type ApiResult<T> = Result<T, ApiError>;
+
+impl ApiError {
+    pub fn new(status: u16, grpc: Code, code: &'static str, message: impl Into<String>) -> Self {
+        ApiError {
+            status,
+            grpc,
+            code,
+            message: message.into(),
+        }
+    }
+
+    // Generic.
+    pub fn malformed_request(detail: impl std::fmt::Display) -> Self {
+        Self::new(
+            400,
+            Code::InvalidArgument,
+            "ERR_MALFORMED_REQUEST",
+            format!("failed deserializing HTTP body: {detail}"),
+        )
+    }
+    pub fn bad_request(detail: impl std::fmt::Display) -> Self {
+        Self::new(
+            400,
+            Code::InvalidArgument,
+            "ERR_BAD_REQUEST",
+            format!("invalid request: {detail}"),
+        )
+    }
+    pub fn body_read(detail: impl std::fmt::Display) -> Self {
+        Self::new(
+            400,
+            Code::InvalidArgument,
+            "ERR_BODY_READ",
+            format!("failed to read request body: {detail}"),
+        )
+    }
+    /// Dapr answers unmatched routes from its service-invocation fallback.
+    pub fn no_app_id() -> Self {
+        Self::new(
+            404,
+            Code::NotFound,
+            "ERR_DIRECT_INVOKE",
+            "failed getting app id either from the URL path or the header dapr-app-id",
+        )
+    }
+    pub fn unimplemented(what: &str) -> Self {
+        Self::new(
+            501,
+            Code::Unimplemented,
+            "ERR_API_UNIMPLEMENTED",
+            format!("{what} is not implemented by tandem yet"),
+        )
+    }
+
+    // Health.
+    pub fn not_ready(why: impl std::fmt::Display) -> Self {
+        Self::new(
+            500,
+            Code::Internal,
+            "ERR_HEALTH_NOT_READY",
+            format!("dapr is not ready: {why}"),
+        )
+    }
+    pub fn outbound_not_ready() -> Self {
+        Self::new(
+            500,
+            Code::Internal,
+            "ERR_OUTBOUND_HEALTH_NOT_READY",
+            "dapr outbound is not ready",
+        )
+    }
+    pub fn app_id_mismatch() -> Self {
+        Self::new(
+            500,
+            Code::Internal,
+            "ERR_HEALTH_APPID_NOT_MATCH",
+            "dapr app-id does not match",
+        )
+    }
+
+    // State.
+    pub fn state_stores_not_configured(name: &str) -> Self {
+        Self::new(
+            500,
+            Code::FailedPrecondition,
+            "ERR_STATE_STORE_NOT_CONFIGURED",
+            format!("state store {name} is not configured"),
+        )
+    }
+    pub fn state_store_not_found(name: &str) -> Self {
+        Self::new(
+            400,
+            Code::InvalidArgument,
+            "ERR_STATE_STORE_NOT_FOUND",
+            format!("state store {name} is not found"),
+        )
+    }
+    pub fn illegal_key(key: &str) -> Self {
+        Self::new(
+            400,
+            Code::InvalidArgument,
+            "ERR_MALFORMED_REQUEST",
+            format!("input key/keyPrefix '{key}' can't contain '||'"),
+        )
+    }
+    pub fn state_get(key: &str, store: &str, e: &StateError) -> Self {
+        Self::from_state(
+            e,
+            "ERR_STATE_GET",
+            format!("fail to get {key} from state store {store}: {e}"),
+        )
+    }
+    pub fn state_save(store: &str, e: &StateError) -> Self {
+        Self::from_state(
+            e,
+            "ERR_STATE_SAVE",
+            format!("failed saving state in state store {store}: {e}"),
+        )
+    }
+    pub fn state_delete(key: &str, e: &StateError) -> Self {
+        Self::from_state(
+            e,
+            "ERR_STATE_DELETE",
+            format!("failed deleting state with key {key}: {e}"),
+        )
+    }
+    pub fn state_bulk_delete(store: &str, e: &StateError) -> Self {
+        Self::from_state(
+            e,
+            "ERR_STATE_BULK_DELETE",
+            format!("failed deleting state in state store {store}: {e}"),
+        )
+    }
+    pub fn state_bulk_get(e: &StateError) -> Self {
+        Self::new(500, Code::Internal, "ERR_STATE_BULK_GET", e.to_string())
+    }
+    pub fn empty_key_http() -> Self {
+        Self::new(
+            400,
+            Code::InvalidArgument,
+            "ERR_MALFORMED_REQUEST",
+            "\"key\" is a required field",
+        )
+    }
+    pub fn empty_key_grpc() -> Self {
+        Self::new(
+            400,
+            Code::InvalidArgument,
+            "ERR_STATE_SAVE",
+            "state key cannot be empty",
+        )
+    }
+    /// Dapr reports every failed transaction, etag conflicts included, as a 500.
+    pub fn state_transaction(e: &StateError) -> Self {
+        Self::new(
+            500,
+            Code::Internal,
+            "ERR_STATE_TRANSACTION",
+            format!("error while executing state transaction: {e}"),
+        )
+    }
+    pub fn state_query(store: &str, e: impl std::fmt::Display) -> Self {
+        Self::new(
+            500,
+            Code::Internal,
+            "ERR_STATE_QUERY",
+            format!("state store {store} query failed: {e}"),
+        )
+    }
+    pub fn unsupported_operation(op: &str) -> Self {
+        Self::new(
+            400,
+            Code::Unimplemented,
+            "ERR_NOT_SUPPORTED_STATE_OPERATION",
+            format!("operation type {op} not supported"),
+        )
+    }
+    pub fn transactions_not_supported(store: &str) -> Self {
+        Self::new(
+            500,
+            Code::Unimplemented,
+            "ERR_STATE_STORE_NOT_SUPPORTED",
+            format!("state store {store} doesn't support transactions"),
+        )
+    }
+    pub fn query_not_supported() -> Self {
+        Self::new(
+            500,
+            Code::Internal,
+            "ERR_STATE_STORE_NOT_SUPPORTED",
+            "state store does not support querying",
+        )
+    }
+
+    /// Etag failures keep their own status (409 / 400) whatever the operation.
+    fn from_state(e: &StateError, code: &'static str, message: String) -> Self {
+        match e {
+            StateError::EtagMismatch(_) => Self::new(409, Code::Aborted, code, message),
+            StateError::EtagInvalid(_) => Self::new(400, Code::InvalidArgument, code, message),
+            _ => Self::new(500, Code::Internal, code, message),
+        }
+    }
+
+    // Secrets.
+    pub fn secret_stores_not_configured() -> Self {
+        Self::new(
+            500,
+            Code::FailedPrecondition,
+            "ERR_SECRET_STORES_NOT_CONFIGURED",
+            "secret store is not configured",
+        )
+    }
+    pub fn secret_store_not_found(name: &str) -> Self {
+        Self::new(
+            401,
+            Code::InvalidArgument,
+            "ERR_SECRET_STORE_NOT_FOUND",
+            format!("failed finding secret store with key {name}"),
+        )
+    }
+    pub fn secret_denied(key: &str, store: &str) -> Self {
+        Self::new(
+            403,
+            Code::PermissionDenied,
+            "ERR_PERMISSION_DENIED",
+            format!("access denied by policy to get {key:?} from {store:?}"),
+        )
+    }
+    pub fn secret_get(key: &str, store: &str, e: &SecretError) -> Self {
+        Self::new(
+            500,
+            Code::Internal,
+            "ERR_SECRET_GET",
+            format!("failed getting secret with key {key} from secret store {store}: {e}"),
+        )
+    }
+    pub fn bulk_secret_get(store: &str, e: &SecretError) -> Self {
+        Self::new(
+            500,
+            Code::Internal,
+            "ERR_SECRET_GET",
+            format!("failed getting secrets from secret store {store}: {e}"),
+        )
+    }
+
+    // Metadata.
+    pub fn metadata_set(e: impl std::fmt::Display) -> Self {
+        Self::new(
+            400,
+            Code::InvalidArgument,
+            "ERR_METADATA_SET",
+            format!("failed setting metadata: {e}"),
+        )
+    }
+}

@@ -1,0 +1,203 @@
+//! The gRPC methods tandem implements: decode, call the runtime, encode.
+
+use std::collections::HashMap;
+
+use dapr::dapr::proto::runtime::v1 as rt;
+use tonic::{Request, Response, Status};
+
+use super::DaprApi;
+use super::convert;
+use crate::sidecar::runtime::{TxOp, item_metadata};
+
+type Reply<T> = Result<Response<T>, Status>;
+
+pub async fn get_state(
+    api: &DaprApi,
+    req: Request<rt::GetStateRequest>,
+) -> Reply<rt::GetStateResponse> {
+    let r = req.into_inner();
+    let item = api.rt.get_state(&r.store_name, &r.key).await?;
+    Ok(Response::new(match item {
+        None => rt::GetStateResponse::default(),
+        Some(item) => rt::GetStateResponse {
+            metadata: item_metadata(&item).into_iter().collect(),
+            etag: item.etag.unwrap_or_default(),
+            data: item.data.to_vec(),
+        },
+    }))
+}
+
+pub async fn get_bulk_state(
+    api: &DaprApi,
+    req: Request<rt::GetBulkStateRequest>,
+) -> Reply<rt::GetBulkStateResponse> {
+    let r = req.into_inner();
+    if r.keys.is_empty() {
+        api.rt.state_store(&r.store_name)?;
+        return Ok(Response::new(rt::GetBulkStateResponse::default()));
+    }
+    let parallelism = usize::try_from(r.parallelism).unwrap_or(0).clamp(1, 100);
+    let items = api
+        .rt
+        .get_bulk_state(&r.store_name, &r.keys, parallelism)
+        .await?;
+    let items = items
+        .into_iter()
+        .map(|b| match b.item {
+            Some(item) => rt::BulkStateItem {
+                key: b.key,
+                metadata: item_metadata(&item).into_iter().collect(),
+                etag: item.etag.unwrap_or_default(),
+                data: item.data.to_vec(),
+                error: b.error.unwrap_or_default(),
+            },
+            None => rt::BulkStateItem {
+                key: b.key,
+                error: b.error.unwrap_or_default(),
+                ..Default::default()
+            },
+        })
+        .collect();
+    Ok(Response::new(rt::GetBulkStateResponse { items }))
+}
+
+pub async fn save_state(api: &DaprApi, req: Request<rt::SaveStateRequest>) -> Reply<()> {
+    let r = req.into_inner();
+    api.rt.state_store(&r.store_name)?;
+    if r.states.is_empty() {
+        return Ok(Response::new(()));
+    }
+    let items = r
+        .states
+        .into_iter()
+        .map(convert::save_item)
+        .collect::<Result<Vec<_>, _>>()?;
+    api.rt.save_state(&r.store_name, &items).await?;
+    Ok(Response::new(()))
+}
+
+pub async fn delete_state(api: &DaprApi, req: Request<rt::DeleteStateRequest>) -> Reply<()> {
+    let r = req.into_inner();
+    let item = crate::sidecar::runtime::DeleteItem {
+        concurrency: convert::concurrency(r.options.as_ref()),
+        key: r.key,
+        etag: r.etag.map(|e| e.value),
+        metadata: convert::metadata(r.metadata),
+    };
+    api.rt.delete_state(&r.store_name, &item).await?;
+    Ok(Response::new(()))
+}
+
+pub async fn delete_bulk_state(
+    api: &DaprApi,
+    req: Request<rt::DeleteBulkStateRequest>,
+) -> Reply<()> {
+    let r = req.into_inner();
+    let items: Vec<_> = r.states.into_iter().map(convert::delete_item).collect();
+    api.rt.delete_bulk_state(&r.store_name, &items).await?;
+    Ok(Response::new(()))
+}
+
+pub async fn execute_state_transaction(
+    api: &DaprApi,
+    req: Request<rt::ExecuteStateTransactionRequest>,
+) -> Reply<()> {
+    let r = req.into_inner();
+    api.rt.state_store(&r.store_name)?;
+    let mut ops = Vec::with_capacity(r.operations.len());
+    for op in r.operations {
+        let mut item = op.request.unwrap_or_default();
+        for (k, v) in &r.metadata {
+            item.metadata.entry(k.clone()).or_insert_with(|| v.clone());
+        }
+        ops.push(match op.operation_type.as_str() {
+            "upsert" => TxOp::Upsert(convert::save_item(item)?),
+            "delete" => TxOp::Delete(convert::delete_item(item)),
+            other => {
+                return Err(crate::sidecar::error::ApiError::unsupported_operation(other).into());
+            }
+        });
+    }
+    api.rt.transact(&r.store_name, &ops).await?;
+    Ok(Response::new(()))
+}
+
+pub async fn query_state_alpha1(
+    api: &DaprApi,
+    req: Request<rt::QueryStateRequest>,
+) -> Reply<rt::QueryStateResponse> {
+    let r = req.into_inner();
+    let resp = api
+        .rt
+        .query_state(&r.store_name, r.query.as_bytes())
+        .await?;
+    Ok(Response::new(rt::QueryStateResponse {
+        results: resp
+            .results
+            .into_iter()
+            .map(|i| rt::QueryStateItem {
+                key: i.key,
+                data: i.data.to_vec(),
+                etag: i.etag.unwrap_or_default(),
+                error: String::new(),
+            })
+            .collect(),
+        token: resp.token.unwrap_or_default(),
+        metadata: HashMap::new(),
+    }))
+}
+
+pub async fn get_secret(
+    api: &DaprApi,
+    req: Request<rt::GetSecretRequest>,
+) -> Reply<rt::GetSecretResponse> {
+    let r = req.into_inner();
+    let secret = api
+        .rt
+        .get_secret(&r.store_name, &r.key, &convert::metadata(r.metadata))
+        .await?;
+    Ok(Response::new(rt::GetSecretResponse {
+        data: secret.into_iter().collect(),
+    }))
+}
+
+pub async fn get_bulk_secret(
+    api: &DaprApi,
+    req: Request<rt::GetBulkSecretRequest>,
+) -> Reply<rt::GetBulkSecretResponse> {
+    let r = req.into_inner();
+    let all = api
+        .rt
+        .get_bulk_secret(&r.store_name, &convert::metadata(r.metadata))
+        .await?;
+    let data = all
+        .into_iter()
+        .map(|(name, secret)| {
+            (
+                name,
+                rt::SecretResponse {
+                    secrets: secret.into_iter().collect(),
+                },
+            )
+        })
+        .collect();
+    Ok(Response::new(rt::GetBulkSecretResponse { data }))
+}
+
+pub async fn get_metadata(
+    api: &DaprApi,
+    _req: Request<rt::GetMetadataRequest>,
+) -> Reply<rt::GetMetadataResponse> {
+    Ok(Response::new(convert::metadata_response(api.rt.metadata())))
+}
+
+pub async fn set_metadata(api: &DaprApi, req: Request<rt::SetMetadataRequest>) -> Reply<()> {
+    let r = req.into_inner();
+    api.rt.set_metadata(&r.key, &r.value);
+    Ok(Response::new(()))
+}
+
+pub async fn shutdown(api: &DaprApi, _req: Request<rt::ShutdownRequest>) -> Reply<()> {
+    api.rt.shutdown.cancel();
+    Ok(Response::new(()))
+}

@@ -1,0 +1,222 @@
+//! HTTP API (axum): routes, the API-token and metrics middleware, and the single place `ApiError` becomes a response.
+
+mod metadata;
+mod secrets;
+mod state;
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use axum::Router;
+use axum::body::{Body, Bytes};
+use axum::extract::{Request, State};
+use axum::http::{HeaderValue, Method, StatusCode, header};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+
+use super::error::ApiError;
+use super::metrics::Metrics;
+use super::runtime::Runtime;
+
+/// Shared state of every handler.
+#[derive(Clone)]
+pub struct ApiState {
+    pub rt: Arc<Runtime>,
+    pub max_body: usize,
+    pub api_token: Option<Arc<str>>,
+    pub metrics: Arc<Metrics>,
+    pub api_logging: bool,
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let status = StatusCode::from_u16(self.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+        let body = serde_json::json!({ "errorCode": self.code, "message": self.message });
+        let mut resp = (status, body.to_string()).into_response();
+        resp.headers_mut().insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/json"),
+        );
+        resp
+    }
+}
+
+/// The Dapr API router served on `--dapr-http-port`.
+pub fn router(state: ApiState) -> Router {
+    Router::new()
+        .merge(health_routes())
+        .route("/v1.0/metadata", get(metadata::get_metadata))
+        .route(
+            "/v1.0/metadata/{key}",
+            axum::routing::put(metadata::put_metadata),
+        )
+        .route("/v1.0/state/{store}", post(state::save).put(state::save))
+        .route(
+            "/v1.0/state/{store}/bulk",
+            post(state::bulk_get).put(state::bulk_get),
+        )
+        .route(
+            "/v1.0/state/{store}/transaction",
+            post(state::transaction).put(state::transaction),
+        )
+        .route(
+            "/v1.0/state/{store}/{key}",
+            get(state::get).delete(state::delete),
+        )
+        .route(
+            "/v1.0-alpha1/state/{store}/query",
+            post(state::query).put(state::query),
+        )
+        .route(
+            "/v1.0/state/{store}/query",
+            post(state::query).put(state::query),
+        )
+        .route("/v1.0/secrets/{store}/bulk", get(secrets::bulk))
+        .route("/v1.0/secrets/{store}/{key}", get(secrets::get))
+        .route("/v1.0/shutdown", post(metadata::shutdown))
+        .fallback(|| async { ApiError::no_app_id() })
+        .layer(middleware::from_fn_with_state(state.clone(), api_token))
+        .layer(middleware::from_fn_with_state(state.clone(), observe))
+        .with_state(state)
+}
+
+/// Health (and metadata) only: what `--dapr-public-port` serves on every interface.
+pub fn public_router(state: ApiState) -> Router {
+    Router::new()
+        .merge(health_routes())
+        .route("/v1.0/metadata", get(metadata::get_metadata))
+        .layer(middleware::from_fn_with_state(state.clone(), observe))
+        .with_state(state)
+}
+
+fn health_routes() -> Router<ApiState> {
+    Router::new()
+        .route("/v1.0/healthz", get(metadata::healthz))
+        .route("/v1.0/healthz/outbound", get(metadata::healthz_outbound))
+}
+
+/// With `DAPR_API_TOKEN` set, every call but GET healthz needs a matching `dapr-api-token` header.
+async fn api_token(State(st): State<ApiState>, mut req: Request, next: Next) -> Response {
+    if let Some(token) = &st.api_token {
+        let path = req.uri().path().trim_end_matches('/');
+        let exempt = req.method() == Method::GET
+            && (path == "/v1.0/healthz" || path == "/v1.0/healthz/outbound");
+        if !exempt {
+            let given = req
+                .headers()
+                .get("dapr-api-token")
+                .and_then(|v| v.to_str().ok());
+            if given != Some(token.as_ref()) {
+                let mut resp = (StatusCode::UNAUTHORIZED, "invalid api token\n").into_response();
+                resp.headers_mut().insert(
+                    header::CONTENT_TYPE,
+                    HeaderValue::from_static("text/plain; charset=utf-8"),
+                );
+                return resp;
+            }
+        }
+        req.headers_mut().remove("dapr-api-token");
+    }
+    next.run(req).await
+}
+
+/// Records Dapr's HTTP server metrics and, with API logging on, logs each call.
+async fn observe(State(st): State<ApiState>, req: Request, next: Next) -> Response {
+    let method = req.method().clone();
+    let path = req.uri().path().to_owned();
+    let started = std::time::Instant::now();
+    let resp = next.run(req).await;
+    let elapsed = started.elapsed();
+    st.metrics
+        .http_request(&method, &path, resp.status().as_u16(), elapsed);
+    if st.api_logging {
+        tracing::info!(target: "dapr.runtime.http-info", method = %method, path, status = resp.status().as_u16(), duration_ms = elapsed.as_secs_f64() * 1e3, "HTTP API called");
+    }
+    resp
+}
+
+/// Reads a request body up to `--max-body-size`.
+pub(crate) async fn read_body(body: Body, limit: usize) -> Result<Bytes, String> {
+    axum::body::to_bytes(body, limit).await.map_err(|e| {
+        let too_large = std::error::Error::source(&e)
+            .is_some_and(|s| s.is::<http_body_util::LengthLimitError>());
+        if too_large {
+            format!("stream too large (the body exceeds --max-body-size of {limit} bytes)")
+        } else {
+            e.to_string()
+        }
+    })
+}
+
+/// `metadata.<k>=v` query parameters as request metadata.
+pub(crate) fn query_metadata(params: &[(String, String)]) -> BTreeMap<String, String> {
+    let mut md = BTreeMap::new();
+    for (k, v) in params {
+        if let Some(name) = k.strip_prefix("metadata.") {
+            md.entry(name.to_owned()).or_insert_with(|| v.clone());
+        }
+    }
+    md
+}
+
+/// The first value of query parameter `name`.
+pub(crate) fn query_param<'a>(params: &'a [(String, String)], name: &str) -> Option<&'a str> {
+    params
+        .iter()
+        .find(|(k, _)| k == name)
+        .map(|(_, v)| v.as_str())
+}
+
+/// Stored bytes as a JSON value: raw when they are JSON, else as a string.
+pub(crate) fn json_data(data: &[u8]) -> Box<serde_json::value::RawValue> {
+    if serde_json::from_slice::<serde::de::IgnoredAny>(data).is_ok() {
+        if let Ok(text) = std::str::from_utf8(data) {
+            if let Ok(raw) = serde_json::value::RawValue::from_string(text.trim().to_owned()) {
+                return raw;
+            }
+        }
+    }
+    let s = serde_json::to_string(&String::from_utf8_lossy(data)).expect("a string serialises");
+    serde_json::value::RawValue::from_string(s).expect("valid JSON")
+}
+
+/// A JSON response body.
+pub(crate) fn json_response(status: StatusCode, body: impl serde::Serialize) -> Response {
+    match serde_json::to_vec(&body) {
+        Ok(bytes) => {
+            let mut resp = (status, bytes).into_response();
+            resp.headers_mut().insert(
+                header::CONTENT_TYPE,
+                HeaderValue::from_static("application/json"),
+            );
+            resp
+        }
+        Err(e) => ApiError::new(500, tonic::Code::Internal, "ERROR", e.to_string()).into_response(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn json_data_keeps_json_and_quotes_text() {
+        assert_eq!(json_data(br#"{"a":1}"#).get(), r#"{"a":1}"#);
+        assert_eq!(json_data(b"hello").get(), r#""hello""#);
+        assert_eq!(json_data(b"42").get(), "42");
+    }
+
+    #[test]
+    fn metadata_params() {
+        let p = vec![
+            ("metadata.ttlInSeconds".to_owned(), "5".to_owned()),
+            ("consistency".into(), "strong".into()),
+        ];
+        assert_eq!(
+            query_metadata(&p),
+            BTreeMap::from([("ttlInSeconds".to_owned(), "5".to_owned())])
+        );
+        assert_eq!(query_param(&p, "consistency"), Some("strong"));
+    }
+}

@@ -1,0 +1,318 @@
+//! HTTP state handlers: decode Dapr's JSON shapes, call the runtime, encode the answer.
+
+use std::collections::BTreeMap;
+
+use axum::body::{Body, Bytes};
+use axum::extract::{Path, Query, State};
+use axum::http::{HeaderMap, HeaderName, HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use serde::{Deserialize, Serialize};
+use serde_json::value::RawValue;
+
+use super::{ApiState, json_data, json_response, query_metadata, query_param, read_body};
+use crate::components::state::{Concurrency, StateError};
+use crate::sidecar::error::{ApiError, ApiResult};
+use crate::sidecar::runtime::{DeleteItem, SaveItem, TxOp, item_metadata};
+
+type Params = Query<Vec<(String, String)>>;
+
+#[derive(Deserialize)]
+struct ItemOptions {
+    #[serde(default)]
+    concurrency: Option<String>,
+    #[serde(default)]
+    #[allow(dead_code)]
+    consistency: Option<String>,
+}
+
+/// One state item as Dapr's HTTP API writes it.
+#[derive(Deserialize)]
+struct HttpItem {
+    #[serde(default)]
+    key: String,
+    #[serde(default)]
+    value: Option<Box<RawValue>>,
+    #[serde(default)]
+    etag: Option<String>,
+    #[serde(default)]
+    metadata: BTreeMap<String, String>,
+    #[serde(default)]
+    options: Option<ItemOptions>,
+}
+
+/// Parses Dapr's concurrency names; anything else is the store's "unrecognized" error.
+pub(crate) fn concurrency(v: Option<&str>) -> Result<Concurrency, StateError> {
+    match v.unwrap_or_default() {
+        "" => Ok(Concurrency::Unspecified),
+        "first-write" => Ok(Concurrency::FirstWrite),
+        "last-write" => Ok(Concurrency::LastWrite),
+        other => Err(StateError::Backend(format!(
+            "unrecognized concurrency model '{other}'"
+        ))),
+    }
+}
+
+/// Compacts a JSON value the way Dapr re-marshals it before storing.
+fn stored_value(v: Option<&RawValue>) -> Bytes {
+    match v {
+        None => Bytes::from_static(b"null"),
+        Some(raw) => match serde_json::from_str::<serde_json::Value>(raw.get()) {
+            Ok(value) => Bytes::from(serde_json::to_vec(&value).expect("a JSON value serialises")),
+            Err(_) => Bytes::from(raw.get().to_owned()),
+        },
+    }
+}
+
+impl HttpItem {
+    fn into_save(self, store: &str, query_md: &BTreeMap<String, String>) -> ApiResult<SaveItem> {
+        if self.key.is_empty() {
+            return Err(ApiError::empty_key_http());
+        }
+        let concurrency = concurrency(self.options.as_ref().and_then(|o| o.concurrency.as_deref()))
+            .map_err(|e| ApiError::state_save(store, &e))?;
+        let mut metadata = self.metadata;
+        metadata.extend(query_md.iter().map(|(k, v)| (k.clone(), v.clone())));
+        Ok(SaveItem {
+            value: stored_value(self.value.as_deref()),
+            key: self.key,
+            etag: self.etag,
+            concurrency,
+            metadata,
+        })
+    }
+
+    fn into_delete(self, query_md: &BTreeMap<String, String>) -> ApiResult<DeleteItem> {
+        let concurrency = concurrency(self.options.as_ref().and_then(|o| o.concurrency.as_deref()))
+            .map_err(|e| ApiError::state_delete(&self.key, &e))?;
+        let mut metadata = self.metadata;
+        metadata.extend(query_md.iter().map(|(k, v)| (k.clone(), v.clone())));
+        Ok(DeleteItem {
+            key: self.key,
+            etag: self.etag,
+            concurrency,
+            metadata,
+        })
+    }
+}
+
+async fn json_body<T: for<'de> Deserialize<'de>>(st: &ApiState, body: Body) -> ApiResult<T> {
+    let bytes = read_body(body, st.max_body)
+        .await
+        .map_err(ApiError::malformed_request)?;
+    serde_json::from_slice(&bytes).map_err(ApiError::malformed_request)
+}
+
+pub async fn save(
+    State(st): State<ApiState>,
+    Path(store): Path<String>,
+    Query(params): Params,
+    body: Body,
+) -> ApiResult<StatusCode> {
+    st.rt.state_store(&store)?;
+    let items: Vec<HttpItem> = json_body(&st, body).await?;
+    let md = query_metadata(&params);
+    let items = items
+        .into_iter()
+        .map(|i| i.into_save(&store, &md))
+        .collect::<ApiResult<Vec<_>>>()?;
+    if !items.is_empty() {
+        st.rt.save_state(&store, &items).await?;
+    }
+    Ok(StatusCode::NO_CONTENT)
+}
+
+pub async fn get(
+    State(st): State<ApiState>,
+    Path((store, key)): Path<(String, String)>,
+    Query(_params): Params,
+) -> ApiResult<Response> {
+    let Some(item) = st.rt.get_state(&store, &key).await? else {
+        return Ok(StatusCode::NO_CONTENT.into_response());
+    };
+    let mut headers = HeaderMap::new();
+    headers.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    if let Some(etag) = item
+        .etag
+        .as_deref()
+        .and_then(|e| HeaderValue::from_str(e).ok())
+    {
+        headers.insert(header::ETAG, etag);
+    }
+    for (k, v) in item_metadata(&item) {
+        if let (Ok(name), Ok(value)) = (
+            HeaderName::try_from(format!("metadata.{k}")),
+            HeaderValue::from_str(&v),
+        ) {
+            headers.insert(name, value);
+        }
+    }
+    Ok((StatusCode::OK, headers, item.data).into_response())
+}
+
+pub async fn delete(
+    State(st): State<ApiState>,
+    Path((store, key)): Path<(String, String)>,
+    Query(params): Params,
+    headers: HeaderMap,
+) -> ApiResult<StatusCode> {
+    let etag = headers
+        .get(header::IF_MATCH)
+        .map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned());
+    let concurrency = concurrency(query_param(&params, "concurrency"))
+        .map_err(|e| ApiError::state_delete(&key, &e))?;
+    let item = DeleteItem {
+        key,
+        etag,
+        concurrency,
+        metadata: query_metadata(&params),
+    };
+    st.rt.delete_state(&store, &item).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+#[derive(Deserialize)]
+struct BulkGetRequest {
+    #[serde(default)]
+    keys: Vec<String>,
+    #[serde(default)]
+    parallelism: i64,
+}
+
+#[derive(Serialize)]
+struct BulkGetItem {
+    key: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    data: Option<Box<RawValue>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    etag: Option<String>,
+    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+    metadata: BTreeMap<String, String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    error: Option<String>,
+}
+
+pub async fn bulk_get(
+    State(st): State<ApiState>,
+    Path(store): Path<String>,
+    body: Body,
+) -> ApiResult<Response> {
+    st.rt.state_store(&store)?;
+    let req: BulkGetRequest = json_body(&st, body).await?;
+    let parallelism = usize::try_from(req.parallelism).unwrap_or(0).clamp(1, 100);
+    let items = st.rt.get_bulk_state(&store, &req.keys, parallelism).await?;
+    let out: Vec<BulkGetItem> = items
+        .into_iter()
+        .map(|b| match (b.item, b.error) {
+            (_, Some(error)) => BulkGetItem {
+                key: b.key,
+                data: None,
+                etag: None,
+                metadata: BTreeMap::new(),
+                error: Some(error),
+            },
+            (Some(item), None) => BulkGetItem {
+                key: b.key,
+                data: Some(json_data(&item.data)),
+                metadata: item_metadata(&item),
+                etag: item.etag,
+                error: None,
+            },
+            (None, None) => BulkGetItem {
+                key: b.key,
+                data: None,
+                etag: None,
+                metadata: BTreeMap::new(),
+                error: None,
+            },
+        })
+        .collect();
+    Ok(json_response(StatusCode::OK, out))
+}
+
+#[derive(Deserialize)]
+struct TransactionRequest {
+    #[serde(default)]
+    operations: Vec<TransactionOperation>,
+    #[serde(default)]
+    metadata: BTreeMap<String, String>,
+}
+
+#[derive(Deserialize)]
+struct TransactionOperation {
+    operation: String,
+    request: HttpItem,
+}
+
+pub async fn transaction(
+    State(st): State<ApiState>,
+    Path(store): Path<String>,
+    Query(params): Params,
+    body: Body,
+) -> ApiResult<StatusCode> {
+    st.rt.state_store(&store)?;
+    let req: TransactionRequest = json_body(&st, body).await?;
+    let mut md = req.metadata;
+    md.extend(query_metadata(&params));
+    let mut ops = Vec::with_capacity(req.operations.len());
+    for op in req.operations {
+        if op.request.key.contains("||") {
+            return Err(ApiError::illegal_key(&op.request.key));
+        }
+        ops.push(match op.operation.as_str() {
+            "upsert" => TxOp::Upsert(op.request.into_save(&store, &md)?),
+            "delete" => TxOp::Delete(op.request.into_delete(&md)?),
+            other => return Err(ApiError::unsupported_operation(other)),
+        });
+    }
+    st.rt.transact(&store, &ops).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+#[derive(Serialize)]
+struct QueryResult {
+    key: String,
+    data: Box<RawValue>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    etag: Option<String>,
+}
+
+#[derive(Serialize)]
+struct QueryBody {
+    results: Vec<QueryResult>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    token: Option<String>,
+}
+
+pub async fn query(
+    State(st): State<ApiState>,
+    Path(store): Path<String>,
+    body: Body,
+) -> ApiResult<Response> {
+    st.rt.state_store(&store)?;
+    let bytes = read_body(body, st.max_body)
+        .await
+        .map_err(ApiError::body_read)?;
+    let resp = st.rt.query_state(&store, &bytes).await?;
+    if resp.results.is_empty() {
+        return Ok(StatusCode::NO_CONTENT.into_response());
+    }
+    let results = resp
+        .results
+        .into_iter()
+        .map(|r| QueryResult {
+            data: json_data(&r.data),
+            key: r.key,
+            etag: r.etag,
+        })
+        .collect();
+    Ok(json_response(
+        StatusCode::OK,
+        QueryBody {
+            results,
+            token: resp.token,
+        },
+    ))
+}

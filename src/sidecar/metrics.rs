@@ -1,0 +1,197 @@
+//! Prometheus metrics under Dapr's names (`dapr_http_server_*`, `dapr_grpc_io_server_*`), so existing dashboards work.
+
+use std::time::Duration;
+
+use axum::http::Method;
+use prometheus::{
+    Encoder, HistogramOpts, HistogramVec, IntCounterVec, Opts, Registry, TextEncoder,
+};
+
+/// Dapr's latency buckets, in milliseconds.
+const LATENCY_MS: &[f64] = &[
+    1.0, 2.0, 3.0, 4.0, 5.0, 6.0, 8.0, 10.0, 13.0, 16.0, 20.0, 25.0, 30.0, 40.0, 50.0, 65.0, 80.0,
+    100.0, 130.0, 160.0, 200.0, 250.0, 300.0, 400.0, 500.0, 650.0, 800.0, 1000.0, 2000.0, 5000.0,
+    10000.0, 20000.0, 50000.0, 100000.0,
+];
+
+pub struct Metrics {
+    app_id: String,
+    registry: Registry,
+    http_count: IntCounterVec,
+    http_latency: HistogramVec,
+    grpc_completed: IntCounterVec,
+    grpc_latency: HistogramVec,
+}
+
+impl Metrics {
+    pub fn new(app_id: &str) -> Self {
+        let registry = Registry::new();
+        let http_labels = &["app_id", "method", "path", "status"];
+        let grpc_labels = &["app_id", "grpc_server_method", "grpc_server_status"];
+        let http_count = IntCounterVec::new(
+            Opts::new(
+                "dapr_http_server_request_count",
+                "Number of HTTP requests started in server.",
+            ),
+            http_labels,
+        )
+        .expect("valid metric");
+        let http_latency = HistogramVec::new(
+            HistogramOpts::new(
+                "dapr_http_server_latency",
+                "HTTP request end-to-end latency in server.",
+            )
+            .buckets(LATENCY_MS.to_vec()),
+            http_labels,
+        )
+        .expect("valid metric");
+        let grpc_completed = IntCounterVec::new(
+            Opts::new(
+                "dapr_grpc_io_server_completed_rpcs",
+                "Count of RPCs by method and status.",
+            ),
+            grpc_labels,
+        )
+        .expect("valid metric");
+        let grpc_latency = HistogramVec::new(
+            HistogramOpts::new(
+                "dapr_grpc_io_server_server_latency",
+                "Distribution of server latency in milliseconds.",
+            )
+            .buckets(LATENCY_MS.to_vec()),
+            grpc_labels,
+        )
+        .expect("valid metric");
+        for c in [&http_count, &grpc_completed] {
+            registry
+                .register(Box::new(c.clone()))
+                .expect("unique metric");
+        }
+        for h in [&http_latency, &grpc_latency] {
+            registry
+                .register(Box::new(h.clone()))
+                .expect("unique metric");
+        }
+        Metrics {
+            app_id: app_id.into(),
+            registry,
+            http_count,
+            http_latency,
+            grpc_completed,
+            grpc_latency,
+        }
+    }
+
+    pub fn http_request(&self, method: &Method, path: &str, status: u16, elapsed: Duration) {
+        let method = match *method {
+            Method::GET
+            | Method::PUT
+            | Method::POST
+            | Method::PATCH
+            | Method::DELETE
+            | Method::HEAD
+            | Method::OPTIONS => method.as_str(),
+            _ => "UNKNOWN",
+        };
+        let status = status.to_string();
+        let labels = [self.app_id.as_str(), method, &path_label(path), &status];
+        self.http_count.with_label_values(&labels).inc();
+        self.http_latency
+            .with_label_values(&labels)
+            .observe(elapsed.as_secs_f64() * 1e3);
+    }
+
+    pub fn grpc_call(&self, method: &str, status: &str, elapsed: Duration) {
+        let labels = [self.app_id.as_str(), method, status];
+        self.grpc_completed.with_label_values(&labels).inc();
+        self.grpc_latency
+            .with_label_values(&labels)
+            .observe(elapsed.as_secs_f64() * 1e3);
+    }
+
+    /// The Prometheus text exposition.
+    pub fn render(&self) -> Vec<u8> {
+        let mut out = vec![];
+        TextEncoder::new()
+            .encode(&self.registry.gather(), &mut out)
+            .expect("encoding to a Vec");
+        out
+    }
+}
+
+/// Keeps label cardinality low, as Dapr does: `/v1.0/state/<store>/<key>` becomes `/v1.0/state/<store>`.
+fn path_label(path: &str) -> String {
+    let segs: Vec<&str> = path.trim_start_matches('/').split('/').collect();
+    let keep = match segs.get(1).copied() {
+        Some("invoke") => 5,
+        Some(
+            "state" | "secrets" | "publish" | "bindings" | "metadata" | "configuration" | "lock"
+            | "unlock",
+        ) => 3,
+        Some("healthz") => segs.len(),
+        _ => 3,
+    };
+    format!("/{}", segs[..keep.min(segs.len())].join("/"))
+}
+
+/// gRPC `Code` as Go's `codes.Code.String()` spells it.
+pub fn grpc_code_name(code: tonic::Code) -> &'static str {
+    use tonic::Code::*;
+    match code {
+        Ok => "OK",
+        Cancelled => "Canceled",
+        Unknown => "Unknown",
+        InvalidArgument => "InvalidArgument",
+        DeadlineExceeded => "DeadlineExceeded",
+        NotFound => "NotFound",
+        AlreadyExists => "AlreadyExists",
+        PermissionDenied => "PermissionDenied",
+        ResourceExhausted => "ResourceExhausted",
+        FailedPrecondition => "FailedPrecondition",
+        Aborted => "Aborted",
+        OutOfRange => "OutOfRange",
+        Unimplemented => "Unimplemented",
+        Internal => "Internal",
+        Unavailable => "Unavailable",
+        DataLoss => "DataLoss",
+        Unauthenticated => "Unauthenticated",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn paths_collapse_to_low_cardinality_labels() {
+        assert_eq!(path_label("/v1.0/state/store/key1"), "/v1.0/state/store");
+        assert_eq!(path_label("/v1.0/secrets/s/bulk"), "/v1.0/secrets/s");
+        assert_eq!(
+            path_label("/v1.0/healthz/outbound"),
+            "/v1.0/healthz/outbound"
+        );
+    }
+
+    #[test]
+    fn renders_dapr_metric_names() {
+        let m = Metrics::new("app");
+        m.http_request(
+            &Method::GET,
+            "/v1.0/state/s/k",
+            204,
+            Duration::from_millis(2),
+        );
+        m.grpc_call(
+            "/dapr.proto.runtime.v1.Dapr/GetState",
+            "OK",
+            Duration::from_millis(1),
+        );
+        let text = String::from_utf8(m.render()).unwrap();
+        assert!(text.contains(r#"dapr_http_server_request_count{app_id="app",method="GET",path="/v1.0/state/s",status="204"} 1"#), "{text}");
+        assert!(
+            text.contains("dapr_grpc_io_server_completed_rpcs{"),
+            "{text}"
+        );
+        assert!(text.contains("dapr_http_server_latency_bucket"), "{text}");
+    }
+}

@@ -1,0 +1,381 @@
+//! `tandem sidecar`: the daprd equivalent. Wires the runtime core to the HTTP, gRPC, public and metrics servers,
+//! loads components, waits for the app, and drains on shutdown.
+
+pub mod app_channel;
+pub mod args;
+pub mod error;
+pub mod grpc;
+pub mod http;
+pub mod loader;
+pub mod metrics;
+pub mod processor;
+pub mod runtime;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::Context as _;
+use tokio::net::TcpListener;
+use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
+
+pub use args::{Args, Mode};
+
+use crate::api::{Component, Configuration};
+use crate::components::Registry;
+use app_channel::{AppChannel, HealthProbe};
+use loader::Resources;
+use metrics::Metrics;
+use runtime::{AppConnection, AppHealthInfo, Runtime};
+
+/// How a port left unset on the command line is chosen.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum PortPolicy {
+    /// daprd's fixed defaults (3500, 50001, ...).
+    Defaults,
+    /// The default when free, else any free port (`tandem run`, where several apps share a machine).
+    DefaultsIfFree,
+}
+
+/// Where a started sidecar listens.
+#[derive(Clone, Debug)]
+pub struct Ports {
+    pub http: u16,
+    pub grpc: u16,
+    pub metrics: Option<u16>,
+    pub public: Option<u16>,
+}
+
+/// A sidecar whose listeners are bound and whose servers run.
+pub struct Sidecar {
+    pub rt: Arc<Runtime>,
+    pub ports: Ports,
+    servers: JoinSet<()>,
+    init: tokio::task::JoinHandle<Result<(), String>>,
+    grace: Duration,
+}
+
+async fn bind_all(
+    addrs: &[String],
+    port: Option<u16>,
+    default: u16,
+    policy: PortPolicy,
+) -> anyhow::Result<Vec<TcpListener>> {
+    let mut port = match (port, policy) {
+        (Some(p), _) => p,
+        (None, PortPolicy::Defaults) => default,
+        (None, PortPolicy::DefaultsIfFree) => {
+            let first = addrs.first().map(String::as_str).unwrap_or("127.0.0.1");
+            match TcpListener::bind(sock(first, default)?).await {
+                Ok(_) => default,
+                Err(_) => 0,
+            }
+        }
+    };
+    let mut out = vec![];
+    for a in addrs {
+        let l = TcpListener::bind(sock(a, port)?)
+            .await
+            .with_context(|| format!("listening on {a}:{port}"))?;
+        port = l.local_addr()?.port();
+        out.push(l);
+    }
+    Ok(out)
+}
+
+fn sock(addr: &str, port: u16) -> anyhow::Result<SocketAddr> {
+    let host = addr.trim_start_matches('[').trim_end_matches(']');
+    let ip: std::net::IpAddr = host
+        .parse()
+        .with_context(|| format!("{addr:?} is not an IP address"))?;
+    Ok(SocketAddr::new(ip, port))
+}
+
+fn port_of(ls: &[TcpListener]) -> u16 {
+    ls.first()
+        .and_then(|l| l.local_addr().ok())
+        .map(|a| a.port())
+        .unwrap_or(0)
+}
+
+impl Sidecar {
+    /// Loads resources, binds every listener and starts the servers; components initialise in the background.
+    /// `defaults` are used when no `--resources-path` is given (`tandem run`'s embedded defaults).
+    pub async fn start(
+        args: Args,
+        policy: PortPolicy,
+        defaults: Vec<Component>,
+    ) -> anyhow::Result<Sidecar> {
+        let started = Instant::now();
+        args.validate().map_err(anyhow::Error::msg)?;
+        let max_body = args.max_body_bytes().map_err(anyhow::Error::msg)?;
+        let config = if args.config.is_empty() {
+            Configuration::default()
+        } else {
+            loader::load_configuration(&args.config)?
+        };
+        let resources = if args.resources_path.is_empty() {
+            Resources {
+                components: defaults,
+                ..Default::default()
+            }
+        } else {
+            Resources::load(&args.resources_path, &args.app_id, &args.namespace)?
+        };
+        let channel = AppChannel::from_args(&args);
+        let probe = args.enable_app_health_check.then(|| HealthProbe {
+            path: args.app_health_check_path.clone(),
+            interval: Duration::from_secs(args.app_health_probe_interval.max(1)),
+            timeout: Duration::from_millis(args.app_health_probe_timeout.max(1)),
+            threshold: args.app_health_threshold.max(1),
+        });
+        let app_connection = AppConnection {
+            port: channel.as_ref().map(|c| c.port),
+            protocol: args.app_protocol.clone(),
+            channel_address: args.app_channel_address.clone(),
+            max_concurrency: u32::try_from(args.app_max_concurrency)
+                .ok()
+                .filter(|c| *c > 0),
+            health: probe.as_ref().map(|p| AppHealthInfo {
+                path: (args.app_protocol == "http").then(|| p.path.clone()),
+                interval: humantime::format_duration(p.interval).to_string(),
+                timeout: humantime::format_duration(p.timeout).to_string(),
+                threshold: p.threshold,
+            }),
+        };
+        let rt = Arc::new(Runtime::new(
+            &args.app_id,
+            &args.namespace,
+            config,
+            app_connection,
+        ));
+        rt.set_subscriptions(resources.subscriptions.clone());
+        rt.set_http_endpoints(resources.http_endpoints.clone());
+        let metrics = Arc::new(Metrics::new(&args.app_id));
+        let token: Option<Arc<str>> = args
+            .api_token
+            .clone()
+            .filter(|t| !t.is_empty())
+            .map(Into::into);
+        let api_logging = args.enable_api_logging.unwrap_or_else(|| {
+            rt.config
+                .spec
+                .logging
+                .as_ref()
+                .and_then(|l| l.api_logging.as_ref())
+                .is_some_and(|a| a.enabled)
+        });
+        let state = http::ApiState {
+            rt: rt.clone(),
+            max_body,
+            api_token: token.clone(),
+            metrics: metrics.clone(),
+            api_logging,
+        };
+
+        let addrs = &args.dapr_listen_addresses;
+        let http_ls = bind_all(addrs, args.dapr_http_port, Args::DEFAULT_HTTP_PORT, policy).await?;
+        let grpc_ls = bind_all(addrs, args.dapr_grpc_port, Args::DEFAULT_GRPC_PORT, policy).await?;
+        let all = ["0.0.0.0".to_owned()];
+        let metrics_ls = if args.enable_metrics {
+            Some(bind_all(&all, args.metrics_port, Args::DEFAULT_METRICS_PORT, policy).await?)
+        } else {
+            None
+        };
+        let public_ls = match args.dapr_public_port {
+            Some(p) => Some(bind_all(&all, Some(p), p, PortPolicy::Defaults).await?),
+            None => None,
+        };
+        let ports = Ports {
+            http: port_of(&http_ls),
+            grpc: port_of(&grpc_ls),
+            metrics: metrics_ls.as_deref().map(port_of),
+            public: public_ls.as_deref().map(port_of),
+        };
+
+        let shutdown = rt.shutdown.clone();
+        let mut servers = JoinSet::new();
+        let api = http::router(state.clone());
+        for l in http_ls {
+            servers.spawn(serve_http(l, api.clone(), shutdown.clone()));
+        }
+        if let Some(ls) = public_ls {
+            let public = http::public_router(state.clone());
+            for l in ls {
+                servers.spawn(serve_http(l, public.clone(), shutdown.clone()));
+            }
+        }
+        if let Some(ls) = metrics_ls {
+            let m = metrics.clone();
+            let router = axum::Router::new().fallback(move || {
+                let m = m.clone();
+                async move {
+                    (
+                        [(
+                            axum::http::header::CONTENT_TYPE,
+                            "text/plain; version=0.0.4",
+                        )],
+                        m.render(),
+                    )
+                }
+            });
+            for l in ls {
+                servers.spawn(serve_http(l, router.clone(), shutdown.clone()));
+            }
+        }
+        for l in grpc_ls {
+            let svc = grpc::dapr_service(rt.clone(), token.clone(), max_body);
+            let layer = grpc::MetricsLayer(metrics.clone());
+            let shutdown = shutdown.clone();
+            servers.spawn(async move {
+                let incoming = tokio_stream::wrappers::TcpListenerStream::new(l);
+                let served = tonic::transport::Server::builder()
+                    .tcp_nodelay(true)
+                    .layer(layer)
+                    .add_service(svc)
+                    .serve_with_incoming_shutdown(incoming, shutdown.cancelled_owned())
+                    .await;
+                if let Err(e) = served {
+                    tracing::error!(error = %e, "gRPC API server failed");
+                }
+            });
+        }
+        tracing::info!(
+            app_id = %args.app_id,
+            http_port = ports.http,
+            grpc_port = ports.grpc,
+            metrics_port = ?ports.metrics,
+            public_port = ?ports.public,
+            mode = ?args.mode,
+            "tandem sidecar listening"
+        );
+
+        let init = tokio::spawn(initialise(
+            rt.clone(),
+            resources,
+            args.mode,
+            channel,
+            probe,
+            started,
+        ));
+        let grace = Duration::from_secs(args.dapr_graceful_shutdown_seconds.max(0) as u64);
+        Ok(Sidecar {
+            rt,
+            ports,
+            servers,
+            init,
+            grace,
+        })
+    }
+
+    /// Runs until shutdown is requested (signal, POST /v1.0/shutdown, or a failed start), drains in-flight
+    /// requests for up to `--dapr-graceful-shutdown-seconds`, then closes components.
+    pub async fn wait(mut self) -> anyhow::Result<()> {
+        let shutdown = self.rt.shutdown.clone();
+        let init_result = tokio::select! {
+            r = &mut self.init => Some(r),
+            _ = shutdown.cancelled() => None,
+        };
+        let init_error = match init_result {
+            Some(Ok(Ok(()))) => {
+                shutdown.cancelled().await;
+                None
+            }
+            Some(Ok(Err(e))) => Some(e),
+            Some(Err(e)) => Some(format!("initialisation task failed: {e}")),
+            None => {
+                self.init.abort();
+                None
+            }
+        };
+        shutdown.cancel();
+        tracing::info!(grace = ?self.grace, "shutting down: draining in-flight requests");
+        let drained = tokio::time::timeout(self.grace, async {
+            while self.servers.join_next().await.is_some() {}
+        })
+        .await;
+        if drained.is_err() {
+            tracing::warn!("grace period over; aborting the requests still in flight");
+            self.servers.abort_all();
+        }
+        for store in self.rt.state_stores() {
+            store.close().await;
+        }
+        tracing::info!("tandem sidecar stopped");
+        match init_error {
+            Some(e) => Err(anyhow::anyhow!(e)),
+            None => Ok(()),
+        }
+    }
+}
+
+async fn serve_http(listener: TcpListener, router: axum::Router, shutdown: CancellationToken) {
+    let _ = listener.set_ttl(64);
+    if let Err(e) = axum::serve(listener, router)
+        .with_graceful_shutdown(shutdown.cancelled_owned())
+        .await
+    {
+        tracing::error!(error = %e, "HTTP server failed");
+    }
+}
+
+/// Components first (then outbound APIs work), then the app: /v1.0/healthz turns 204 once both are ready.
+async fn initialise(
+    rt: Arc<Runtime>,
+    resources: Resources,
+    mode: Mode,
+    channel: Option<Arc<AppChannel>>,
+    probe: Option<HealthProbe>,
+    started: Instant,
+) -> Result<(), String> {
+    let registry = Registry::builtin();
+    if let Err(e) = processor::load_components(&rt, &registry, &resources.components, mode).await {
+        tracing::error!("error processing component, tandem will exit: {e}");
+        rt.shutdown.cancel();
+        return Err(e);
+    }
+    rt.health.set_outbound_ready();
+    if let Some(channel) = &channel {
+        channel.wait_until_listening(&rt.shutdown).await;
+        if let Some(p) = probe {
+            channel.spawn_health_probe(p, rt.shutdown.clone());
+        }
+    }
+    rt.health.set_ready();
+    tracing::info!(
+        init_elapsed_ms = started.elapsed().as_millis() as u64,
+        "tandem initialized. Status: Running"
+    );
+    Ok(())
+}
+
+/// Cancels `token` on SIGINT or SIGTERM.
+pub fn cancel_on_signals(token: CancellationToken) {
+    tokio::spawn(async move {
+        let ctrl_c = tokio::signal::ctrl_c();
+        #[cfg(unix)]
+        let term = async {
+            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                Ok(mut s) => {
+                    s.recv().await;
+                }
+                Err(_) => std::future::pending::<()>().await,
+            }
+        };
+        #[cfg(not(unix))]
+        let term = std::future::pending::<()>();
+        tokio::select! {
+            _ = ctrl_c => tracing::info!("received SIGINT"),
+            _ = term => tracing::info!("received SIGTERM"),
+        }
+        token.cancel();
+    });
+}
+
+/// `tandem sidecar`.
+pub async fn run(args: Args) -> anyhow::Result<()> {
+    let sidecar = Sidecar::start(args, PortPolicy::Defaults, vec![]).await?;
+    cancel_on_signals(sidecar.rt.shutdown.clone());
+    sidecar.wait().await
+}
