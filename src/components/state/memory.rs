@@ -9,7 +9,7 @@ use async_trait::async_trait;
 
 use super::{
     DeleteRequest, Feature, Query, QueryItem, QueryResponse, SetRequest, StateError, StateItem,
-    StateStore, TransactionOp, check_etag, expiry,
+    StateStore, TransactionOp, expiry,
 };
 use crate::components::{ComponentError, Metadata};
 
@@ -35,15 +35,6 @@ impl Inner {
             .filter(|i| i.expires_at.is_none_or(|t| t > now))
     }
 
-    fn check(&self, op: &TransactionOp, now: SystemTime) -> Result<(), StateError> {
-        let (key, etag, concurrency) = match op {
-            TransactionOp::Set(r) => (&r.key, &r.etag, r.concurrency),
-            TransactionOp::Delete(r) => (&r.key, &r.etag, r.concurrency),
-        };
-        let current = self.live(key, now).and_then(|i| i.etag.as_deref());
-        check_etag(current, etag.as_deref(), concurrency, key)
-    }
-
     fn apply(&mut self, op: &TransactionOp) {
         match op {
             TransactionOp::Set(r) => {
@@ -66,19 +57,10 @@ impl Inner {
         // Validate against the state as each earlier op in the transaction leaves it.
         let mut shadow: HashMap<&str, Option<String>> = HashMap::new();
         for op in ops {
-            let key = match op {
-                TransactionOp::Set(r) => r.key.as_str(),
-                TransactionOp::Delete(r) => r.key.as_str(),
-            };
+            let key = op.key();
             match shadow.get(key) {
-                None => self.check(op, now)?,
-                Some(cur) => {
-                    let (etag, concurrency) = match op {
-                        TransactionOp::Set(r) => (&r.etag, r.concurrency),
-                        TransactionOp::Delete(r) => (&r.etag, r.concurrency),
-                    };
-                    check_etag(cur.as_deref(), etag.as_deref(), concurrency, key)?
-                }
+                None => op.check(self.live(key, now).and_then(|i| i.etag.as_deref()))?,
+                Some(cur) => op.check(cur.as_deref())?,
             }
             // An item written earlier in this transaction has no etag the caller could know.
             let after = match op {

@@ -76,6 +76,35 @@ pub enum TransactionOp {
     Delete(DeleteRequest),
 }
 
+impl TransactionOp {
+    pub fn key(&self) -> &str {
+        match self {
+            TransactionOp::Set(r) => &r.key,
+            TransactionOp::Delete(r) => &r.key,
+        }
+    }
+
+    /// The etag the caller gave, if any.
+    pub fn etag(&self) -> Option<&str> {
+        match self {
+            TransactionOp::Set(r) => r.etag.as_deref(),
+            TransactionOp::Delete(r) => r.etag.as_deref(),
+        }
+    }
+
+    pub fn concurrency(&self) -> Concurrency {
+        match self {
+            TransactionOp::Set(r) => r.concurrency,
+            TransactionOp::Delete(r) => r.concurrency,
+        }
+    }
+
+    /// Checks this operation against the key's current etag (`None`: the key does not exist).
+    pub fn check(&self, current: Option<&str>) -> Result<(), StateError> {
+        check_etag(current, self.etag(), self.concurrency(), self.key())
+    }
+}
+
 #[derive(Debug, thiserror::Error, PartialEq)]
 pub enum StateError {
     #[error("possible etag mismatch. error from state store: {0}")]

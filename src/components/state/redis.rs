@@ -176,7 +176,7 @@ impl RedisStore {
     async fn run(&self, ops: &[TransactionOp]) -> Result<(), StateError> {
         if let Some(e) = ops
             .iter()
-            .filter_map(r_etag)
+            .filter_map(TransactionOp::etag)
             .find(|e| !e.is_empty() && e.parse::<u64>().is_err())
         {
             return Err(StateError::EtagInvalid(format!(
@@ -214,13 +214,6 @@ impl RedisStore {
             .await
             .map(|_| ())
             .map_err(redis_err)
-    }
-}
-
-fn r_etag(op: &TransactionOp) -> Option<&str> {
-    match op {
-        TransactionOp::Set(r) => r.etag.as_deref(),
-        TransactionOp::Delete(r) => r.etag.as_deref(),
     }
 }
 

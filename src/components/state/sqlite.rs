@@ -10,7 +10,7 @@ use rusqlite::{Connection, OpenFlags, OptionalExtension, params};
 
 use super::{
     DeleteRequest, Feature, Query, QueryItem, QueryResponse, SetRequest, StateError, StateItem,
-    StateStore, TransactionOp, check_etag,
+    StateStore, TransactionOp,
 };
 use crate::components::{ComponentError, Metadata};
 
@@ -173,12 +173,8 @@ fn apply(
     table: &str,
     op: &TransactionOp,
 ) -> Result<(), StateError> {
-    let (key, etag, concurrency) = match op {
-        TransactionOp::Set(r) => (&r.key, &r.etag, r.concurrency),
-        TransactionOp::Delete(r) => (&r.key, &r.etag, r.concurrency),
-    };
-    let current = read(tx, table, key)?.and_then(|i| i.etag);
-    check_etag(current.as_deref(), etag.as_deref(), concurrency, key)?;
+    let current = read(tx, table, op.key())?.and_then(|i| i.etag);
+    op.check(current.as_deref())?;
     match op {
         TransactionOp::Set(r) => {
             let now = now_ms();
