@@ -22,10 +22,7 @@ use tonic::transport::Channel;
 const VALUE: &str = r#"{"name":"tandem","count":42,"tags":["a","b","c"],"payload":"0123456789abcdef0123456789abcdef"}"#;
 
 fn env(name: &str, default: u64) -> u64 {
-    std::env::var(name)
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(default)
+    std::env::var(name).ok().and_then(|v| v.parse().ok()).unwrap_or(default)
 }
 
 fn free_port() -> u16 {
@@ -160,9 +157,7 @@ spec:
     let http: Client<_, Full<Bytes>> = Client::builder(TokioExecutor::new()).build_http();
     let base = format!("http://127.0.0.1:{http_port}");
     for _ in 0..200 {
-        let ready = http
-            .get(format!("{base}/v1.0/healthz").parse().unwrap())
-            .await;
+        let ready = http.get(format!("{base}/v1.0/healthz").parse().unwrap()).await;
         if ready.is_ok_and(|r| r.status() == 204) {
             break;
         }
@@ -187,9 +182,7 @@ spec:
             let (h, url) = (h.clone(), format!("{b}/v1.0/state/{store}"));
             async move {
                 let body = format!(r#"[{{"key":"k{w}-{}","value":{VALUE}}}]"#, i % 100);
-                let req = http::Request::post(url)
-                    .body(Full::new(Bytes::from(body)))
-                    .unwrap();
+                let req = http::Request::post(url).body(Full::new(Bytes::from(body))).unwrap();
                 let resp = h.request(req).await.unwrap();
                 assert_eq!(resp.status(), 204);
                 resp.into_body().collect().await.unwrap();
@@ -199,10 +192,7 @@ spec:
         report(&format!("HTTP save  {store}"), &s);
         let (h, b) = (http.clone(), base.clone());
         let s = measure(workers, secs, move |w, i| {
-            let (h, url) = (
-                h.clone(),
-                format!("{b}/v1.0/state/{store}/k{w}-{}", i % 100),
-            );
+            let (h, url) = (h.clone(), format!("{b}/v1.0/state/{store}/k{w}-{}", i % 100));
             async move {
                 let resp = h.get(url.parse().unwrap()).await.unwrap();
                 assert_eq!(resp.status(), 200);
@@ -282,9 +272,6 @@ spec:
     })
     .await;
     report("Redis direct HMGET (no sidecar)", &s);
-    println!(
-        "sidecar RSS after load: {:.1} MB",
-        loaded_rss as f64 / 1024.0
-    );
+    println!("sidecar RSS after load: {:.1} MB", loaded_rss as f64 / 1024.0);
     let _ = sidecar.start_kill();
 }

@@ -81,9 +81,7 @@ mod tests {
             "tandem", "run", "--app-id", "a", "--", "python3", "app.py", "--port", "1",
         ])
         .unwrap();
-        let Command::Run(r) = cli.command else {
-            panic!("run")
-        };
+        let Command::Run(r) = cli.command else { panic!("run") };
         assert_eq!(r.command, ["python3", "app.py", "--port", "1"]);
     }
 }

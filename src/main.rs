@@ -10,9 +10,7 @@ async fn main() -> ExitCode {
     let (level, json) = cli.command.logging();
     tandem::telemetry::init(level, json);
     let result = match cli.command {
-        Command::Sidecar(args) => tandem::sidecar::run(*args)
-            .await
-            .map(|()| ExitCode::SUCCESS),
+        Command::Sidecar(args) => tandem::sidecar::run(*args).await.map(|()| ExitCode::SUCCESS),
         Command::Run(args) => tandem::run::run(*args).await,
     };
     match result {

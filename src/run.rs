@@ -40,12 +40,7 @@ pub fn default_components() -> Vec<Component> {
 }
 
 pub async fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
-    let sidecar = Sidecar::start(
-        args.sidecar.clone(),
-        PortPolicy::DefaultsIfFree,
-        default_components(),
-    )
-    .await?;
+    let sidecar = Sidecar::start(args.sidecar.clone(), PortPolicy::DefaultsIfFree, default_components()).await?;
     let shutdown = sidecar.rt.shutdown.clone();
     let Some((program, rest)) = args.command.split_first() else {
         crate::sidecar::cancel_on_signals(shutdown);
@@ -101,10 +96,7 @@ fn send(pid: Option<u32>, signal: libc::c_int) {
 /// Passes SIGINT and SIGTERM on to the app; the app's exit then stops the sidecar.
 async fn forward_signals(pid: Option<u32>) {
     use tokio::signal::unix::{SignalKind, signal};
-    let (Ok(mut int), Ok(mut term)) = (
-        signal(SignalKind::interrupt()),
-        signal(SignalKind::terminate()),
-    ) else {
+    let (Ok(mut int), Ok(mut term)) = (signal(SignalKind::interrupt()), signal(SignalKind::terminate())) else {
         return;
     };
     loop {

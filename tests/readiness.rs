@@ -20,11 +20,7 @@ async fn status(
     client: &Client<hyper_util::client::legacy::connect::HttpConnector, Empty<Bytes>>,
     url: &str,
 ) -> Option<u16> {
-    client
-        .get(url.parse().unwrap())
-        .await
-        .ok()
-        .map(|r| r.status().as_u16())
+    client.get(url.parse().unwrap()).await.ok().map(|r| r.status().as_u16())
 }
 
 #[tokio::test]
@@ -58,9 +54,7 @@ async fn healthz_waits_for_the_app_port_but_outbound_does_not() {
     // Nothing listens on the app port yet: the sidecar is up for outbound calls but not ready.
     assert_eq!(status(&client, &format!("{base}/healthz")).await, Some(500));
 
-    let _app = tokio::net::TcpListener::bind(("127.0.0.1", app_port))
-        .await
-        .unwrap();
+    let _app = tokio::net::TcpListener::bind(("127.0.0.1", app_port)).await.unwrap();
     let started = Instant::now();
     while status(&client, &format!("{base}/healthz")).await != Some(204) {
         assert!(

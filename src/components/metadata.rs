@@ -18,12 +18,7 @@ pub struct Metadata {
 }
 
 impl Metadata {
-    pub fn new(
-        name: &str,
-        app_id: &str,
-        namespace: &str,
-        props: impl IntoIterator<Item = (String, String)>,
-    ) -> Self {
+    pub fn new(name: &str, app_id: &str, namespace: &str, props: impl IntoIterator<Item = (String, String)>) -> Self {
         let properties = props
             .into_iter()
             .map(|(k, v)| (k.to_ascii_lowercase(), (k, v)))
@@ -38,9 +33,7 @@ impl Metadata {
 
     /// The raw value of `key`, if set.
     pub fn get(&self, key: &str) -> Option<&str> {
-        self.properties
-            .get(&key.to_ascii_lowercase())
-            .map(|(_, v)| v.as_str())
+        self.properties.get(&key.to_ascii_lowercase()).map(|(_, v)| v.as_str())
     }
 
     /// The value of `key`, if set and not empty.
@@ -85,9 +78,7 @@ impl Metadata {
 
     /// Every (name, value) pair with the names as written.
     pub fn iter(&self) -> impl Iterator<Item = (&str, &str)> {
-        self.properties
-            .values()
-            .map(|(k, v)| (k.as_str(), v.as_str()))
+        self.properties.values().map(|(k, v)| (k.as_str(), v.as_str()))
     }
 }
 
@@ -108,8 +99,7 @@ pub fn parse_duration(v: &str) -> Result<Duration, String> {
             return Ok(Duration::from_secs_f64(secs));
         }
     }
-    humantime::parse_duration(v)
-        .map_err(|e| format!("{v:?} is not a duration (e.g. 5s, 1m30s, 500ms): {e}"))
+    humantime::parse_duration(v).map_err(|e| format!("{v:?} is not a duration (e.g. 5s, 1m30s, 500ms): {e}"))
 }
 
 #[cfg(test)]
@@ -122,10 +112,7 @@ mod tests {
             "c",
             "app",
             "",
-            [
-                ("redisDB".into(), "3".into()),
-                ("enableTLS".into(), "True".into()),
-            ],
+            [("redisDB".into(), "3".into()), ("enableTLS".into(), "True".into())],
         );
         assert_eq!(md.parse::<u32>("redisdb").unwrap(), Some(3));
         assert_eq!(md.bool("ENABLETLS").unwrap(), Some(true));

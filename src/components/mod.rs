@@ -16,9 +16,7 @@ use state::StateStore;
 /// Why a component could not be built.
 #[derive(Debug, thiserror::Error)]
 pub enum ComponentError {
-    #[error(
-        "couldn't find component type {type_}/{version}; registered component types are: {known}"
-    )]
+    #[error("couldn't find component type {type_}/{version}; registered component types are: {known}")]
     UnknownType {
         type_: String,
         version: String,
@@ -94,10 +92,8 @@ impl Registry {
     }
 
     pub fn register(&mut self, type_: &str, version: &str, factory: Factory) {
-        self.factories.insert(
-            (type_.to_ascii_lowercase(), version.to_ascii_lowercase()),
-            factory,
-        );
+        self.factories
+            .insert((type_.to_ascii_lowercase(), version.to_ascii_lowercase()), factory);
     }
 
     /// The factory for `type_`/`version`, or an error listing every registered type.
@@ -114,19 +110,11 @@ impl Registry {
 
     /// `type/version` of every registered component, sorted.
     pub fn registered(&self) -> Vec<String> {
-        self.factories
-            .keys()
-            .map(|(t, v)| format!("{t}/{v}"))
-            .collect()
+        self.factories.keys().map(|(t, v)| format!("{t}/{v}")).collect()
     }
 
     /// Build and initialise a component.
-    pub async fn build(
-        &self,
-        type_: &str,
-        version: &str,
-        md: Metadata,
-    ) -> Result<Instance, ComponentError> {
+    pub async fn build(&self, type_: &str, version: &str, md: Metadata) -> Result<Instance, ComponentError> {
         Ok(match self.factory(type_, version)? {
             Factory::State(f) => Instance::State(f(md).await?),
             Factory::Secret(f) => Instance::Secret(f(md).await?),

@@ -136,10 +136,7 @@ impl AppChannel {
                 }
             }
         };
-        matches!(
-            tokio::time::timeout(probe.timeout, attempt).await,
-            Ok(Some(true))
-        )
+        matches!(tokio::time::timeout(probe.timeout, attempt).await, Ok(Some(true)))
     }
 
     /// Probes every `interval`; `threshold` consecutive failures mark the app unhealthy, one success healthy again.
@@ -159,8 +156,7 @@ impl AppChannel {
                     }
                 } else {
                     failures += 1;
-                    if failures >= probe.threshold && channel.healthy.swap(false, Ordering::AcqRel)
-                    {
+                    if failures >= probe.threshold && channel.healthy.swap(false, Ordering::AcqRel) {
                         tracing::warn!(failures, "app is unhealthy");
                     }
                 }

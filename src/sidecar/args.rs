@@ -101,20 +101,10 @@ pub struct Args {
     #[arg(long = "pod-name", env = "POD_NAME", default_value = "", hide = true)]
     pub pod_name: String,
     /// Token every API call must carry as `dapr-api-token`.
-    #[arg(
-        long = "dapr-api-token",
-        env = "DAPR_API_TOKEN",
-        hide = true,
-        hide_env_values = true
-    )]
+    #[arg(long = "dapr-api-token", env = "DAPR_API_TOKEN", hide = true, hide_env_values = true)]
     pub api_token: Option<String>,
     /// Token sent to the app as `dapr-api-token`.
-    #[arg(
-        long = "app-api-token",
-        env = "APP_API_TOKEN",
-        hide = true,
-        hide_env_values = true
-    )]
+    #[arg(long = "app-api-token", env = "APP_API_TOKEN", hide = true, hide_env_values = true)]
     pub app_token: Option<String>,
 }
 
@@ -152,16 +142,13 @@ impl Args {
                 ));
             }
             other => {
-                return Err(format!(
-                    "--app-protocol {other:?} is not valid; use http or grpc"
-                ));
+                return Err(format!("--app-protocol {other:?} is not valid; use http or grpc"));
             }
         }
         if self.app_id.contains('.') && self.mode == Mode::Standalone {
             return Err(format!("--app-id {:?} may not contain '.'", self.app_id));
         }
-        self.max_body_bytes()
-            .map_err(|e| format!("--max-body-size: {e}"))?;
+        self.max_body_bytes().map_err(|e| format!("--max-body-size: {e}"))?;
         match self.log_level.as_str() {
             "debug" | "info" | "warn" | "error" | "fatal" => Ok(()),
             other => Err(format!(
@@ -174,9 +161,7 @@ impl Args {
 /// Parses a Kubernetes-style quantity (`4Mi`, `512Ki`, `1G`, `100`) into bytes.
 pub fn parse_quantity(q: &str) -> Result<usize, String> {
     let q = q.trim();
-    let split = q
-        .find(|c: char| !c.is_ascii_digit() && c != '.')
-        .unwrap_or(q.len());
+    let split = q.find(|c: char| !c.is_ascii_digit() && c != '.').unwrap_or(q.len());
     let (num, unit) = q.split_at(split);
     let n: f64 = num
         .parse()
@@ -190,9 +175,7 @@ pub fn parse_quantity(q: &str) -> Result<usize, String> {
         "Mi" => 1024.0 * 1024.0,
         "Gi" => 1024.0 * 1024.0 * 1024.0,
         u => {
-            return Err(format!(
-                "unknown unit {u:?} in {q:?} (use Ki, Mi, Gi, K, M, G)"
-            ));
+            return Err(format!("unknown unit {u:?} in {q:?} (use Ki, Mi, Gi, K, M, G)"));
         }
     };
     Ok((n * mult) as usize)

@@ -14,6 +14,9 @@ pub struct ApiError {
     /// Dapr's error code, e.g. `ERR_STATE_STORE_NOT_FOUND`.
     pub code: &'static str,
     pub message: String,
+    /// `google.rpc.ErrorInfo` reason sent as error details (gRPC status details, HTTP `details`), as Dapr does
+    /// for its structured errors; SDKs read it as the error code.
+    pub reason: Option<&'static str>,
 }
 
 impl std::fmt::Display for ApiError {
@@ -33,7 +36,14 @@ impl ApiError {
             grpc,
             code,
             message: message.into(),
+            reason: None,
         }
+    }
+
+    /// Adds the ErrorInfo reason Dapr attaches to this error.
+    pub fn with_reason(mut self, reason: &'static str) -> Self {
+        self.reason = Some(reason);
+        self
     }
 
     // Generic.
@@ -113,6 +123,7 @@ impl ApiError {
             "ERR_STATE_STORE_NOT_CONFIGURED",
             format!("state store {name} is not configured"),
         )
+        .with_reason("DAPR_STATE_NOT_CONFIGURED")
     }
     pub fn state_store_not_found(name: &str) -> Self {
         Self::new(
@@ -121,6 +132,7 @@ impl ApiError {
             "ERR_STATE_STORE_NOT_FOUND",
             format!("state store {name} is not found"),
         )
+        .with_reason("DAPR_STATE_NOT_FOUND")
     }
     pub fn illegal_key(key: &str) -> Self {
         Self::new(
@@ -129,6 +141,7 @@ impl ApiError {
             "ERR_MALFORMED_REQUEST",
             format!("input key/keyPrefix '{key}' can't contain '||'"),
         )
+        .with_reason("DAPR_STATE_ILLEGAL_KEY")
     }
     pub fn state_get(key: &str, store: &str, e: &StateError) -> Self {
         Self::from_state(
@@ -159,7 +172,7 @@ impl ApiError {
         )
     }
     pub fn state_bulk_get(e: &StateError) -> Self {
-        Self::new(500, Code::Internal, "ERR_STATE_BULK_GET", e.to_string())
+        Self::new(500, Code::Internal, "ERR_STATE_BULK_GET", e.to_string()).with_reason("ERR_STATE_BULK_GET")
     }
     pub fn empty_key_http() -> Self {
         Self::new(
@@ -176,6 +189,7 @@ impl ApiError {
             "ERR_STATE_SAVE",
             "state key cannot be empty",
         )
+        .with_reason("ERR_STATE_SAVE")
     }
     /// Dapr reports every failed transaction, etag conflicts included, as a 500.
     pub fn state_transaction(e: &StateError) -> Self {
@@ -185,6 +199,7 @@ impl ApiError {
             "ERR_STATE_TRANSACTION",
             format!("error while executing state transaction: {e}"),
         )
+        .with_reason("ERR_STATE_TRANSACTION")
     }
     pub fn state_query(store: &str, e: impl std::fmt::Display) -> Self {
         Self::new(
@@ -193,6 +208,7 @@ impl ApiError {
             "ERR_STATE_QUERY",
             format!("state store {store} query failed: {e}"),
         )
+        .with_reason("DAPR_STATE_QUERY_FAILED")
     }
     pub fn unsupported_operation(op: &str) -> Self {
         Self::new(
@@ -209,6 +225,7 @@ impl ApiError {
             "ERR_STATE_STORE_NOT_SUPPORTED",
             format!("state store {store} doesn't support transactions"),
         )
+        .with_reason("DAPR_STATE_TRANSACTIONS_NOT_SUPPORTED")
     }
     pub fn query_not_supported() -> Self {
         Self::new(
@@ -217,6 +234,7 @@ impl ApiError {
             "ERR_STATE_STORE_NOT_SUPPORTED",
             "state store does not support querying",
         )
+        .with_reason("DAPR_STATE_QUERYING_NOT_SUPPORTED")
     }
 
     /// Etag failures keep their own status (409 / 400) whatever the operation.
@@ -226,6 +244,7 @@ impl ApiError {
             StateError::EtagInvalid(_) => Self::new(400, Code::InvalidArgument, code, message),
             _ => Self::new(500, Code::Internal, code, message),
         }
+        .with_reason(code)
     }
 
     // Secrets.

@@ -45,10 +45,7 @@ impl Resources {
             })?;
             let mut files: Vec<PathBuf> = entries
                 .filter_map(|e| e.ok().map(|e| e.path()))
-                .filter(|p| {
-                    p.is_file()
-                        && matches!(p.extension().and_then(|e| e.to_str()), Some("yaml" | "yml"))
-                })
+                .filter(|p| p.is_file() && matches!(p.extension().and_then(|e| e.to_str()), Some("yaml" | "yml")))
                 .collect();
             files.sort();
             for path in files {
@@ -90,13 +87,7 @@ impl Resources {
             if value.is_null() {
                 continue;
             }
-            let field = |k: &str| {
-                value
-                    .get(k)
-                    .and_then(|v| v.as_str())
-                    .unwrap_or_default()
-                    .to_owned()
-            };
+            let field = |k: &str| value.get(k).and_then(|v| v.as_str()).unwrap_or_default().to_owned();
             let (api_version, kind) = (field("apiVersion"), field("kind"));
             if !api_version.starts_with("dapr.io/") {
                 continue;
@@ -107,15 +98,9 @@ impl Resources {
                     let v1: SubscriptionV1Alpha1 = typed(value, &kind).map_err(invalid)?;
                     self.subscriptions.push(v1.into());
                 }
-                ("Subscription", _) => self
-                    .subscriptions
-                    .push(typed(value, &kind).map_err(invalid)?),
-                ("HTTPEndpoint", _) => self
-                    .http_endpoints
-                    .push(typed(value, &kind).map_err(invalid)?),
-                ("Resiliency", _) => self
-                    .resiliencies
-                    .push(typed(value, &kind).map_err(invalid)?),
+                ("Subscription", _) => self.subscriptions.push(typed(value, &kind).map_err(invalid)?),
+                ("HTTPEndpoint", _) => self.http_endpoints.push(typed(value, &kind).map_err(invalid)?),
+                ("Resiliency", _) => self.resiliencies.push(typed(value, &kind).map_err(invalid)?),
                 _ => tracing::debug!(path = %path.display(), kind, "skipping resource kind"),
             }
         }
@@ -123,9 +108,8 @@ impl Resources {
     }
 
     fn retain_in_scope(&mut self, app_id: &str, namespace: &str) {
-        let ns_ok = |ns: &Option<String>| {
-            namespace.is_empty() || ns.as_deref().is_none_or(|n| n.is_empty() || n == namespace)
-        };
+        let ns_ok =
+            |ns: &Option<String>| namespace.is_empty() || ns.as_deref().is_none_or(|n| n.is_empty() || n == namespace);
         self.components.retain(|c| {
             let keep = in_scope(&c.scopes, app_id) && ns_ok(&c.metadata.namespace);
             if !keep {
@@ -267,17 +251,9 @@ scopes: [someone-else]
         let r = Resources::load(&[dir.path().display().to_string()], "app1", "").unwrap();
         assert_eq!(r.components.len(), 1);
         let c = &r.components[0];
+        assert_eq!((c.name(), c.spec.type_.as_str()), ("statestore", "state.redis"));
         assert_eq!(
-            (c.name(), c.spec.type_.as_str()),
-            ("statestore", "state.redis")
-        );
-        assert_eq!(
-            c.spec.metadata[1]
-                .secret_key_ref
-                .as_ref()
-                .unwrap()
-                .key
-                .as_deref(),
+            c.spec.metadata[1].secret_key_ref.as_ref().unwrap().key.as_deref(),
             Some("pass")
         );
         assert_eq!(c.auth.as_ref().unwrap().secret_store, "local");
@@ -308,10 +284,7 @@ scopes: [someone-else]
         let err = Resources::load(&[dir.path().display().to_string()], "a", "")
             .unwrap_err()
             .to_string();
-        assert!(
-            err.contains("duplicate definition of Component name s"),
-            "{err}"
-        );
+        assert!(err.contains("duplicate definition of Component name s"), "{err}");
     }
 
     #[test]
@@ -319,12 +292,7 @@ scopes: [someone-else]
         let dir = tempfile::tempdir().unwrap();
         let p = dir.path().join("config.yaml");
         std::fs::write(&p, "apiVersion: dapr.io/v1alpha1\nkind: Configuration\nmetadata:\n  name: c\nspec:\n  secrets:\n    scopes:\n    - storeName: s\n      defaultAccess: maybe\n").unwrap();
-        let err = load_configuration(p.to_str().unwrap())
-            .unwrap_err()
-            .to_string();
-        assert!(
-            err.contains("defaultAccess maybe can be either allow or deny"),
-            "{err}"
-        );
+        let err = load_configuration(p.to_str().unwrap()).unwrap_err().to_string();
+        assert!(err.contains("defaultAccess maybe can be either allow or deny"), "{err}");
     }
 }

@@ -3,15 +3,12 @@
 use std::time::Duration;
 
 use axum::http::Method;
-use prometheus::{
-    Encoder, HistogramOpts, HistogramVec, IntCounterVec, Opts, Registry, TextEncoder,
-};
+use prometheus::{Encoder, HistogramOpts, HistogramVec, IntCounterVec, Opts, Registry, TextEncoder};
 
 /// Dapr's latency buckets, in milliseconds.
 const LATENCY_MS: &[f64] = &[
-    1.0, 2.0, 3.0, 4.0, 5.0, 6.0, 8.0, 10.0, 13.0, 16.0, 20.0, 25.0, 30.0, 40.0, 50.0, 65.0, 80.0,
-    100.0, 130.0, 160.0, 200.0, 250.0, 300.0, 400.0, 500.0, 650.0, 800.0, 1000.0, 2000.0, 5000.0,
-    10000.0, 20000.0, 50000.0, 100000.0,
+    1.0, 2.0, 3.0, 4.0, 5.0, 6.0, 8.0, 10.0, 13.0, 16.0, 20.0, 25.0, 30.0, 40.0, 50.0, 65.0, 80.0, 100.0, 130.0, 160.0,
+    200.0, 250.0, 300.0, 400.0, 500.0, 650.0, 800.0, 1000.0, 2000.0, 5000.0, 10000.0, 20000.0, 50000.0, 100000.0,
 ];
 
 pub struct Metrics {
@@ -37,11 +34,8 @@ impl Metrics {
         )
         .expect("valid metric");
         let http_latency = HistogramVec::new(
-            HistogramOpts::new(
-                "dapr_http_server_latency",
-                "HTTP request end-to-end latency in server.",
-            )
-            .buckets(LATENCY_MS.to_vec()),
+            HistogramOpts::new("dapr_http_server_latency", "HTTP request end-to-end latency in server.")
+                .buckets(LATENCY_MS.to_vec()),
             http_labels,
         )
         .expect("valid metric");
@@ -63,14 +57,10 @@ impl Metrics {
         )
         .expect("valid metric");
         for c in [&http_count, &grpc_completed] {
-            registry
-                .register(Box::new(c.clone()))
-                .expect("unique metric");
+            registry.register(Box::new(c.clone())).expect("unique metric");
         }
         for h in [&http_latency, &grpc_latency] {
-            registry
-                .register(Box::new(h.clone()))
-                .expect("unique metric");
+            registry.register(Box::new(h.clone())).expect("unique metric");
         }
         Metrics {
             app_id: app_id.into(),
@@ -124,10 +114,7 @@ fn path_label(path: &str) -> String {
     let segs: Vec<&str> = path.trim_start_matches('/').split('/').collect();
     let keep = match segs.get(1).copied() {
         Some("invoke") => 5,
-        Some(
-            "state" | "secrets" | "publish" | "bindings" | "metadata" | "configuration" | "lock"
-            | "unlock",
-        ) => 3,
+        Some("state" | "secrets" | "publish" | "bindings" | "metadata" | "configuration" | "lock" | "unlock") => 3,
         Some("healthz") => segs.len(),
         _ => 3,
     };
@@ -166,32 +153,22 @@ mod tests {
     fn paths_collapse_to_low_cardinality_labels() {
         assert_eq!(path_label("/v1.0/state/store/key1"), "/v1.0/state/store");
         assert_eq!(path_label("/v1.0/secrets/s/bulk"), "/v1.0/secrets/s");
-        assert_eq!(
-            path_label("/v1.0/healthz/outbound"),
-            "/v1.0/healthz/outbound"
-        );
+        assert_eq!(path_label("/v1.0/healthz/outbound"), "/v1.0/healthz/outbound");
     }
 
     #[test]
     fn renders_dapr_metric_names() {
         let m = Metrics::new("app");
-        m.http_request(
-            &Method::GET,
-            "/v1.0/state/s/k",
-            204,
-            Duration::from_millis(2),
-        );
-        m.grpc_call(
-            "/dapr.proto.runtime.v1.Dapr/GetState",
-            "OK",
-            Duration::from_millis(1),
-        );
+        m.http_request(&Method::GET, "/v1.0/state/s/k", 204, Duration::from_millis(2));
+        m.grpc_call("/dapr.proto.runtime.v1.Dapr/GetState", "OK", Duration::from_millis(1));
         let text = String::from_utf8(m.render()).unwrap();
-        assert!(text.contains(r#"dapr_http_server_request_count{app_id="app",method="GET",path="/v1.0/state/s",status="204"} 1"#), "{text}");
         assert!(
-            text.contains("dapr_grpc_io_server_completed_rpcs{"),
+            text.contains(
+                r#"dapr_http_server_request_count{app_id="app",method="GET",path="/v1.0/state/s",status="204"} 1"#
+            ),
             "{text}"
         );
+        assert!(text.contains("dapr_grpc_io_server_completed_rpcs{"), "{text}");
         assert!(text.contains("dapr_http_server_latency_bucket"), "{text}");
     }
 }

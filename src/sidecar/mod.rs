@@ -52,7 +52,7 @@ pub struct Sidecar {
     pub rt: Arc<Runtime>,
     pub ports: Ports,
     servers: JoinSet<()>,
-    init: tokio::task::JoinHandle<Result<(), String>>,
+    init: tokio::task::JoinHandle<()>,
     grace: Duration,
 }
 
@@ -86,9 +86,7 @@ async fn bind_all(
 
 fn sock(addr: &str, port: u16) -> anyhow::Result<SocketAddr> {
     let host = addr.trim_start_matches('[').trim_end_matches(']');
-    let ip: std::net::IpAddr = host
-        .parse()
-        .with_context(|| format!("{addr:?} is not an IP address"))?;
+    let ip: std::net::IpAddr = host.parse().with_context(|| format!("{addr:?} is not an IP address"))?;
     Ok(SocketAddr::new(ip, port))
 }
 
@@ -102,11 +100,7 @@ fn port_of(ls: &[TcpListener]) -> u16 {
 impl Sidecar {
     /// Loads resources, binds every listener and starts the servers; components initialise in the background.
     /// `defaults` are used when no `--resources-path` is given (`tandem run`'s embedded defaults).
-    pub async fn start(
-        args: Args,
-        policy: PortPolicy,
-        defaults: Vec<Component>,
-    ) -> anyhow::Result<Sidecar> {
+    pub async fn start(args: Args, policy: PortPolicy, defaults: Vec<Component>) -> anyhow::Result<Sidecar> {
         let started = Instant::now();
         args.validate().map_err(anyhow::Error::msg)?;
         let max_body = args.max_body_bytes().map_err(anyhow::Error::msg)?;
@@ -134,9 +128,7 @@ impl Sidecar {
             port: channel.as_ref().map(|c| c.port),
             protocol: args.app_protocol.clone(),
             channel_address: args.app_channel_address.clone(),
-            max_concurrency: u32::try_from(args.app_max_concurrency)
-                .ok()
-                .filter(|c| *c > 0),
+            max_concurrency: u32::try_from(args.app_max_concurrency).ok().filter(|c| *c > 0),
             health: probe.as_ref().map(|p| AppHealthInfo {
                 path: (args.app_protocol == "http").then(|| p.path.clone()),
                 interval: humantime::format_duration(p.interval).to_string(),
@@ -144,20 +136,11 @@ impl Sidecar {
                 threshold: p.threshold,
             }),
         };
-        let rt = Arc::new(Runtime::new(
-            &args.app_id,
-            &args.namespace,
-            config,
-            app_connection,
-        ));
+        let rt = Arc::new(Runtime::new(&args.app_id, &args.namespace, config, app_connection));
         rt.set_subscriptions(resources.subscriptions.clone());
         rt.set_http_endpoints(resources.http_endpoints.clone());
         let metrics = Arc::new(Metrics::new(&args.app_id));
-        let token: Option<Arc<str>> = args
-            .api_token
-            .clone()
-            .filter(|t| !t.is_empty())
-            .map(Into::into);
+        let token: Option<Arc<str>> = args.api_token.clone().filter(|t| !t.is_empty()).map(Into::into);
         let api_logging = args.enable_api_logging.unwrap_or_else(|| {
             rt.config
                 .spec
@@ -212,10 +195,7 @@ impl Sidecar {
                 let m = m.clone();
                 async move {
                     (
-                        [(
-                            axum::http::header::CONTENT_TYPE,
-                            "text/plain; version=0.0.4",
-                        )],
+                        [(axum::http::header::CONTENT_TYPE, "text/plain; version=0.0.4")],
                         m.render(),
                     )
                 }
@@ -251,14 +231,7 @@ impl Sidecar {
             "tandem sidecar listening"
         );
 
-        let init = tokio::spawn(initialise(
-            rt.clone(),
-            resources,
-            args.mode,
-            channel,
-            probe,
-            started,
-        ));
+        let init = tokio::spawn(initialise(rt.clone(), resources, args.mode, channel, probe, started));
         let grace = Duration::from_secs(args.dapr_graceful_shutdown_seconds.max(0) as u64);
         Ok(Sidecar {
             rt,
@@ -273,28 +246,11 @@ impl Sidecar {
     /// requests for up to `--dapr-graceful-shutdown-seconds`, then closes components.
     pub async fn wait(mut self) -> anyhow::Result<()> {
         let shutdown = self.rt.shutdown.clone();
-        let init_result = tokio::select! {
-            r = &mut self.init => Some(r),
-            _ = shutdown.cancelled() => None,
-        };
-        let init_error = match init_result {
-            Some(Ok(Ok(()))) => {
-                shutdown.cancelled().await;
-                None
-            }
-            Some(Ok(Err(e))) => Some(e),
-            Some(Err(e)) => Some(format!("initialisation task failed: {e}")),
-            None => {
-                self.init.abort();
-                None
-            }
-        };
-        shutdown.cancel();
+        shutdown.cancelled().await;
+        self.init.abort();
         tracing::info!(grace = ?self.grace, "shutting down: draining in-flight requests");
-        let drained = tokio::time::timeout(self.grace, async {
-            while self.servers.join_next().await.is_some() {}
-        })
-        .await;
+        let drained =
+            tokio::time::timeout(self.grace, async { while self.servers.join_next().await.is_some() {} }).await;
         if drained.is_err() {
             tracing::warn!("grace period over; aborting the requests still in flight");
             self.servers.abort_all();
@@ -303,8 +259,8 @@ impl Sidecar {
             store.close().await;
         }
         tracing::info!("tandem sidecar stopped");
-        match init_error {
-            Some(e) => Err(anyhow::anyhow!(e)),
+        match self.rt.fatal_error() {
+            Some(e) => Err(anyhow::anyhow!("{e}")),
             None => Ok(()),
         }
     }
@@ -312,7 +268,11 @@ impl Sidecar {
 
 async fn serve_http(listener: TcpListener, router: axum::Router, shutdown: CancellationToken) {
     let _ = listener.set_ttl(64);
-    if let Err(e) = axum::serve(listener, router)
+    let app = axum::ServiceExt::<axum::extract::Request>::into_make_service(tower::ServiceExt::map_request(
+        router,
+        http::normalize_path,
+    ));
+    if let Err(e) = axum::serve(listener, app)
         .with_graceful_shutdown(shutdown.cancelled_owned())
         .await
     {
@@ -328,12 +288,12 @@ async fn initialise(
     channel: Option<Arc<AppChannel>>,
     probe: Option<HealthProbe>,
     started: Instant,
-) -> Result<(), String> {
+) {
     let registry = Registry::builtin();
     if let Err(e) = processor::load_components(&rt, &registry, &resources.components, mode).await {
         tracing::error!("error processing component, tandem will exit: {e}");
-        rt.shutdown.cancel();
-        return Err(e);
+        rt.fail(e);
+        return;
     }
     rt.health.set_outbound_ready();
     if let Some(channel) = &channel {
@@ -347,7 +307,6 @@ async fn initialise(
         init_elapsed_ms = started.elapsed().as_millis() as u64,
         "tandem initialized. Status: Running"
     );
-    Ok(())
 }
 
 /// Cancels `token` on SIGINT or SIGTERM.

@@ -42,10 +42,7 @@ pub async fn load_components(
                 tracing::info!(component = c.name(), type_ = %c.spec.type_, "component loaded")
             }
             Err(e) if c.spec.ignore_errors => {
-                tracing::warn!(
-                    component = c.name(),
-                    "ignoring error processing component: {e}"
-                );
+                tracing::warn!(component = c.name(), "ignoring error processing component: {e}");
             }
             Err(e) => return Err(format!("process component {} error: {e}", c.name())),
         }
@@ -65,9 +62,9 @@ async fn init_one(
     if !KINDS.iter().any(|k| type_.starts_with(&format!("{k}."))) {
         return Err(format!("incorrect type {type_}"));
     }
-    registry.factory(type_, c.version()).map_err(|e| {
-        format!("[CREATE_COMPONENT_FAILURE]: initialization error occurred for {log_name}: {e}")
-    })?;
+    registry
+        .factory(type_, c.version())
+        .map_err(|e| format!("[CREATE_COMPONENT_FAILURE]: initialization error occurred for {log_name}: {e}"))?;
     let md = resolve_metadata(rt, c, mode).await?;
     let timeout = c
         .spec
@@ -78,14 +75,8 @@ async fn init_one(
         .unwrap_or(DEFAULT_INIT_TIMEOUT);
     let instance = tokio::time::timeout(timeout, registry.build(type_, c.version(), md.clone()))
         .await
-        .map_err(|_| {
-            format!(
-                "[INIT_COMPONENT_FAILURE]: init timeout for component {log_name} after {timeout:?}"
-            )
-        })?
-        .map_err(|e| {
-            format!("[INIT_COMPONENT_FAILURE]: initialization error occurred for {log_name}: {e}")
-        })?;
+        .map_err(|_| format!("[INIT_COMPONENT_FAILURE]: init timeout for component {log_name} after {timeout:?}"))?
+        .map_err(|e| format!("[INIT_COMPONENT_FAILURE]: initialization error occurred for {log_name}: {e}"))?;
     let info = |capabilities| ComponentInfo {
         name: c.name().into(),
         type_: type_.into(),
@@ -164,32 +155,20 @@ async fn resolve_metadata(rt: &Runtime, c: &Component, mode: Mode) -> Result<Met
                     item.name
                 )
             })?;
-            let secret = store.get(&r.name, &Default::default()).await.map_err(|e| {
-                format!(
-                    "resolving secretKeyRef {:?} for metadata {:?}: {e}",
-                    r.name, item.name
-                )
-            })?;
-            let key = r
-                .key
-                .as_deref()
-                .filter(|k| !k.is_empty())
-                .unwrap_or(&r.name);
-            value = secret.get(key).cloned().ok_or_else(|| {
-                format!(
-                    "secret {:?} in store {store_name:?} has no key {key:?}",
-                    r.name
-                )
-            })?;
+            let secret = store
+                .get(&r.name, &Default::default())
+                .await
+                .map_err(|e| format!("resolving secretKeyRef {:?} for metadata {:?}: {e}", r.name, item.name))?;
+            let key = r.key.as_deref().filter(|k| !k.is_empty()).unwrap_or(&r.name);
+            value = secret
+                .get(key)
+                .cloned()
+                .ok_or_else(|| format!("secret {:?} in store {store_name:?} has no key {key:?}", r.name))?;
         } else if let Some(var) = item.env_ref.as_deref().filter(|_| value.is_empty()) {
             if env_allowed(var) {
                 value = std::env::var(var).unwrap_or_default();
             } else {
-                tracing::warn!(
-                    component = c.name(),
-                    var,
-                    "envRef to a protected variable is refused"
-                );
+                tracing::warn!(component = c.name(), var, "envRef to a protected variable is refused");
             }
         }
         props.push((item.name.clone(), value));
@@ -204,12 +183,7 @@ mod tests {
     use crate::sidecar::runtime::AppConnection;
 
     fn rt() -> Runtime {
-        Runtime::new(
-            "app",
-            "",
-            Configuration::default(),
-            AppConnection::default(),
-        )
+        Runtime::new("app", "", Configuration::default(), AppConnection::default())
     }
 
     #[tokio::test]
@@ -234,12 +208,7 @@ mod tests {
         load_components(&rt, &Registry::builtin(), &[bad, good], Mode::Standalone)
             .await
             .unwrap();
-        let names: Vec<_> = rt
-            .metadata()
-            .components
-            .into_iter()
-            .map(|c| c.name)
-            .collect();
+        let names: Vec<_> = rt.metadata().components.into_iter().map(|c| c.name).collect();
         assert_eq!(names, ["good"]);
     }
 
@@ -272,20 +241,10 @@ mod tests {
         });
         // The state store is listed first; the secret store still initialises before it.
         let rt = rt();
-        load_components(
-            &rt,
-            &Registry::builtin(),
-            &[state, secrets],
-            Mode::Standalone,
-        )
-        .await
-        .unwrap();
-        let names: Vec<_> = rt
-            .metadata()
-            .components
-            .into_iter()
-            .map(|c| c.name)
-            .collect();
+        load_components(&rt, &Registry::builtin(), &[state, secrets], Mode::Standalone)
+            .await
+            .unwrap();
+        let names: Vec<_> = rt.metadata().components.into_iter().map(|c| c.name).collect();
         assert_eq!(names, ["local", "s"]);
         assert!(db.exists(), "sqlite opened the path read from the secret");
     }

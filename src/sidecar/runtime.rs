@@ -11,8 +11,8 @@ use super::error::{ApiError, ApiResult};
 use crate::api::{Configuration, HttpEndpoint, Subscription};
 use crate::components::secretstores::{Secret, SecretStore};
 use crate::components::state::{
-    Concurrency, DeleteRequest, Feature, Query, QueryResponse, SetRequest, StateError, StateItem,
-    StateStore, TransactionOp,
+    Concurrency, DeleteRequest, Feature, Query, QueryResponse, SetRequest, StateError, StateItem, StateStore,
+    TransactionOp,
 };
 
 pub const RUNTIME_VERSION: &str = concat!("tandem-", env!("CARGO_PKG_VERSION"));
@@ -135,6 +135,8 @@ pub struct Runtime {
     pub app_connection: AppConnection,
     /// Cancelled to begin a graceful shutdown (signal or POST /v1.0/shutdown).
     pub shutdown: tokio_util::sync::CancellationToken,
+    /// Why the sidecar is stopping on its own, if it is (a component that could not start).
+    fatal: std::sync::OnceLock<String>,
     state: RwLock<HashMap<String, Arc<StateEntry>>>,
     secrets: RwLock<HashMap<String, Arc<dyn SecretStore>>>,
     components: RwLock<Vec<ComponentInfo>>,
@@ -161,19 +163,12 @@ fn ttl(metadata: &BTreeMap<String, String>) -> Result<Option<i64>, StateError> {
 
 /// Several per-item failures as one: an etag failure only when every failure was one.
 fn combine(errors: Vec<StateError>) -> StateError {
-    let text = errors
-        .iter()
-        .map(ToString::to_string)
-        .collect::<Vec<_>>()
-        .join("; ");
+    let text = errors.iter().map(ToString::to_string).collect::<Vec<_>>().join("; ");
     if errors
         .iter()
         .all(|e| matches!(e, StateError::EtagMismatch(_) | StateError::EtagInvalid(_)))
     {
-        if errors
-            .iter()
-            .any(|e| matches!(e, StateError::EtagInvalid(_)))
-        {
+        if errors.iter().any(|e| matches!(e, StateError::EtagInvalid(_))) {
             StateError::EtagInvalid(text)
         } else {
             StateError::EtagMismatch(text)
@@ -184,12 +179,7 @@ fn combine(errors: Vec<StateError>) -> StateError {
 }
 
 impl Runtime {
-    pub fn new(
-        app_id: &str,
-        namespace: &str,
-        config: Configuration,
-        app_connection: AppConnection,
-    ) -> Self {
+    pub fn new(app_id: &str, namespace: &str, config: Configuration, app_connection: AppConnection) -> Self {
         Runtime {
             app_id: app_id.into(),
             namespace: namespace.into(),
@@ -197,6 +187,7 @@ impl Runtime {
             health: Health::default(),
             app_connection,
             shutdown: Default::default(),
+            fatal: Default::default(),
             state: Default::default(),
             secrets: Default::default(),
             components: Default::default(),
@@ -204,6 +195,16 @@ impl Runtime {
             subscriptions: Default::default(),
             http_endpoints: Default::default(),
         }
+    }
+
+    /// Stops the sidecar because of `error`; `Sidecar::wait` then reports it and the process exits non-zero.
+    pub fn fail(&self, error: String) {
+        let _ = self.fatal.set(error);
+        self.shutdown.cancel();
+    }
+
+    pub fn fatal_error(&self) -> Option<&str> {
+        self.fatal.get().map(String::as_str)
     }
 
     // ---- registration (used while loading components) ----
@@ -243,10 +244,7 @@ impl Runtime {
     }
 
     pub fn add_secret_store(&self, info: ComponentInfo, store: Arc<dyn SecretStore>) {
-        self.secrets
-            .write()
-            .expect("lock")
-            .insert(info.name.clone(), store);
+        self.secrets.write().expect("lock").insert(info.name.clone(), store);
         self.components.write().expect("lock").push(info);
     }
 
@@ -295,17 +293,9 @@ impl Runtime {
             .map_err(|e| ApiError::state_get(key, store, &e))
     }
 
-    pub async fn get_bulk_state(
-        &self,
-        store: &str,
-        keys: &[String],
-        parallelism: usize,
-    ) -> ApiResult<Vec<BulkItem>> {
+    pub async fn get_bulk_state(&self, store: &str, keys: &[String], parallelism: usize) -> ApiResult<Vec<BulkItem>> {
         let entry = self.state_store(store)?;
-        let full = keys
-            .iter()
-            .map(|k| entry.key(k))
-            .collect::<ApiResult<Vec<_>>>()?;
+        let full = keys.iter().map(|k| entry.key(k)).collect::<ApiResult<Vec<_>>>()?;
         let results = entry.store.bulk_get(&full, parallelism).await;
         Ok(keys
             .iter()
@@ -325,11 +315,7 @@ impl Runtime {
             .collect())
     }
 
-    fn set_request(
-        &self,
-        entry: &StateEntry,
-        item: &SaveItem,
-    ) -> ApiResult<Result<SetRequest, StateError>> {
+    fn set_request(&self, entry: &StateEntry, item: &SaveItem) -> ApiResult<Result<SetRequest, StateError>> {
         let key = entry.key(&item.key)?;
         Ok(ttl(&item.metadata).map(|ttl| SetRequest {
             key,
@@ -353,10 +339,7 @@ impl Runtime {
         let errors: Vec<StateError> = results.into_iter().filter_map(Result::err).collect();
         match errors.len() {
             0 => Ok(()),
-            1 if items.len() == 1 => Err(ApiError::state_save(
-                store,
-                &errors.into_iter().next().expect("one"),
-            )),
+            1 if items.len() == 1 => Err(ApiError::state_save(store, &errors.into_iter().next().expect("one"))),
             _ => Err(ApiError::state_save(store, &combine(errors))),
         }
     }
@@ -385,8 +368,7 @@ impl Runtime {
             .iter()
             .map(|i| Self::delete_request(&entry, i))
             .collect::<ApiResult<Vec<_>>>()?;
-        let results =
-            futures::future::join_all(requests.iter().map(|r| entry.store.delete(r))).await;
+        let results = futures::future::join_all(requests.iter().map(|r| entry.store.delete(r))).await;
         let errors: Vec<StateError> = results.into_iter().filter_map(Result::err).collect();
         if errors.is_empty() {
             Ok(())
@@ -423,20 +405,14 @@ impl Runtime {
     /// Runs a query (the request body's JSON) over this app's keys.
     pub async fn query_state(&self, store: &str, query: &[u8]) -> ApiResult<QueryResponse> {
         let entry = self.state_store(store)?;
-        if !entry.store.features().contains(&Feature::QueryApi) {
-            return Err(ApiError::query_not_supported());
-        }
         let parsed = serde_json::from_slice(query)
             .map_err(|e| e.to_string())
             .and_then(|v| Query::parse(&v))
-            .map_err(|e| {
-                ApiError::state_query(store, format!("failed to parse JSON query body: {e}"))
-            })?;
-        entry
-            .store
-            .query(&entry.prefix, &parsed)
-            .await
-            .map_err(|e| ApiError::state_query(store, e))
+            .map_err(|e| ApiError::state_query(store, format!("failed to parse JSON query body: {e}")))?;
+        entry.store.query(&entry.prefix, &parsed).await.map_err(|e| match e {
+            StateError::NotSupported(_) => ApiError::query_not_supported(),
+            e => ApiError::state_query(store, e),
+        })
     }
 
     // ---- secrets ----
@@ -453,17 +429,10 @@ impl Runtime {
     }
 
     fn secret_allowed(&self, store: &str, key: &str) -> bool {
-        self.config
-            .secret_scope(store)
-            .is_none_or(|s| s.is_allowed(key))
+        self.config.secret_scope(store).is_none_or(|s| s.is_allowed(key))
     }
 
-    pub async fn get_secret(
-        &self,
-        store: &str,
-        key: &str,
-        metadata: &BTreeMap<String, String>,
-    ) -> ApiResult<Secret> {
+    pub async fn get_secret(&self, store: &str, key: &str, metadata: &BTreeMap<String, String>) -> ApiResult<Secret> {
         let s = self.secret_store_checked(store)?;
         if !self.secret_allowed(store, key) {
             return Err(ApiError::secret_denied(key, store));
@@ -513,10 +482,7 @@ impl Runtime {
 
     pub fn set_metadata(&self, key: &str, value: &str) {
         if !key.is_empty() {
-            self.extended
-                .write()
-                .expect("lock")
-                .insert(key.into(), value.into());
+            self.extended.write().expect("lock").insert(key.into(), value.into());
         }
     }
 }
@@ -551,12 +517,7 @@ mod tests {
     use crate::components::state::memory::MemoryStore;
 
     fn runtime_with(prefix: Option<&str>) -> Runtime {
-        let rt = Runtime::new(
-            "app1",
-            "prod",
-            Configuration::default(),
-            AppConnection::default(),
-        );
+        let rt = Runtime::new("app1", "prod", Configuration::default(), AppConnection::default());
         let info = ComponentInfo {
             name: "s".into(),
             type_: "state.in-memory".into(),
@@ -586,11 +547,7 @@ mod tests {
             (Some("custom"), "custom||"),
         ] {
             let rt = runtime_with(strategy);
-            assert_eq!(
-                rt.state_store("s").unwrap().prefix,
-                expected,
-                "{strategy:?}"
-            );
+            assert_eq!(rt.state_store("s").unwrap().prefix, expected, "{strategy:?}");
         }
     }
 
@@ -610,26 +567,18 @@ mod tests {
         );
         let empty = Runtime::new("a", "", Configuration::default(), AppConnection::default());
         let err = empty.get_state("s", "k").await.unwrap_err();
-        assert_eq!(
-            (err.status, err.code),
-            (500, "ERR_STATE_STORE_NOT_CONFIGURED")
-        );
+        assert_eq!((err.status, err.code), (500, "ERR_STATE_STORE_NOT_CONFIGURED"));
     }
 
     #[tokio::test]
     async fn bulk_save_reports_etag_conflicts_as_409() {
         let rt = runtime_with(None);
-        rt.save_state("s", &[save("a", "1"), save("b", "2")])
-            .await
-            .unwrap();
+        rt.save_state("s", &[save("a", "1"), save("b", "2")]).await.unwrap();
         let stale = SaveItem {
             etag: Some("999".into()),
             ..save("a", "3")
         };
-        let err = rt
-            .save_state("s", &[stale.clone(), stale])
-            .await
-            .unwrap_err();
+        let err = rt.save_state("s", &[stale.clone(), stale]).await.unwrap_err();
         assert_eq!((err.status, err.code), (409, "ERR_STATE_SAVE"));
     }
 

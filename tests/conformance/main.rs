@@ -18,11 +18,7 @@ async fn runtime(backend: &str, app_id: &str, dir: &tempfile::TempDir) -> Arc<Ru
     let db = dir.path().join("state.db");
     let component = match backend {
         "memory" => Component::new("s", "state.in-memory", &[]),
-        "sqlite" => Component::new(
-            "s",
-            "state.sqlite",
-            &[("connectionString", db.to_str().unwrap())],
-        ),
+        "sqlite" => Component::new("s", "state.sqlite", &[("connectionString", db.to_str().unwrap())]),
         "redis" => Component::new("s", "state.redis", &[("redisHost", "127.0.0.1:6379")]),
         other => panic!("unknown backend {other}"),
     };
@@ -34,9 +30,7 @@ async fn runtime(backend: &str, app_id: &str, dir: &tempfile::TempDir) -> Arc<Ru
     ));
     load_components(&rt, &Registry::builtin(), &[component], Mode::Standalone)
         .await
-        .unwrap_or_else(|e| {
-            panic!("{backend} store failed to start (is the server running?): {e}")
-        });
+        .unwrap_or_else(|e| panic!("{backend} store failed to start (is the server running?): {e}"));
     rt
 }
 
@@ -74,11 +68,7 @@ struct Ctx {
 async fn ctx(backend: &'static str) -> Ctx {
     let dir = tempfile::tempdir().unwrap();
     let rt = runtime(backend, &unique("conf"), &dir).await;
-    Ctx {
-        rt,
-        _dir: dir,
-        backend,
-    }
+    Ctx { rt, _dir: dir, backend }
 }
 
 async fn etag_of(c: &Ctx, key: &str) -> String {
@@ -91,19 +81,13 @@ async fn etag_of(c: &Ctx, key: &str) -> String {
 }
 
 async fn set_get_roundtrip(c: Ctx) {
-    c.rt.save_state("s", &[item("a", r#"{"x":1}"#)])
-        .await
-        .unwrap();
+    c.rt.save_state("s", &[item("a", r#"{"x":1}"#)]).await.unwrap();
     let got = c.rt.get_state("s", "a").await.unwrap().unwrap();
     assert_eq!(got.data, Bytes::from_static(br#"{"x":1}"#));
     let first = got.etag.clone().expect("etag");
     c.rt.save_state("s", &[item("a", "2")]).await.unwrap();
     let second = etag_of(&c, "a").await;
-    assert_ne!(
-        first, second,
-        "{}: etag must change on every write",
-        c.backend
-    );
+    assert_ne!(first, second, "{}: etag must change on every write", c.backend);
     assert!(c.rt.get_state("s", "missing").await.unwrap().is_none());
 }
 
@@ -115,18 +99,13 @@ async fn binary_values_roundtrip(c: Ctx) {
         ..Default::default()
     };
     c.rt.save_state("s", &[it]).await.unwrap();
-    assert_eq!(
-        c.rt.get_state("s", "bin").await.unwrap().unwrap().data,
-        bytes
-    );
+    assert_eq!(c.rt.get_state("s", "bin").await.unwrap().unwrap().data, bytes);
 }
 
 async fn etag_rules(c: Ctx) {
     c.rt.save_state("s", &[item("k", "1")]).await.unwrap();
     let etag = etag_of(&c, "k").await;
-    c.rt.save_state("s", &[with_etag(item("k", "2"), &etag)])
-        .await
-        .unwrap();
+    c.rt.save_state("s", &[with_etag(item("k", "2"), &etag)]).await.unwrap();
     let stale =
         c.rt.save_state("s", &[with_etag(item("k", "3"), &etag)])
             .await
@@ -141,9 +120,12 @@ async fn etag_rules(c: Ctx) {
         c.rt.save_state("s", &[with_etag(item("k", "3"), "not-a-version")])
             .await
             .unwrap_err();
+    // Redis etags are version numbers, so a malformed one is invalid (400); the other stores, like Dapr's,
+    // only know whether an etag matches (409).
+    let expected = if c.backend == "redis" { 400 } else { 409 };
     assert_eq!(
         (invalid.status, invalid.code),
-        (400, "ERR_STATE_SAVE"),
+        (expected, "ERR_STATE_SAVE"),
         "{}: {invalid}",
         c.backend
     );
@@ -175,9 +157,7 @@ async fn first_write(c: Ctx) {
         c.backend
     );
     let etag = etag_of(&c, "f").await;
-    c.rt.save_state("s", &[with_etag(fw("f", "3"), &etag)])
-        .await
-        .unwrap();
+    c.rt.save_state("s", &[with_etag(fw("f", "3"), &etag)]).await.unwrap();
     let last = SaveItem {
         concurrency: Concurrency::LastWrite,
         ..item("f", "4")
@@ -191,27 +171,13 @@ async fn first_write(c: Ctx) {
 
 async fn delete_rules(c: Ctx) {
     c.rt.save_state("s", &[item("d", "1")]).await.unwrap();
-    let err =
-        c.rt.delete_state("s", &delete("d", Some("12345")))
-            .await
-            .unwrap_err();
-    assert_eq!(
-        (err.status, err.code),
-        (409, "ERR_STATE_DELETE"),
-        "{}",
-        c.backend
-    );
+    let err = c.rt.delete_state("s", &delete("d", Some("12345"))).await.unwrap_err();
+    assert_eq!((err.status, err.code), (409, "ERR_STATE_DELETE"), "{}", c.backend);
     let etag = etag_of(&c, "d").await;
-    c.rt.delete_state("s", &delete("d", Some(&etag)))
-        .await
-        .unwrap();
+    c.rt.delete_state("s", &delete("d", Some(&etag))).await.unwrap();
     assert!(c.rt.get_state("s", "d").await.unwrap().is_none());
-    c.rt.delete_state("s", &delete("never-existed", None))
-        .await
-        .unwrap();
-    c.rt.save_state("s", &[item("b1", "1"), item("b2", "2")])
-        .await
-        .unwrap();
+    c.rt.delete_state("s", &delete("never-existed", None)).await.unwrap();
+    c.rt.save_state("s", &[item("b1", "1"), item("b2", "2")]).await.unwrap();
     c.rt.delete_bulk_state("s", &[delete("b1", None), delete("b2", None)])
         .await
         .unwrap();
@@ -219,9 +185,7 @@ async fn delete_rules(c: Ctx) {
 }
 
 async fn bulk_get(c: Ctx) {
-    c.rt.save_state("s", &[item("x", "1"), item("y", "2")])
-        .await
-        .unwrap();
+    c.rt.save_state("s", &[item("x", "1"), item("y", "2")]).await.unwrap();
     let keys = vec!["y".to_owned(), "missing".to_owned(), "x".to_owned()];
     let got = c.rt.get_bulk_state("s", &keys, 2).await.unwrap();
     let summary: Vec<(&str, Option<&[u8]>)> = got
@@ -230,24 +194,15 @@ async fn bulk_get(c: Ctx) {
         .collect();
     assert_eq!(
         summary,
-        [
-            ("y", Some(&b"2"[..])),
-            ("missing", None),
-            ("x", Some(&b"1"[..]))
-        ],
+        [("y", Some(&b"2"[..])), ("missing", None), ("x", Some(&b"1"[..]))],
         "{}",
         c.backend
     );
 }
 
 async fn transactions_are_all_or_nothing(c: Ctx) {
-    c.rt.save_state("s", &[item("t1", "1"), item("t2", "2")])
-        .await
-        .unwrap();
-    let ok = [
-        TxOp::Upsert(item("t3", "3")),
-        TxOp::Delete(delete("t1", None)),
-    ];
+    c.rt.save_state("s", &[item("t1", "1"), item("t2", "2")]).await.unwrap();
+    let ok = [TxOp::Upsert(item("t3", "3")), TxOp::Delete(delete("t1", None))];
     c.rt.transact("s", &ok).await.unwrap();
     assert!(c.rt.get_state("s", "t1").await.unwrap().is_none());
     assert!(c.rt.get_state("s", "t3").await.unwrap().is_some());
@@ -257,22 +212,13 @@ async fn transactions_are_all_or_nothing(c: Ctx) {
         TxOp::Upsert(with_etag(item("t3", "x"), "999")),
     ];
     let err = c.rt.transact("s", &failing).await.unwrap_err();
-    assert_eq!(
-        (err.status, err.code),
-        (500, "ERR_STATE_TRANSACTION"),
-        "{}",
-        c.backend
-    );
+    assert_eq!((err.status, err.code), (500, "ERR_STATE_TRANSACTION"), "{}", c.backend);
     assert!(
         c.rt.get_state("s", "t4").await.unwrap().is_none(),
         "{}: nothing of a failed transaction applies",
         c.backend
     );
-    assert!(
-        c.rt.get_state("s", "t2").await.unwrap().is_some(),
-        "{}",
-        c.backend
-    );
+    assert!(c.rt.get_state("s", "t2").await.unwrap().is_some(), "{}", c.backend);
 }
 
 async fn ttl(c: Ctx) {
@@ -317,11 +263,7 @@ async fn ttl(c: Ctx) {
             break;
         }
     }
-    assert!(
-        gone,
-        "{}: an item with ttlInSeconds=1 must expire",
-        c.backend
-    );
+    assert!(gone, "{}: an item with ttlInSeconds=1 must expire", c.backend);
     assert!(c.rt.get_state("s", "forever").await.unwrap().is_some());
     // Rewriting without a TTL removes the expiry.
     c.rt.save_state(
@@ -335,21 +277,14 @@ async fn ttl(c: Ctx) {
     .unwrap();
     c.rt.save_state("s", &[item("re", "2")]).await.unwrap();
     assert!(
-        c.rt.get_state("s", "re")
-            .await
-            .unwrap()
-            .unwrap()
-            .expires_at
-            .is_none(),
+        c.rt.get_state("s", "re").await.unwrap().unwrap().expires_at.is_none(),
         "{}",
         c.backend
     );
 }
 
 async fn apps_do_not_see_each_others_keys(c: Ctx) {
-    c.rt.save_state("s", &[item("shared-name", "mine")])
-        .await
-        .unwrap();
+    c.rt.save_state("s", &[item("shared-name", "mine")]).await.unwrap();
     let other = runtime(c.backend, &unique("other"), &c._dir).await;
     assert!(
         other.get_state("s", "shared-name").await.unwrap().is_none(),
@@ -367,10 +302,7 @@ async fn optimistic_concurrency_under_contention(c: Ctx) {
         tokio::spawn(async move { rt.save_state("s", &[it]).await })
     });
     let results = futures::future::join_all(writes).await;
-    let won = results
-        .into_iter()
-        .filter(|r| matches!(r, Ok(Ok(()))))
-        .count();
+    let won = results.into_iter().filter(|r| matches!(r, Ok(Ok(())))).count();
     assert_eq!(
         won, 1,
         "{}: exactly one writer holding the same etag may win",
@@ -380,32 +312,18 @@ async fn optimistic_concurrency_under_contention(c: Ctx) {
 
 async fn query(c: Ctx) {
     let people = [
-        (
-            "1",
-            r#"{"person":{"org":"Dev Ops","id":1036},"state":"CA"}"#,
-        ),
-        (
-            "2",
-            r#"{"person":{"org":"Hardware","id":1028},"state":"WA"}"#,
-        ),
-        (
-            "3",
-            r#"{"person":{"org":"Finance","id":1071},"state":"NY"}"#,
-        ),
-        (
-            "4",
-            r#"{"person":{"org":"Dev Ops","id":1042},"state":"WA"}"#,
-        ),
+        ("1", r#"{"person":{"org":"Dev Ops","id":1036},"state":"CA"}"#),
+        ("2", r#"{"person":{"org":"Hardware","id":1028},"state":"WA"}"#),
+        ("3", r#"{"person":{"org":"Finance","id":1071},"state":"NY"}"#),
+        ("4", r#"{"person":{"org":"Dev Ops","id":1042},"state":"WA"}"#),
     ];
     let items: Vec<SaveItem> = people.iter().map(|(k, v)| item(k, v)).collect();
     c.rt.save_state("s", &items).await.unwrap();
-    let q = br#"{"filter":{"EQ":{"person.org":"Dev Ops"}},"sort":[{"key":"person.id","order":"DESC"}],"page":{"limit":1}}"#;
+    let q =
+        br#"{"filter":{"EQ":{"person.org":"Dev Ops"}},"sort":[{"key":"person.id","order":"DESC"}],"page":{"limit":1}}"#;
     let page = c.rt.query_state("s", q).await.unwrap();
     assert_eq!(
-        page.results
-            .iter()
-            .map(|r| r.key.as_str())
-            .collect::<Vec<_>>(),
+        page.results.iter().map(|r| r.key.as_str()).collect::<Vec<_>>(),
         ["4"],
         "{}",
         c.backend
@@ -416,25 +334,19 @@ async fn query(c: Ctx) {
         r#"{{"filter":{{"EQ":{{"person.org":"Dev Ops"}}}},"sort":[{{"key":"person.id","order":"DESC"}}],"page":{{"limit":1,"token":"{token}"}}}}"#
     );
     let next = c.rt.query_state("s", q2.as_bytes()).await.unwrap();
-    assert_eq!(
-        next.results
-            .iter()
-            .map(|r| r.key.as_str())
-            .collect::<Vec<_>>(),
-        ["1"]
-    );
+    assert_eq!(next.results.iter().map(|r| r.key.as_str()).collect::<Vec<_>>(), ["1"]);
     let err = c.rt.query_state("s", b"{not json").await.unwrap_err();
     assert_eq!((err.status, err.code), (500, "ERR_STATE_QUERY"));
 }
 
 async fn query_unsupported(c: Ctx) {
     let err = c.rt.query_state("s", b"{}").await.unwrap_err();
-    assert_eq!(
-        (err.status, err.code),
-        (500, "ERR_STATE_STORE_NOT_SUPPORTED"),
+    assert!(
+        err.message.contains("redis-json server support is required"),
         "{}",
-        c.backend
+        err.message
     );
+    assert_eq!((err.status, err.code), (500, "ERR_STATE_QUERY"), "{}", c.backend);
 }
 
 macro_rules! suite {

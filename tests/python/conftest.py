@@ -229,13 +229,24 @@ class SidecarFactory:
     def run_to_exit(self, app_id: str, components: Iterable[dict] = (), timeout: float = 20.0,
                     **kw) -> tuple[int, str]:
         """Starts a sidecar that is expected to exit by itself; returns (exit code, stderr+stdout)."""
-        sc = self.spawn(app_id, components, **kw)
-        try:
-            rc = sc.proc.wait(timeout=timeout)
-        except subprocess.TimeoutExpired:
-            sc.stop()
-            pytest.fail(f"sidecar {app_id} did not exit within {timeout}s:\n{sc.stderr()}")
-        return rc, sc.stderr() + sc.stdout()
+        return self.run_many_to_exit(app_id, components, copies=1, timeout=timeout, **kw)[0]
+
+    def run_many_to_exit(self, app_id: str, components: Iterable[dict] = (), copies: int = 6,
+                         timeout: float = 20.0, **kw) -> list[tuple[int, str]]:
+        """Starts `copies` identical sidecars at once, each expected to exit by itself, and returns
+        [(exit code, stderr+stdout)] for each. Several copies catch exit-code races in one run."""
+        components = list(components)
+        procs = [self.spawn(app_id, components, **kw) for _ in range(copies)]
+        deadline = time.monotonic() + timeout
+        results = []
+        for sc in procs:
+            try:
+                rc = sc.proc.wait(timeout=max(0.1, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                sc.stop()
+                pytest.fail(f"sidecar {app_id} did not exit within {timeout}s:\n{sc.stderr()}")
+            results.append((rc, sc.stderr() + sc.stdout()))
+        return results
 
     def close(self) -> None:
         for sc in self.started:

@@ -10,7 +10,7 @@ import pytest
 from conftest import component, configuration, sdk_client, unique
 
 SECRETS = {
-    "db": {"user": "admin", "password": "s3cret"},
+    "db": {"user": "admin", "password": "s3cret", "path": "<set in the fixture>"},
     "token": "t0k",
     "list": ["a", "b"],
 }
@@ -22,6 +22,7 @@ TOKEN = "pytest-api-token-" + "x" * 8
 @pytest.fixture(scope="module")
 def sidecar(sidecars, tmp_path_factory):
     d = tmp_path_factory.mktemp("secrets")
+    SECRETS["db"]["path"] = str(d / "from-secret.db")
     (d / "secrets.json").write_text(json.dumps(SECRETS))
     (d / "multi.json").write_text(json.dumps(MULTI))
     f = str(d / "secrets.json")
@@ -37,6 +38,13 @@ def sidecar(sidecars, tmp_path_factory):
             component("scoped", "secretstores.local.file", {"secretsFile": f}),
             component("denylist", "secretstores.local.file", {"secretsFile": f}),
             component("mem", "state.in-memory"),
+            {  # a state store whose connection string is read from the "files" secret store
+                "apiVersion": "dapr.io/v1alpha1", "kind": "Component", "metadata": {"name": "fromsecret"},
+                "spec": {"type": "state.sqlite", "version": "v1", "metadata": [
+                    {"name": "connectionString", "secretKeyRef": {"name": "db:path", "key": "db:path"}},
+                ]},
+                "auth": {"secretStore": "files"},
+            },
         ],
         config=configuration(secret_scopes=[
             {"storeName": "scoped", "defaultAccess": "deny", "allowedSecrets": ["token"]},
@@ -80,6 +88,7 @@ def test_local_file_bulk(client):
     assert client.get_bulk_secret("files").secrets == {
         "db:user": {"db:user": "admin"},
         "db:password": {"db:password": "s3cret"},
+        "db:path": {"db:path": SECRETS["db"]["path"]},
         "token": {"token": "t0k"},
         "list:0": {"list:0": "a"},
         "list:1": {"list:1": "b"},
@@ -93,6 +102,15 @@ def test_local_file_multi_valued(client):
         "db": {"user": "admin", "pass": "p", "deep.x": "y"},
         "token": {"token": "t0k"},
     }
+
+
+def test_secret_key_ref_resolves_component_metadata(client, sidecar):
+    import os
+
+    key = unique()
+    client.save_state("fromsecret", key, "persisted")
+    assert client.get_state("fromsecret", key).data == b"persisted"
+    assert os.path.getsize(SECRETS["db"]["path"]) > 0, "sqlite opened the path read from the secret store"
 
 
 # ---- local.env ----------------------------------------------------------------------------------------
@@ -151,7 +169,7 @@ def test_get_metadata(client):
     md = client.get_metadata()
     assert md.application_id == "sdksecrets"
     comps = {c.name: c for c in md.registered_components}
-    assert set(comps) == {"files", "files-dot", "multi", "env", "envall", "scoped", "denylist", "mem"}
+    assert set(comps) == {"files", "files-dot", "multi", "env", "envall", "scoped", "denylist", "mem", "fromsecret"}
     assert comps["mem"].type == "state.in-memory" and comps["mem"].version == "v1"
     assert {"ETAG", "TRANSACTIONAL", "TTL", "ACTOR"} <= set(comps["mem"].capabilities)
     assert comps["env"].type == "secretstores.local.env"
@@ -160,9 +178,6 @@ def test_get_metadata(client):
     assert md.extended_metadata.get("daprRuntimeVersion")
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "tandem bug: secretstores.local.file reports MULTIPLE_KEY_VALUES_PER_SECRET even without multiValued; "
-    "Dapr (components-contrib secretstores/local/file/filestore.go Init) only sets it when multiValued=true"))
 def test_local_file_capabilities_follow_multi_valued(client):
     comps = {c.name: c for c in client.get_metadata().registered_components}
     assert list(comps["files"].capabilities) == []

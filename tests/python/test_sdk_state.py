@@ -383,9 +383,6 @@ def test_state_errors_carry_dapr_error_details(client):
     assert details.resource_info["resource_name"] == "mem"
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "tandem bug: SaveState etag conflicts carry no ErrorInfo. Dapr (pkg/api/grpc/grpc.go SaveState) answers "
-    "apierrors.Basic(Aborted, ..., ERR_STATE_SAVE, ...), i.e. ErrorInfo reason ERR_STATE_SAVE"))
 def test_etag_conflict_carries_error_info(client):
     key = unique()
     client.save_state("mem", key, "a")
@@ -409,3 +406,40 @@ def test_stores_are_isolated_from_each_other(client):
     client.save_state("mem", key, "in-mem")
     assert client.get_state("sqlite", key).data == b""
     assert client.get_state("redis", key).data == b""
+
+
+# ---- limits and metrics -------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def small_sidecar(sidecars):
+    return sidecars.start("sdksmall", [component("mem", "state.in-memory")], extra_args=["--max-body-size", "1Ki"])
+
+
+def test_grpc_message_larger_than_max_body_size_is_refused(small_sidecar):
+    with sdk_client(small_sidecar) as c:
+        c.save_state("mem", "small", "x" * 100)
+        with pytest.raises(grpc.RpcError):
+            c.save_state("mem", "big", "x" * 4096)
+        assert c.get_state("mem", "big").data == b""
+        assert c.get_state("mem", "small").data == b"x" * 100
+
+
+def test_grpc_oversized_message_code_matches_dapr(small_sidecar):
+    with sdk_client(small_sidecar) as c:
+        with pytest.raises(grpc.RpcError) as e:
+            c.save_state("mem", "big", "x" * 4096)
+        assert code_of(e) == grpc.StatusCode.RESOURCE_EXHAUSTED
+
+
+def test_grpc_server_metrics(sidecar, client):
+    import requests
+
+    client.get_state("mem", unique())
+    with pytest.raises(grpc.RpcError):
+        client.get_state("nope", "k")
+    text = requests.get(f"http://127.0.0.1:{sidecar.metrics_port}/", timeout=10).text
+    lines = [ln for ln in text.splitlines() if ln.startswith("dapr_grpc_io_server_completed_rpcs{")]
+    get_state = [ln for ln in lines if 'grpc_server_method="/dapr.proto.runtime.v1.Dapr/GetState"' in ln]
+    assert any('grpc_server_status="OK"' in ln and 'app_id="sdkstate"' in ln for ln in get_state), lines
+    assert any('grpc_server_status="InvalidArgument"' in ln for ln in get_state), lines

@@ -36,14 +36,9 @@ impl SecretStore for EnvStore {
         Ok(BTreeMap::from([(name.to_owned(), value)]))
     }
 
-    async fn bulk_get(
-        &self,
-        _md: &BTreeMap<String, String>,
-    ) -> Result<BTreeMap<String, Secret>, SecretError> {
+    async fn bulk_get(&self, _md: &BTreeMap<String, String>) -> Result<BTreeMap<String, Secret>, SecretError> {
         Ok(std::env::vars()
-            .filter(|(k, _)| {
-                allowed(k) && k.len() > self.prefix.len() && k.starts_with(&self.prefix)
-            })
+            .filter(|(k, _)| allowed(k) && k.len() > self.prefix.len() && k.starts_with(&self.prefix))
             .map(|(k, v)| {
                 let name = k[self.prefix.len()..].to_owned();
                 (name.clone(), BTreeMap::from([(name, v)]))

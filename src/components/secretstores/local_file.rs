@@ -12,6 +12,7 @@ use crate::components::{ComponentError, Metadata};
 
 pub struct FileStore {
     secrets: BTreeMap<String, Secret>,
+    multi_valued: bool,
 }
 
 pub async fn build(md: Metadata) -> Result<Arc<dyn SecretStore>, ComponentError> {
@@ -23,9 +24,8 @@ pub async fn build(md: Metadata) -> Result<Arc<dyn SecretStore>, ComponentError>
     let text = tokio::fs::read_to_string(&path)
         .await
         .map_err(|e| ComponentError::Init(format!("reading secrets file {path:?}: {e}")))?;
-    let json: Value = serde_json::from_str(&text).map_err(|e| {
-        ComponentError::Init(format!("secrets file {path:?} is not valid JSON: {e}"))
-    })?;
+    let json: Value = serde_json::from_str(&text)
+        .map_err(|e| ComponentError::Init(format!("secrets file {path:?} is not valid JSON: {e}")))?;
     Ok(Arc::new(
         FileStore::from_json(&json, &separator, multi).map_err(ComponentError::Init)?,
     ))
@@ -53,7 +53,7 @@ impl FileStore {
                 secrets.insert(k.clone(), BTreeMap::from([(k, v)]));
             }
         }
-        Ok(FileStore { secrets })
+        Ok(FileStore { secrets, multi_valued })
     }
 }
 
@@ -89,7 +89,11 @@ fn flatten(v: &Value, prefix: &str, sep: &str, out: &mut BTreeMap<String, String
 #[async_trait]
 impl SecretStore for FileStore {
     fn features(&self) -> &'static [&'static str] {
-        &["MULTIPLE_KEY_VALUES_PER_SECRET"]
+        if self.multi_valued {
+            &["MULTIPLE_KEY_VALUES_PER_SECRET"]
+        } else {
+            &[]
+        }
     }
 
     async fn get(&self, name: &str, _md: &BTreeMap<String, String>) -> Result<Secret, SecretError> {
@@ -99,10 +103,7 @@ impl SecretStore for FileStore {
             .ok_or_else(|| SecretError::NotFound(name.to_owned()))
     }
 
-    async fn bulk_get(
-        &self,
-        _md: &BTreeMap<String, String>,
-    ) -> Result<BTreeMap<String, Secret>, SecretError> {
+    async fn bulk_get(&self, _md: &BTreeMap<String, String>) -> Result<BTreeMap<String, Secret>, SecretError> {
         Ok(self.secrets.clone())
     }
 }
@@ -121,14 +122,8 @@ mod tests {
             store.get("db:user", &none).await.unwrap(),
             BTreeMap::from([("db:user".into(), "admin".into())])
         );
-        assert_eq!(
-            store.get("db:port", &none).await.unwrap()["db:port"],
-            "5432"
-        );
-        assert_eq!(
-            store.get("db", &none).await,
-            Err(SecretError::NotFound("db".into()))
-        );
+        assert_eq!(store.get("db:port", &none).await.unwrap()["db:port"], "5432");
+        assert_eq!(store.get("db", &none).await, Err(SecretError::NotFound("db".into())));
         assert_eq!(store.bulk_get(&none).await.unwrap().len(), 3);
     }
 
@@ -140,10 +135,7 @@ mod tests {
         let db = store.get("db", &none).await.unwrap();
         assert_eq!(
             db,
-            BTreeMap::from([
-                ("user".into(), "admin".into()),
-                ("pass.v".into(), "x".into())
-            ])
+            BTreeMap::from([("user".into(), "admin".into()), ("pass.v".into(), "x".into())])
         );
         assert_eq!(store.get("token", &none).await.unwrap()["token"], "t");
     }

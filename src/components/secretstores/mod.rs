@@ -25,15 +25,8 @@ pub trait SecretStore: Send + Sync {
         &[]
     }
 
-    async fn get(
-        &self,
-        name: &str,
-        metadata: &BTreeMap<String, String>,
-    ) -> Result<Secret, SecretError>;
+    async fn get(&self, name: &str, metadata: &BTreeMap<String, String>) -> Result<Secret, SecretError>;
 
     /// Every secret the store holds.
-    async fn bulk_get(
-        &self,
-        metadata: &BTreeMap<String, String>,
-    ) -> Result<BTreeMap<String, Secret>, SecretError>;
+    async fn bulk_get(&self, metadata: &BTreeMap<String, String>) -> Result<BTreeMap<String, Secret>, SecretError>;
 }

@@ -8,8 +8,8 @@ use std::time::SystemTime;
 use async_trait::async_trait;
 
 use super::{
-    DeleteRequest, Feature, Query, QueryItem, QueryResponse, SetRequest, StateError, StateItem,
-    StateStore, TransactionOp, expiry,
+    DeleteRequest, Feature, Query, QueryItem, QueryResponse, SetRequest, StateError, StateItem, StateStore,
+    TransactionOp, expiry,
 };
 use crate::components::{ComponentError, Metadata};
 
@@ -30,9 +30,7 @@ pub async fn build(_md: Metadata) -> Result<Arc<dyn StateStore>, ComponentError>
 
 impl Inner {
     fn live(&self, key: &str, now: SystemTime) -> Option<&StateItem> {
-        self.items
-            .get(key)
-            .filter(|i| i.expires_at.is_none_or(|t| t > now))
+        self.items.get(key).filter(|i| i.expires_at.is_none_or(|t| t > now))
     }
 
     fn apply(&mut self, op: &TransactionOp) {
@@ -79,12 +77,7 @@ impl Inner {
 #[async_trait]
 impl StateStore for MemoryStore {
     fn features(&self) -> &'static [Feature] {
-        &[
-            Feature::Etag,
-            Feature::Transactional,
-            Feature::QueryApi,
-            Feature::Ttl,
-        ]
+        &[Feature::Etag, Feature::Transactional, Feature::QueryApi, Feature::Ttl]
     }
 
     async fn get(&self, key: &str) -> Result<Option<StateItem>, StateError> {

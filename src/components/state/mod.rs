@@ -136,11 +136,7 @@ pub trait StateStore: Send + Sync {
     async fn delete(&self, req: &DeleteRequest) -> Result<(), StateError>;
 
     /// Many keys, in order, at most `parallelism` lookups at a time.
-    async fn bulk_get(
-        &self,
-        keys: &[String],
-        parallelism: usize,
-    ) -> Vec<Result<Option<StateItem>, StateError>> {
+    async fn bulk_get(&self, keys: &[String], parallelism: usize) -> Vec<Result<Option<StateItem>, StateError>> {
         let mut lookups = Vec::with_capacity(keys.len());
         for k in keys {
             lookups.push(self.get(k));
@@ -165,7 +161,8 @@ pub trait StateStore: Send + Sync {
 }
 
 /// Dapr's etag rules, shared by every backend: a given etag must equal the current one; first-write without
-/// an etag only creates. tandem's etags are version numbers, so anything else is an invalid etag.
+/// an etag only creates. Any etag the store did not issue is a mismatch (stores whose etags have a format,
+/// like Redis versions, answer `EtagInvalid` for a malformed one before calling this).
 pub fn check_etag(
     current: Option<&str>,
     given: Option<&str>,
@@ -173,23 +170,16 @@ pub fn check_etag(
     key: &str,
 ) -> Result<(), StateError> {
     match given.filter(|e| !e.is_empty()) {
-        Some(given) if given.parse::<u64>().is_err() => Err(StateError::EtagInvalid(format!(
-            "{given:?} is not an etag this store issued"
-        ))),
         Some(given) => match current {
             None => Err(StateError::EtagMismatch(format!(
                 "state does not exist or expired for key {key}"
             ))),
-            Some(cur) if cur != given => Err(StateError::EtagMismatch(format!(
-                "etag does not match for key {key}"
-            ))),
+            Some(cur) if cur != given => Err(StateError::EtagMismatch(format!("etag does not match for key {key}"))),
             Some(_) => Ok(()),
         },
-        None if concurrency == Concurrency::FirstWrite && current.is_some() => {
-            Err(StateError::EtagMismatch(format!(
-                "item {key} already exists and no etag was given with first-write concurrency"
-            )))
-        }
+        None if concurrency == Concurrency::FirstWrite && current.is_some() => Err(StateError::EtagMismatch(format!(
+            "item {key} already exists and no etag was given with first-write concurrency"
+        ))),
         None => Ok(()),
     }
 }
@@ -226,7 +216,7 @@ mod tests {
         assert!(check_etag(None, None, Concurrency::FirstWrite, "k").is_ok());
         assert!(matches!(
             check_etag(Some("1"), Some("x"), Concurrency::Unspecified, "k"),
-            Err(StateError::EtagInvalid(_))
+            Err(StateError::EtagMismatch(_))
         ));
     }
 }

@@ -78,10 +78,7 @@ impl Query {
         let (mut limit, mut token) = (0, None);
         if let Some(p) = obj.get("page").filter(|p| !p.is_null()) {
             if let Some(l) = p.get("limit") {
-                limit = l
-                    .as_u64()
-                    .ok_or("\"page.limit\" must be a non-negative integer")?
-                    as usize;
+                limit = l.as_u64().ok_or("\"page.limit\" must be a non-negative integer")? as usize;
             }
             token = p
                 .get("token")
@@ -121,9 +118,7 @@ impl Query {
         });
         let start = match &self.token {
             None => 0,
-            Some(t) => t
-                .parse::<usize>()
-                .map_err(|_| format!("invalid page token {t:?}"))?,
+            Some(t) => t.parse::<usize>().map_err(|_| format!("invalid page token {t:?}"))?,
         };
         let total = matched.len();
         let end = if self.limit == 0 {
@@ -157,9 +152,7 @@ fn parse_filter(v: &Value) -> Result<Filter, String> {
         Ok((k.clone(), v.clone()))
     };
     let list = |arg: &Value| -> Result<Vec<Filter>, String> {
-        let items = arg
-            .as_array()
-            .ok_or(format!("{op} takes an array of filters"))?;
+        let items = arg.as_array().ok_or(format!("{op} takes an array of filters"))?;
         if items.len() < 2 {
             return Err(format!("{op} needs at least two filters"));
         }
@@ -244,22 +237,10 @@ mod tests {
 
     fn rows() -> Vec<QueryItem> {
         [
-            (
-                "1",
-                json!({"person": {"org": "Dev Ops", "id": 1036}, "state": "CA"}),
-            ),
-            (
-                "2",
-                json!({"person": {"org": "Hardware", "id": 1028}, "state": "WA"}),
-            ),
-            (
-                "3",
-                json!({"person": {"org": "Finance", "id": 1071}, "state": "NY"}),
-            ),
-            (
-                "4",
-                json!({"person": {"org": "Dev Ops", "id": 1042}, "state": "WA"}),
-            ),
+            ("1", json!({"person": {"org": "Dev Ops", "id": 1036}, "state": "CA"})),
+            ("2", json!({"person": {"org": "Hardware", "id": 1028}, "state": "WA"})),
+            ("3", json!({"person": {"org": "Finance", "id": 1071}, "state": "NY"})),
+            ("4", json!({"person": {"org": "Dev Ops", "id": 1042}, "state": "WA"})),
         ]
         .into_iter()
         .map(|(k, v)| QueryItem {
@@ -299,15 +280,7 @@ mod tests {
     fn comparisons_and_empty_query() {
         let q = Query::parse(&json!({"filter": {"GT": {"person.id": 1040}}})).unwrap();
         assert_eq!(keys(&q.run(rows()).unwrap()), ["3", "4"]);
-        assert_eq!(
-            Query::parse(&json!({}))
-                .unwrap()
-                .run(rows())
-                .unwrap()
-                .results
-                .len(),
-            4
-        );
+        assert_eq!(Query::parse(&json!({})).unwrap().run(rows()).unwrap().results.len(), 4);
     }
 
     #[test]

@@ -49,9 +49,8 @@ impl RedisConfig {
         let (host, port) = match addr.rsplit_once(':') {
             Some((h, p)) => (
                 h.trim_start_matches('[').trim_end_matches(']').to_owned(),
-                p.parse().map_err(|_| {
-                    ComponentError::invalid("redisHost", format!("{addr:?} has no valid port"))
-                })?,
+                p.parse()
+                    .map_err(|_| ComponentError::invalid("redisHost", format!("{addr:?} has no valid port")))?,
             ),
             None => (addr.clone(), 6379),
         };
@@ -65,9 +64,7 @@ impl RedisConfig {
             insecure_skip_verify: md.bool("insecureSkipVerify")?.unwrap_or(false),
             default_ttl: md.parse("ttlInSeconds")?,
             max_retries: md.parse("maxRetries")?.unwrap_or(3),
-            dial_timeout: md
-                .duration("dialTimeout")?
-                .unwrap_or(Duration::from_secs(5)),
+            dial_timeout: md.duration("dialTimeout")?.unwrap_or(Duration::from_secs(5)),
         })
     }
 
@@ -100,12 +97,8 @@ pub struct RedisStore {
 
 pub async fn build(md: Metadata) -> Result<Arc<dyn StateStore>, ComponentError> {
     let cfg = RedisConfig::from_metadata(&md)?;
-    let init = |e: redis::RedisError| {
-        ComponentError::Init(format!(
-            "connecting to redis at {}:{}: {e}",
-            cfg.host, cfg.port
-        ))
-    };
+    let init =
+        |e: redis::RedisError| ComponentError::Init(format!("connecting to redis at {}:{}: {e}", cfg.host, cfg.port));
     let client = redis::Client::open(cfg.connection_info().map_err(init)?).map_err(init)?;
     let manager_cfg = ConnectionManagerConfig::new()
         .set_number_of_retries(cfg.max_retries)
@@ -187,11 +180,7 @@ impl RedisStore {
         for op in ops {
             match op {
                 TransactionOp::Set(r) => {
-                    let ttl = r
-                        .ttl
-                        .or(self.default_ttl)
-                        .map(|t| t.to_string())
-                        .unwrap_or_default();
+                    let ttl = r.ttl.or(self.default_ttl).map(|t| t.to_string()).unwrap_or_default();
                     inv.key(&r.key)
                         .arg("set")
                         .arg(r.etag.as_deref().unwrap_or(""))
@@ -210,19 +199,12 @@ impl RedisStore {
             }
         }
         let mut conn = self.conn.clone();
-        inv.invoke_async::<i64>(&mut conn)
-            .await
-            .map(|_| ())
-            .map_err(redis_err)
+        inv.invoke_async::<i64>(&mut conn).await.map(|_| ()).map_err(redis_err)
     }
 }
 
 fn first_write(c: super::Concurrency) -> &'static str {
-    if c == super::Concurrency::FirstWrite {
-        "1"
-    } else {
-        "0"
-    }
+    if c == super::Concurrency::FirstWrite { "1" } else { "0" }
 }
 
 #[async_trait]
@@ -272,6 +254,13 @@ impl StateStore for RedisStore {
 
     async fn delete(&self, req: &DeleteRequest) -> Result<(), StateError> {
         self.run(&[TransactionOp::Delete(req.clone())]).await
+    }
+
+    /// Dapr's Redis store answers queries only with the RedisJSON/RediSearch modules, which tandem does not use.
+    async fn query(&self, _prefix: &str, _query: &super::Query) -> Result<super::QueryResponse, StateError> {
+        Err(StateError::Backend(
+            "redis-json server support is required for query capability".into(),
+        ))
     }
 
     async fn transact(&self, ops: &[TransactionOp]) -> Result<(), StateError> {

@@ -9,8 +9,8 @@ use bytes::Bytes;
 use rusqlite::{Connection, OpenFlags, OptionalExtension, params};
 
 use super::{
-    DeleteRequest, Feature, Query, QueryItem, QueryResponse, SetRequest, StateError, StateItem,
-    StateStore, TransactionOp,
+    DeleteRequest, Feature, Query, QueryItem, QueryResponse, SetRequest, StateError, StateItem, StateStore,
+    TransactionOp,
 };
 use crate::components::{ComponentError, Metadata};
 
@@ -28,14 +28,11 @@ pub struct SqliteConfig {
 
 impl SqliteConfig {
     pub fn from_metadata(md: &Metadata) -> Result<Self, ComponentError> {
-        let connection_string = md.string("connectionString").ok_or_else(|| {
-            ComponentError::invalid("connectionString", "is required (a file path or :memory:)")
-        })?;
+        let connection_string = md
+            .string("connectionString")
+            .ok_or_else(|| ComponentError::invalid("connectionString", "is required (a file path or :memory:)"))?;
         let table_name = md.string("tableName").unwrap_or_else(|| "state".into());
-        if !table_name
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || c == '_')
-        {
+        if !table_name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_') {
             return Err(ComponentError::invalid(
                 "tableName",
                 "may contain only letters, digits and '_'",
@@ -43,17 +40,12 @@ impl SqliteConfig {
         }
         let cleanup_interval = match md.string("cleanupInterval").as_deref() {
             Some(v) if v.trim() == "0" || v.trim().starts_with('-') => None,
-            _ => Some(
-                md.duration("cleanupInterval")?
-                    .unwrap_or(Duration::from_secs(3600)),
-            ),
+            _ => Some(md.duration("cleanupInterval")?.unwrap_or(Duration::from_secs(3600))),
         };
         Ok(SqliteConfig {
             connection_string,
             table_name,
-            busy_timeout: md
-                .duration("busyTimeout")?
-                .unwrap_or(Duration::from_secs(2)),
+            busy_timeout: md.duration("busyTimeout")?.unwrap_or(Duration::from_secs(2)),
             cleanup_interval,
             disable_wal: md.bool("disableWAL")?.unwrap_or(false),
         })
@@ -94,9 +86,8 @@ impl SqliteStore {
         let cs = &cfg.connection_string;
         if !cs.starts_with("file:") && cs != ":memory:" {
             if let Some(dir) = Path::new(cs).parent().filter(|d| !d.as_os_str().is_empty()) {
-                std::fs::create_dir_all(dir).map_err(|e| {
-                    ComponentError::Init(format!("creating {}: {e}", dir.display()))
-                })?;
+                std::fs::create_dir_all(dir)
+                    .map_err(|e| ComponentError::Init(format!("creating {}: {e}", dir.display())))?;
             }
         }
         let flags = OpenFlags::SQLITE_OPEN_READ_WRITE
@@ -122,8 +113,7 @@ impl SqliteStore {
             ))?;
             Ok(conn)
         };
-        let conn = init(cs)
-            .map_err(|e| ComponentError::Init(format!("opening sqlite database {cs:?}: {e}")))?;
+        let conn = init(cs).map_err(|e| ComponentError::Init(format!("opening sqlite database {cs:?}: {e}")))?;
         Ok(SqliteStore {
             conn: Arc::new(Mutex::new(conn)),
             table: cfg.table_name.clone(),
@@ -168,11 +158,7 @@ fn read(conn: &Connection, table: &str, key: &str) -> Result<Option<StateItem>, 
 }
 
 /// Checks and applies one operation inside an open transaction.
-fn apply(
-    tx: &rusqlite::Transaction<'_>,
-    table: &str,
-    op: &TransactionOp,
-) -> Result<(), StateError> {
+fn apply(tx: &rusqlite::Transaction<'_>, table: &str, op: &TransactionOp) -> Result<(), StateError> {
     let current = read(tx, table, op.key())?.and_then(|i| i.etag);
     op.check(current.as_deref())?;
     match op {
@@ -210,12 +196,7 @@ fn run(conn: &mut Connection, table: &str, ops: &[TransactionOp]) -> Result<(), 
 #[async_trait]
 impl StateStore for SqliteStore {
     fn features(&self) -> &'static [Feature] {
-        &[
-            Feature::Etag,
-            Feature::Transactional,
-            Feature::QueryApi,
-            Feature::Ttl,
-        ]
+        &[Feature::Etag, Feature::Transactional, Feature::QueryApi, Feature::Ttl]
     }
 
     async fn get(&self, key: &str) -> Result<Option<StateItem>, StateError> {
@@ -223,11 +204,7 @@ impl StateStore for SqliteStore {
         self.with_conn(move |c, t| read(c, t, &key)).await
     }
 
-    async fn bulk_get(
-        &self,
-        keys: &[String],
-        _parallelism: usize,
-    ) -> Vec<Result<Option<StateItem>, StateError>> {
+    async fn bulk_get(&self, keys: &[String], _parallelism: usize) -> Vec<Result<Option<StateItem>, StateError>> {
         let keys = keys.to_vec();
         let n = keys.len();
         match self
@@ -235,9 +212,7 @@ impl StateStore for SqliteStore {
             .await
         {
             Ok(v) => v,
-            Err(e) => (0..n)
-                .map(|_| Err(StateError::Backend(e.to_string())))
-                .collect(),
+            Err(e) => (0..n).map(|_| Err(StateError::Backend(e.to_string()))).collect(),
         }
     }
 
@@ -291,8 +266,11 @@ async fn sweep_expired(store: Weak<SqliteStore>, every: Duration) {
         let Some(store) = store.upgrade() else { return };
         let swept = store
             .with_conn(|c, t| {
-                c.execute(&format!("DELETE FROM {t} WHERE expiration_time IS NOT NULL AND expiration_time <= ?1"), [now_ms()])
-                    .map_err(db_err)
+                c.execute(
+                    &format!("DELETE FROM {t} WHERE expiration_time IS NOT NULL AND expiration_time <= ?1"),
+                    [now_ms()],
+                )
+                .map_err(db_err)
             })
             .await;
         if let Err(e) = swept {

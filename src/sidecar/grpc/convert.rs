@@ -34,12 +34,8 @@ pub fn save_item(item: common::StateItem) -> Result<SaveItem, ApiError> {
         .get("contentType")
         .is_some_and(|c| c == "application/json")
     {
-        let v: serde_json::Value = serde_json::from_slice(&item.value).map_err(|e| {
-            ApiError::state_save(
-                "",
-                &StateError::Backend(format!("value is not valid JSON: {e}")),
-            )
-        })?;
+        let v: serde_json::Value = serde_json::from_slice(&item.value)
+            .map_err(|e| ApiError::state_save("", &StateError::Backend(format!("value is not valid JSON: {e}"))))?;
         Bytes::from(serde_json::to_vec(&v).expect("a JSON value serialises"))
     } else {
         Bytes::from(item.value)

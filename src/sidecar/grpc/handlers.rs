@@ -11,10 +11,7 @@ use crate::sidecar::runtime::{TxOp, item_metadata};
 
 type Reply<T> = Result<Response<T>, Status>;
 
-pub async fn get_state(
-    api: &DaprApi,
-    req: Request<rt::GetStateRequest>,
-) -> Reply<rt::GetStateResponse> {
+pub async fn get_state(api: &DaprApi, req: Request<rt::GetStateRequest>) -> Reply<rt::GetStateResponse> {
     let r = req.into_inner();
     let item = api.rt.get_state(&r.store_name, &r.key).await?;
     Ok(Response::new(match item {
@@ -27,20 +24,14 @@ pub async fn get_state(
     }))
 }
 
-pub async fn get_bulk_state(
-    api: &DaprApi,
-    req: Request<rt::GetBulkStateRequest>,
-) -> Reply<rt::GetBulkStateResponse> {
+pub async fn get_bulk_state(api: &DaprApi, req: Request<rt::GetBulkStateRequest>) -> Reply<rt::GetBulkStateResponse> {
     let r = req.into_inner();
     if r.keys.is_empty() {
         api.rt.state_store(&r.store_name)?;
         return Ok(Response::new(rt::GetBulkStateResponse::default()));
     }
     let parallelism = usize::try_from(r.parallelism).unwrap_or(0).clamp(1, 100);
-    let items = api
-        .rt
-        .get_bulk_state(&r.store_name, &r.keys, parallelism)
-        .await?;
+    let items = api.rt.get_bulk_state(&r.store_name, &r.keys, parallelism).await?;
     let items = items
         .into_iter()
         .map(|b| match b.item {
@@ -88,20 +79,14 @@ pub async fn delete_state(api: &DaprApi, req: Request<rt::DeleteStateRequest>) -
     Ok(Response::new(()))
 }
 
-pub async fn delete_bulk_state(
-    api: &DaprApi,
-    req: Request<rt::DeleteBulkStateRequest>,
-) -> Reply<()> {
+pub async fn delete_bulk_state(api: &DaprApi, req: Request<rt::DeleteBulkStateRequest>) -> Reply<()> {
     let r = req.into_inner();
     let items: Vec<_> = r.states.into_iter().map(convert::delete_item).collect();
     api.rt.delete_bulk_state(&r.store_name, &items).await?;
     Ok(Response::new(()))
 }
 
-pub async fn execute_state_transaction(
-    api: &DaprApi,
-    req: Request<rt::ExecuteStateTransactionRequest>,
-) -> Reply<()> {
+pub async fn execute_state_transaction(api: &DaprApi, req: Request<rt::ExecuteStateTransactionRequest>) -> Reply<()> {
     let r = req.into_inner();
     api.rt.state_store(&r.store_name)?;
     let mut ops = Vec::with_capacity(r.operations.len());
@@ -122,15 +107,9 @@ pub async fn execute_state_transaction(
     Ok(Response::new(()))
 }
 
-pub async fn query_state_alpha1(
-    api: &DaprApi,
-    req: Request<rt::QueryStateRequest>,
-) -> Reply<rt::QueryStateResponse> {
+pub async fn query_state_alpha1(api: &DaprApi, req: Request<rt::QueryStateRequest>) -> Reply<rt::QueryStateResponse> {
     let r = req.into_inner();
-    let resp = api
-        .rt
-        .query_state(&r.store_name, r.query.as_bytes())
-        .await?;
+    let resp = api.rt.query_state(&r.store_name, r.query.as_bytes()).await?;
     Ok(Response::new(rt::QueryStateResponse {
         results: resp
             .results
@@ -147,10 +126,7 @@ pub async fn query_state_alpha1(
     }))
 }
 
-pub async fn get_secret(
-    api: &DaprApi,
-    req: Request<rt::GetSecretRequest>,
-) -> Reply<rt::GetSecretResponse> {
+pub async fn get_secret(api: &DaprApi, req: Request<rt::GetSecretRequest>) -> Reply<rt::GetSecretResponse> {
     let r = req.into_inner();
     let secret = api
         .rt
@@ -184,10 +160,7 @@ pub async fn get_bulk_secret(
     Ok(Response::new(rt::GetBulkSecretResponse { data }))
 }
 
-pub async fn get_metadata(
-    api: &DaprApi,
-    _req: Request<rt::GetMetadataRequest>,
-) -> Reply<rt::GetMetadataResponse> {
+pub async fn get_metadata(api: &DaprApi, _req: Request<rt::GetMetadataRequest>) -> Reply<rt::GetMetadataResponse> {
     Ok(Response::new(convert::metadata_response(api.rt.metadata())))
 }
 

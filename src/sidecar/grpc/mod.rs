@@ -12,6 +12,7 @@ use dapr::dapr::proto::runtime::v1::dapr_server::DaprServer;
 use futures::future::BoxFuture;
 use tonic::Status;
 use tonic::body::Body;
+use tonic_types::{ErrorDetails, StatusExt};
 
 use super::error::ApiError;
 use super::metrics::{Metrics, grpc_code_name};
@@ -24,8 +25,28 @@ pub struct DaprApi {
 
 impl From<ApiError> for Status {
     fn from(e: ApiError) -> Self {
-        Status::new(e.grpc, e.message)
+        match e.reason {
+            Some(reason) => Status::with_error_details(
+                e.grpc,
+                e.message,
+                ErrorDetails::with_error_info(reason, "dapr.io", std::collections::HashMap::new()),
+            ),
+            None => Status::new(e.grpc, e.message),
+        }
     }
+}
+
+/// Dapr's answer to a missing or wrong `dapr-api-token`.
+fn unauthenticated(detail: &str) -> Status {
+    let metadata = [
+        ("http.code".to_owned(), "401".to_owned()),
+        ("http.error_message".to_owned(), detail.to_owned()),
+    ];
+    Status::with_error_details(
+        tonic::Code::Unauthenticated,
+        "Unauthorized",
+        ErrorDetails::with_error_info("Unauthorized", "dapr.io", std::collections::HashMap::from(metadata)),
+    )
 }
 
 /// The `Dapr` service, checking `dapr-api-token` when a token is configured, with messages up to `max_body` bytes.
@@ -33,19 +54,13 @@ pub fn dapr_service(
     rt: Arc<Runtime>,
     api_token: Option<Arc<str>>,
     max_body: usize,
-) -> tonic::service::interceptor::InterceptedService<
-    DaprServer<DaprApi>,
-    impl tonic::service::Interceptor + Clone,
-> {
+) -> tonic::service::interceptor::InterceptedService<DaprServer<DaprApi>, impl tonic::service::Interceptor + Clone> {
     let check = move |req: tonic::Request<()>| -> Result<tonic::Request<()>, Status> {
         if let Some(token) = &api_token {
-            match req
-                .metadata()
-                .get("dapr-api-token")
-                .and_then(|v| v.to_str().ok())
-            {
+            match req.metadata().get("dapr-api-token").and_then(|v| v.to_str().ok()) {
                 Some(given) if given == token.as_ref() => {}
-                _ => return Err(Status::unauthenticated("Unauthorized")),
+                Some(_) => return Err(unauthenticated("authentication error: api token mismatch")),
+                None => return Err(unauthenticated("missing api token in request metadata")),
             }
         }
         Ok(req)
@@ -79,10 +94,7 @@ pub struct MetricsService<S> {
 
 impl<S> tower::Service<http::Request<Body>> for MetricsService<S>
 where
-    S: tower::Service<http::Request<Body>, Response = http::Response<Body>>
-        + Clone
-        + Send
-        + 'static,
+    S: tower::Service<http::Request<Body>, Response = http::Response<Body>> + Clone + Send + 'static,
     S::Future: Send + 'static,
 {
     type Response = S::Response;
@@ -99,7 +111,8 @@ where
         let fut = self.inner.call(req);
         Box::pin(async move {
             let started = std::time::Instant::now();
-            let resp = fut.await?;
+            let mut resp = fut.await?;
+            too_large_as_resource_exhausted(&mut resp);
             let code = resp
                 .headers()
                 .get("grpc-status")
@@ -112,5 +125,22 @@ where
             }
             Ok(resp)
         })
+    }
+}
+
+/// tonic reports an oversized message as OUT_OF_RANGE; grpc-go (and so Dapr) says RESOURCE_EXHAUSTED.
+fn too_large_as_resource_exhausted(resp: &mut http::Response<Body>) {
+    let h = resp.headers();
+    let out_of_range = h.get("grpc-status").is_some_and(|v| v == "11");
+    let raw = h.get("grpc-message").and_then(|v| v.to_str().ok()).unwrap_or_default();
+    let message = percent_encoding::percent_decode_str(raw).decode_utf8_lossy();
+    if out_of_range && message.contains("message length too large") {
+        let rewritten = format!("grpc: received message larger than max ({message})");
+        let headers = resp.headers_mut();
+        headers.insert("grpc-status", http::HeaderValue::from_static("8"));
+        let encoded = percent_encoding::utf8_percent_encode(&rewritten, percent_encoding::NON_ALPHANUMERIC);
+        if let Ok(v) = http::HeaderValue::from_str(&encoded.to_string()) {
+            headers.insert("grpc-message", v);
+        }
     }
 }

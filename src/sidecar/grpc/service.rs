@@ -9,8 +9,7 @@ use tonic::Status;
 
 use super::{DaprApi, handlers};
 
-type BoxStream<T> =
-    std::pin::Pin<Box<dyn tokio_stream::Stream<Item = Result<T, Status>> + Send + 'static>>;
+type BoxStream<T> = std::pin::Pin<Box<dyn tokio_stream::Stream<Item = Result<T, Status>> + Send + 'static>>;
 
 #[tonic::async_trait]
 impl Dapr for DaprApi {
@@ -28,9 +27,7 @@ impl Dapr for DaprApi {
         &self,
         request: tonic::Request<rt::InvokeServiceRequest>,
     ) -> std::result::Result<tonic::Response<common::InvokeResponse>, tonic::Status> {
-        Err(Status::unimplemented(
-            "InvokeService is not implemented by tandem yet",
-        ))
+        Err(Status::unimplemented("InvokeService is not implemented by tandem yet"))
     }
 
     async fn get_state(
@@ -86,9 +83,7 @@ impl Dapr for DaprApi {
         &self,
         request: tonic::Request<rt::PublishEventRequest>,
     ) -> std::result::Result<tonic::Response<()>, tonic::Status> {
-        Err(Status::unimplemented(
-            "PublishEvent is not implemented by tandem yet",
-        ))
+        Err(Status::unimplemented("PublishEvent is not implemented by tandem yet"))
     }
 
     async fn bulk_publish_event_alpha1(
@@ -112,8 +107,7 @@ impl Dapr for DaprApi {
     async fn subscribe_topic_events_alpha1(
         &self,
         request: tonic::Request<tonic::Streaming<rt::SubscribeTopicEventsRequestAlpha1>>,
-    ) -> std::result::Result<tonic::Response<Self::SubscribeTopicEventsAlpha1Stream>, tonic::Status>
-    {
+    ) -> std::result::Result<tonic::Response<Self::SubscribeTopicEventsAlpha1Stream>, tonic::Status> {
         Err(Status::unimplemented(
             "SubscribeTopicEventsAlpha1 is not implemented by tandem yet",
         ))
@@ -123,9 +117,7 @@ impl Dapr for DaprApi {
         &self,
         request: tonic::Request<rt::InvokeBindingRequest>,
     ) -> std::result::Result<tonic::Response<rt::InvokeBindingResponse>, tonic::Status> {
-        Err(Status::unimplemented(
-            "InvokeBinding is not implemented by tandem yet",
-        ))
+        Err(Status::unimplemented("InvokeBinding is not implemented by tandem yet"))
     }
 
     async fn get_secret(
@@ -181,10 +173,7 @@ impl Dapr for DaprApi {
     async fn unregister_actor_reminders_by_type(
         &self,
         request: tonic::Request<rt::UnregisterActorRemindersByTypeRequest>,
-    ) -> std::result::Result<
-        tonic::Response<rt::UnregisterActorRemindersByTypeResponse>,
-        tonic::Status,
-    > {
+    ) -> std::result::Result<tonic::Response<rt::UnregisterActorRemindersByTypeResponse>, tonic::Status> {
         Err(Status::unimplemented(
             "UnregisterActorRemindersByType is not implemented by tandem yet",
         ))
@@ -203,9 +192,7 @@ impl Dapr for DaprApi {
         &self,
         request: tonic::Request<rt::GetActorStateRequest>,
     ) -> std::result::Result<tonic::Response<rt::GetActorStateResponse>, tonic::Status> {
-        Err(Status::unimplemented(
-            "GetActorState is not implemented by tandem yet",
-        ))
+        Err(Status::unimplemented("GetActorState is not implemented by tandem yet"))
     }
 
     async fn get_actor_reminder(
@@ -230,9 +217,7 @@ impl Dapr for DaprApi {
         &self,
         request: tonic::Request<rt::InvokeActorRequest>,
     ) -> std::result::Result<tonic::Response<rt::InvokeActorResponse>, tonic::Status> {
-        Err(Status::unimplemented(
-            "InvokeActor is not implemented by tandem yet",
-        ))
+        Err(Status::unimplemented("InvokeActor is not implemented by tandem yet"))
     }
 
     async fn get_configuration_alpha1(
@@ -256,8 +241,7 @@ impl Dapr for DaprApi {
     async fn subscribe_configuration_alpha1(
         &self,
         request: tonic::Request<rt::SubscribeConfigurationRequest>,
-    ) -> std::result::Result<tonic::Response<Self::SubscribeConfigurationAlpha1Stream>, tonic::Status>
-    {
+    ) -> std::result::Result<tonic::Response<Self::SubscribeConfigurationAlpha1Stream>, tonic::Status> {
         Err(Status::unimplemented(
             "SubscribeConfigurationAlpha1 is not implemented by tandem yet",
         ))
@@ -266,8 +250,7 @@ impl Dapr for DaprApi {
     async fn subscribe_configuration(
         &self,
         request: tonic::Request<rt::SubscribeConfigurationRequest>,
-    ) -> std::result::Result<tonic::Response<Self::SubscribeConfigurationStream>, tonic::Status>
-    {
+    ) -> std::result::Result<tonic::Response<Self::SubscribeConfigurationStream>, tonic::Status> {
         Err(Status::unimplemented(
             "SubscribeConfiguration is not implemented by tandem yet",
         ))
@@ -276,8 +259,7 @@ impl Dapr for DaprApi {
     async fn unsubscribe_configuration_alpha1(
         &self,
         request: tonic::Request<rt::UnsubscribeConfigurationRequest>,
-    ) -> std::result::Result<tonic::Response<rt::UnsubscribeConfigurationResponse>, tonic::Status>
-    {
+    ) -> std::result::Result<tonic::Response<rt::UnsubscribeConfigurationResponse>, tonic::Status> {
         Err(Status::unimplemented(
             "UnsubscribeConfigurationAlpha1 is not implemented by tandem yet",
         ))
@@ -286,8 +268,7 @@ impl Dapr for DaprApi {
     async fn unsubscribe_configuration(
         &self,
         request: tonic::Request<rt::UnsubscribeConfigurationRequest>,
-    ) -> std::result::Result<tonic::Response<rt::UnsubscribeConfigurationResponse>, tonic::Status>
-    {
+    ) -> std::result::Result<tonic::Response<rt::UnsubscribeConfigurationResponse>, tonic::Status> {
         Err(Status::unimplemented(
             "UnsubscribeConfiguration is not implemented by tandem yet",
         ))
@@ -297,36 +278,28 @@ impl Dapr for DaprApi {
         &self,
         request: tonic::Request<rt::TryLockRequest>,
     ) -> std::result::Result<tonic::Response<rt::TryLockResponse>, tonic::Status> {
-        Err(Status::unimplemented(
-            "TryLockAlpha1 is not implemented by tandem yet",
-        ))
+        Err(Status::unimplemented("TryLockAlpha1 is not implemented by tandem yet"))
     }
 
     async fn unlock_alpha1(
         &self,
         request: tonic::Request<rt::UnlockRequest>,
     ) -> std::result::Result<tonic::Response<rt::UnlockResponse>, tonic::Status> {
-        Err(Status::unimplemented(
-            "UnlockAlpha1 is not implemented by tandem yet",
-        ))
+        Err(Status::unimplemented("UnlockAlpha1 is not implemented by tandem yet"))
     }
 
     async fn encrypt_alpha1(
         &self,
         request: tonic::Request<tonic::Streaming<rt::EncryptRequest>>,
     ) -> std::result::Result<tonic::Response<Self::EncryptAlpha1Stream>, tonic::Status> {
-        Err(Status::unimplemented(
-            "EncryptAlpha1 is not implemented by tandem yet",
-        ))
+        Err(Status::unimplemented("EncryptAlpha1 is not implemented by tandem yet"))
     }
 
     async fn decrypt_alpha1(
         &self,
         request: tonic::Request<tonic::Streaming<rt::DecryptRequest>>,
     ) -> std::result::Result<tonic::Response<Self::DecryptAlpha1Stream>, tonic::Status> {
-        Err(Status::unimplemented(
-            "DecryptAlpha1 is not implemented by tandem yet",
-        ))
+        Err(Status::unimplemented("DecryptAlpha1 is not implemented by tandem yet"))
     }
 
     async fn get_metadata(
@@ -552,27 +525,21 @@ impl Dapr for DaprApi {
         &self,
         request: tonic::Request<rt::ScheduleJobRequest>,
     ) -> std::result::Result<tonic::Response<rt::ScheduleJobResponse>, tonic::Status> {
-        Err(Status::unimplemented(
-            "ScheduleJob is not implemented by tandem yet",
-        ))
+        Err(Status::unimplemented("ScheduleJob is not implemented by tandem yet"))
     }
 
     async fn get_job_alpha1(
         &self,
         request: tonic::Request<rt::GetJobRequest>,
     ) -> std::result::Result<tonic::Response<rt::GetJobResponse>, tonic::Status> {
-        Err(Status::unimplemented(
-            "GetJobAlpha1 is not implemented by tandem yet",
-        ))
+        Err(Status::unimplemented("GetJobAlpha1 is not implemented by tandem yet"))
     }
 
     async fn get_job(
         &self,
         request: tonic::Request<rt::GetJobRequest>,
     ) -> std::result::Result<tonic::Response<rt::GetJobResponse>, tonic::Status> {
-        Err(Status::unimplemented(
-            "GetJob is not implemented by tandem yet",
-        ))
+        Err(Status::unimplemented("GetJob is not implemented by tandem yet"))
     }
 
     async fn delete_job_alpha1(
@@ -588,16 +555,13 @@ impl Dapr for DaprApi {
         &self,
         request: tonic::Request<rt::DeleteJobRequest>,
     ) -> std::result::Result<tonic::Response<rt::DeleteJobResponse>, tonic::Status> {
-        Err(Status::unimplemented(
-            "DeleteJob is not implemented by tandem yet",
-        ))
+        Err(Status::unimplemented("DeleteJob is not implemented by tandem yet"))
     }
 
     async fn delete_jobs_by_prefix_alpha1(
         &self,
         request: tonic::Request<rt::DeleteJobsByPrefixRequestAlpha1>,
-    ) -> std::result::Result<tonic::Response<rt::DeleteJobsByPrefixResponseAlpha1>, tonic::Status>
-    {
+    ) -> std::result::Result<tonic::Response<rt::DeleteJobsByPrefixResponseAlpha1>, tonic::Status> {
         Err(Status::unimplemented(
             "DeleteJobsByPrefixAlpha1 is not implemented by tandem yet",
         ))
@@ -616,36 +580,28 @@ impl Dapr for DaprApi {
         &self,
         request: tonic::Request<rt::ListJobsRequestAlpha1>,
     ) -> std::result::Result<tonic::Response<rt::ListJobsResponseAlpha1>, tonic::Status> {
-        Err(Status::unimplemented(
-            "ListJobsAlpha1 is not implemented by tandem yet",
-        ))
+        Err(Status::unimplemented("ListJobsAlpha1 is not implemented by tandem yet"))
     }
 
     async fn list_jobs(
         &self,
         request: tonic::Request<rt::ListJobsRequest>,
     ) -> std::result::Result<tonic::Response<rt::ListJobsResponse>, tonic::Status> {
-        Err(Status::unimplemented(
-            "ListJobs is not implemented by tandem yet",
-        ))
+        Err(Status::unimplemented("ListJobs is not implemented by tandem yet"))
     }
 
     async fn converse_alpha1(
         &self,
         request: tonic::Request<rt::ConversationRequest>,
     ) -> std::result::Result<tonic::Response<rt::ConversationResponse>, tonic::Status> {
-        Err(Status::unimplemented(
-            "ConverseAlpha1 is not implemented by tandem yet",
-        ))
+        Err(Status::unimplemented("ConverseAlpha1 is not implemented by tandem yet"))
     }
 
     async fn converse_alpha2(
         &self,
         request: tonic::Request<rt::ConversationRequestAlpha2>,
     ) -> std::result::Result<tonic::Response<rt::ConversationResponseAlpha2>, tonic::Status> {
-        Err(Status::unimplemented(
-            "ConverseAlpha2 is not implemented by tandem yet",
-        ))
+        Err(Status::unimplemented("ConverseAlpha2 is not implemented by tandem yet"))
     }
 
     async fn create_index_alpha1(
@@ -661,9 +617,7 @@ impl Dapr for DaprApi {
         &self,
         request: tonic::Request<rt::GetIndexRequestAlpha1>,
     ) -> std::result::Result<tonic::Response<rt::GetIndexResponseAlpha1>, tonic::Status> {
-        Err(Status::unimplemented(
-            "GetIndexAlpha1 is not implemented by tandem yet",
-        ))
+        Err(Status::unimplemented("GetIndexAlpha1 is not implemented by tandem yet"))
     }
 
     async fn list_indexes_alpha1(
@@ -705,8 +659,7 @@ impl Dapr for DaprApi {
     async fn delete_documents_alpha1(
         &self,
         request: tonic::Request<rt::DeleteDocumentsRequestAlpha1>,
-    ) -> std::result::Result<tonic::Response<rt::DeleteDocumentsResponseAlpha1>, tonic::Status>
-    {
+    ) -> std::result::Result<tonic::Response<rt::DeleteDocumentsResponseAlpha1>, tonic::Status> {
         Err(Status::unimplemented(
             "DeleteDocumentsAlpha1 is not implemented by tandem yet",
         ))
@@ -716,9 +669,7 @@ impl Dapr for DaprApi {
         &self,
         request: tonic::Request<rt::SearchRequestAlpha1>,
     ) -> std::result::Result<tonic::Response<rt::SearchResponseAlpha1>, tonic::Status> {
-        Err(Status::unimplemented(
-            "SearchAlpha1 is not implemented by tandem yet",
-        ))
+        Err(Status::unimplemented("SearchAlpha1 is not implemented by tandem yet"))
     }
 
     async fn create_collection_alpha1(
@@ -742,8 +693,7 @@ impl Dapr for DaprApi {
     async fn list_collections_alpha1(
         &self,
         request: tonic::Request<rt::ListCollectionsRequestAlpha1>,
-    ) -> std::result::Result<tonic::Response<rt::ListCollectionsResponseAlpha1>, tonic::Status>
-    {
+    ) -> std::result::Result<tonic::Response<rt::ListCollectionsResponseAlpha1>, tonic::Status> {
         Err(Status::unimplemented(
             "ListCollectionsAlpha1 is not implemented by tandem yet",
         ))
@@ -797,8 +747,7 @@ impl Dapr for DaprApi {
     async fn batch_query_vectors_alpha1(
         &self,
         request: tonic::Request<rt::BatchQueryVectorsRequestAlpha1>,
-    ) -> std::result::Result<tonic::Response<rt::BatchQueryVectorsResponseAlpha1>, tonic::Status>
-    {
+    ) -> std::result::Result<tonic::Response<rt::BatchQueryVectorsResponseAlpha1>, tonic::Status> {
         Err(Status::unimplemented(
             "BatchQueryVectorsAlpha1 is not implemented by tandem yet",
         ))

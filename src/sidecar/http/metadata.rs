@@ -3,19 +3,16 @@
 use std::collections::BTreeMap;
 
 use axum::body::Body;
-use axum::extract::{Path, Query, State};
+use axum::extract::{Query, State};
 use axum::http::StatusCode;
 use axum::response::Response;
 use serde::Serialize;
 
-use super::{ApiState, json_response, query_param, read_body};
+use super::{ApiState, DaprPath, json_response, query_param, read_body};
 use crate::sidecar::error::{ApiError, ApiResult};
 use crate::sidecar::runtime::MetadataSnapshot;
 
-pub async fn healthz(
-    State(st): State<ApiState>,
-    Query(params): Query<Vec<(String, String)>>,
-) -> ApiResult<StatusCode> {
+pub async fn healthz(State(st): State<ApiState>, Query(params): Query<Vec<(String, String)>>) -> ApiResult<StatusCode> {
     if !st.rt.health.ready() {
         return Err(ApiError::not_ready("[runtime]"));
     }
@@ -33,14 +30,9 @@ pub async fn healthz_outbound(State(st): State<ApiState>) -> ApiResult<StatusCod
     }
 }
 
-pub async fn put_metadata(
-    State(st): State<ApiState>,
-    Path(key): Path<String>,
-    body: Body,
-) -> ApiResult<StatusCode> {
-    let bytes = read_body(body, st.max_body)
-        .await
-        .map_err(ApiError::body_read)?;
+pub async fn put_metadata(State(st): State<ApiState>, path: DaprPath, body: Body) -> ApiResult<StatusCode> {
+    let key = path.store().to_owned();
+    let bytes = read_body(body, st.max_body).await.map_err(ApiError::body_read)?;
     st.rt.set_metadata(&key, &String::from_utf8_lossy(&bytes));
     Ok(StatusCode::NO_CONTENT)
 }
@@ -127,8 +119,10 @@ struct MetadataJson<'a> {
     runtime_version: &'a str,
     #[serde(skip_serializing_if = "<[String]>::is_empty")]
     enabled_features: &'a [String],
+    #[serde(skip_serializing_if = "Vec::is_empty")]
     components: Vec<ComponentJson<'a>>,
     extended: &'a BTreeMap<String, String>,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
     subscriptions: Vec<SubscriptionJson<'a>>,
     #[serde(skip_serializing_if = "Vec::is_empty")]
     http_endpoints: Vec<NameJson<'a>>,
@@ -183,11 +177,7 @@ fn to_json(m: &MetadataSnapshot) -> MetadataJson<'_> {
                 }
             })
             .collect(),
-        http_endpoints: m
-            .http_endpoints
-            .iter()
-            .map(|n| NameJson { name: n })
-            .collect(),
+        http_endpoints: m.http_endpoints.iter().map(|n| NameJson { name: n }).collect(),
         app_connection_properties: AppConnectionJson {
             port: app.port,
             protocol: &app.protocol,

@@ -32,12 +32,18 @@ pub struct ApiState {
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let status = StatusCode::from_u16(self.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
-        let body = serde_json::json!({ "errorCode": self.code, "message": self.message });
+        let mut body = serde_json::json!({ "errorCode": self.code, "message": self.message });
+        if let Some(reason) = self.reason {
+            body["details"] = serde_json::json!([{
+                "@type": "type.googleapis.com/google.rpc.ErrorInfo",
+                "domain": "dapr.io",
+                "metadata": null,
+                "reason": reason,
+            }]);
+        }
         let mut resp = (status, body.to_string()).into_response();
-        resp.headers_mut().insert(
-            header::CONTENT_TYPE,
-            HeaderValue::from_static("application/json"),
-        );
+        resp.headers_mut()
+            .insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
         resp
     }
 }
@@ -47,35 +53,31 @@ pub fn router(state: ApiState) -> Router {
     Router::new()
         .merge(health_routes())
         .route("/v1.0/metadata", get(metadata::get_metadata))
-        .route(
-            "/v1.0/metadata/{key}",
-            axum::routing::put(metadata::put_metadata),
-        )
+        .route("/v1.0/metadata/{key}", axum::routing::put(metadata::put_metadata))
         .route("/v1.0/state/{store}", post(state::save).put(state::save))
+        // Keys named "bulk" or "transaction" are still read and deleted, as in Dapr.
         .route(
             "/v1.0/state/{store}/bulk",
-            post(state::bulk_get).put(state::bulk_get),
+            post(state::bulk_get)
+                .put(state::bulk_get)
+                .get(state::get)
+                .delete(state::delete),
         )
         .route(
             "/v1.0/state/{store}/transaction",
-            post(state::transaction).put(state::transaction),
+            post(state::transaction)
+                .put(state::transaction)
+                .get(state::get)
+                .delete(state::delete),
         )
-        .route(
-            "/v1.0/state/{store}/{key}",
-            get(state::get).delete(state::delete),
-        )
-        .route(
-            "/v1.0-alpha1/state/{store}/query",
-            post(state::query).put(state::query),
-        )
-        .route(
-            "/v1.0/state/{store}/query",
-            post(state::query).put(state::query),
-        )
+        .route("/v1.0/state/{store}/{key}", get(state::get).delete(state::delete))
+        .route("/v1.0-alpha1/state/{store}/query", post(state::query).put(state::query))
         .route("/v1.0/secrets/{store}/bulk", get(secrets::bulk))
         .route("/v1.0/secrets/{store}/{key}", get(secrets::get))
         .route("/v1.0/shutdown", post(metadata::shutdown))
+        // Dapr answers unknown paths and wrong methods alike from its invocation fallback.
         .fallback(|| async { ApiError::no_app_id() })
+        .method_not_allowed_fallback(|| async { ApiError::no_app_id() })
         .layer(middleware::from_fn_with_state(state.clone(), api_token))
         .layer(middleware::from_fn_with_state(state.clone(), observe))
         .with_state(state)
@@ -100,13 +102,9 @@ fn health_routes() -> Router<ApiState> {
 async fn api_token(State(st): State<ApiState>, mut req: Request, next: Next) -> Response {
     if let Some(token) = &st.api_token {
         let path = req.uri().path().trim_end_matches('/');
-        let exempt = req.method() == Method::GET
-            && (path == "/v1.0/healthz" || path == "/v1.0/healthz/outbound");
+        let exempt = req.method() == Method::GET && (path == "/v1.0/healthz" || path == "/v1.0/healthz/outbound");
         if !exempt {
-            let given = req
-                .headers()
-                .get("dapr-api-token")
-                .and_then(|v| v.to_str().ok());
+            let given = req.headers().get("dapr-api-token").and_then(|v| v.to_str().ok());
             if given != Some(token.as_ref()) {
                 let mut resp = (StatusCode::UNAUTHORIZED, "invalid api token\n").into_response();
                 resp.headers_mut().insert(
@@ -128,19 +126,83 @@ async fn observe(State(st): State<ApiState>, req: Request, next: Next) -> Respon
     let started = std::time::Instant::now();
     let resp = next.run(req).await;
     let elapsed = started.elapsed();
-    st.metrics
-        .http_request(&method, &path, resp.status().as_u16(), elapsed);
+    st.metrics.http_request(&method, &path, resp.status().as_u16(), elapsed);
     if st.api_logging {
         tracing::info!(target: "dapr.runtime.http-info", method = %method, path, status = resp.status().as_u16(), duration_ms = elapsed.as_secs_f64() * 1e3, "HTTP API called");
     }
     resp
 }
 
+/// Collapses `//` and drops a trailing `/` before routing, as Dapr's router does.
+pub fn normalize_path(mut req: Request) -> Request {
+    let path = req.uri().path();
+    if !(path.contains("//") || (path.len() > 1 && path.ends_with('/'))) {
+        return req;
+    }
+    let mut clean = String::with_capacity(path.len());
+    for seg in path.split('/').filter(|s| !s.is_empty()) {
+        clean.push('/');
+        clean.push_str(seg);
+    }
+    if clean.is_empty() {
+        clean.push('/');
+    }
+    if let Some(q) = req.uri().query() {
+        clean.push('?');
+        clean.push_str(q);
+    }
+    let mut parts = req.uri().clone().into_parts();
+    if let Ok(pq) = clean.parse() {
+        parts.path_and_query = Some(pq);
+        if let Ok(uri) = axum::http::Uri::from_parts(parts) {
+            *req.uri_mut() = uri;
+        }
+    }
+    req
+}
+
+/// Path parameters decoded as Dapr decodes them (`url.QueryUnescape`: `%XX` escapes, and `+` is a space).
+pub(crate) struct DaprPath(pub Vec<String>);
+
+impl DaprPath {
+    /// The first parameter (the store); routes always capture it.
+    pub fn store(&self) -> &str {
+        self.0.first().map(String::as_str).unwrap_or_default()
+    }
+
+    /// The second parameter, or for literal routes such as `/state/{store}/bulk`, the last path segment.
+    pub fn key(&self, uri: &axum::http::Uri) -> String {
+        self.0
+            .get(1)
+            .cloned()
+            .unwrap_or_else(|| uri.path().rsplit('/').next().unwrap_or_default().to_owned())
+    }
+}
+
+impl<S: Send + Sync> axum::extract::FromRequestParts<S> for DaprPath {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut axum::http::request::Parts, state: &S) -> Result<Self, ApiError> {
+        let raw = axum::extract::RawPathParams::from_request_parts(parts, state)
+            .await
+            .map_err(|e| ApiError::bad_request(e.body_text()))?;
+        let out: Vec<String> = raw
+            .iter()
+            .map(|(_, v)| {
+                percent_encoding::percent_decode_str(&v.replace('+', " "))
+                    .decode_utf8()
+                    .map(|s| s.into_owned())
+                    .map_err(|e| ApiError::bad_request(format!("failed to unescape request parameter {v:?}: {e}")))
+            })
+            .collect::<Result<_, _>>()?;
+        Ok(DaprPath(out))
+    }
+}
+
 /// Reads a request body up to `--max-body-size`.
 pub(crate) async fn read_body(body: Body, limit: usize) -> Result<Bytes, String> {
     axum::body::to_bytes(body, limit).await.map_err(|e| {
-        let too_large = std::error::Error::source(&e)
-            .is_some_and(|s| s.is::<http_body_util::LengthLimitError>());
+        let too_large = std::error::Error::source(&e).is_some_and(|s| s.is::<http_body_util::LengthLimitError>());
         if too_large {
             format!("stream too large (the body exceeds --max-body-size of {limit} bytes)")
         } else {
@@ -162,10 +224,7 @@ pub(crate) fn query_metadata(params: &[(String, String)]) -> BTreeMap<String, St
 
 /// The first value of query parameter `name`.
 pub(crate) fn query_param<'a>(params: &'a [(String, String)], name: &str) -> Option<&'a str> {
-    params
-        .iter()
-        .find(|(k, _)| k == name)
-        .map(|(_, v)| v.as_str())
+    params.iter().find(|(k, _)| k == name).map(|(_, v)| v.as_str())
 }
 
 /// Stored bytes as a JSON value: raw when they are JSON, else as a string.
@@ -186,10 +245,8 @@ pub(crate) fn json_response(status: StatusCode, body: impl serde::Serialize) -> 
     match serde_json::to_vec(&body) {
         Ok(bytes) => {
             let mut resp = (status, bytes).into_response();
-            resp.headers_mut().insert(
-                header::CONTENT_TYPE,
-                HeaderValue::from_static("application/json"),
-            );
+            resp.headers_mut()
+                .insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
             resp
         }
         Err(e) => ApiError::new(500, tonic::Code::Internal, "ERROR", e.to_string()).into_response(),

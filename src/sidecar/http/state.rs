@@ -3,13 +3,13 @@
 use std::collections::BTreeMap;
 
 use axum::body::{Body, Bytes};
-use axum::extract::{Path, Query, State};
+use axum::extract::{Query, State};
 use axum::http::{HeaderMap, HeaderName, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 
-use super::{ApiState, json_data, json_response, query_metadata, query_param, read_body};
+use super::{ApiState, DaprPath, json_data, json_response, query_metadata, query_param, read_body};
 use crate::components::state::{Concurrency, StateError};
 use crate::sidecar::error::{ApiError, ApiResult};
 use crate::sidecar::runtime::{DeleteItem, SaveItem, TxOp, item_metadata};
@@ -18,9 +18,9 @@ type Params = Query<Vec<(String, String)>>;
 
 #[derive(Deserialize)]
 struct ItemOptions {
-    #[serde(default)]
+    #[serde(default, alias = "Concurrency")]
     concurrency: Option<String>,
-    #[serde(default)]
+    #[serde(default, alias = "Consistency")]
     #[allow(dead_code)]
     consistency: Option<String>,
 }
@@ -28,15 +28,15 @@ struct ItemOptions {
 /// One state item as Dapr's HTTP API writes it.
 #[derive(Deserialize)]
 struct HttpItem {
-    #[serde(default)]
+    #[serde(default, alias = "Key", alias = "KEY")]
     key: String,
-    #[serde(default)]
+    #[serde(default, alias = "Value", alias = "VALUE")]
     value: Option<Box<RawValue>>,
-    #[serde(default)]
+    #[serde(default, alias = "Etag", alias = "ETag", alias = "eTag", alias = "ETAG")]
     etag: Option<String>,
-    #[serde(default)]
+    #[serde(default, alias = "Metadata")]
     metadata: BTreeMap<String, String>,
-    #[serde(default)]
+    #[serde(default, alias = "Options")]
     options: Option<ItemOptions>,
 }
 
@@ -46,9 +46,7 @@ pub(crate) fn concurrency(v: Option<&str>) -> Result<Concurrency, StateError> {
         "" => Ok(Concurrency::Unspecified),
         "first-write" => Ok(Concurrency::FirstWrite),
         "last-write" => Ok(Concurrency::LastWrite),
-        other => Err(StateError::Backend(format!(
-            "unrecognized concurrency model '{other}'"
-        ))),
+        other => Err(StateError::Backend(format!("unrecognized concurrency model '{other}'"))),
     }
 }
 
@@ -104,10 +102,11 @@ async fn json_body<T: for<'de> Deserialize<'de>>(st: &ApiState, body: Body) -> A
 
 pub async fn save(
     State(st): State<ApiState>,
-    Path(store): Path<String>,
+    path: DaprPath,
     Query(params): Params,
     body: Body,
 ) -> ApiResult<StatusCode> {
+    let store = path.store().to_owned();
     st.rt.state_store(&store)?;
     let items: Vec<HttpItem> = json_body(&st, body).await?;
     let md = query_metadata(&params);
@@ -123,29 +122,21 @@ pub async fn save(
 
 pub async fn get(
     State(st): State<ApiState>,
-    Path((store, key)): Path<(String, String)>,
+    path: DaprPath,
+    uri: axum::http::Uri,
     Query(_params): Params,
 ) -> ApiResult<Response> {
+    let (store, key) = (path.store().to_owned(), path.key(&uri));
     let Some(item) = st.rt.get_state(&store, &key).await? else {
         return Ok(StatusCode::NO_CONTENT.into_response());
     };
     let mut headers = HeaderMap::new();
-    headers.insert(
-        header::CONTENT_TYPE,
-        HeaderValue::from_static("application/json"),
-    );
-    if let Some(etag) = item
-        .etag
-        .as_deref()
-        .and_then(|e| HeaderValue::from_str(e).ok())
-    {
+    headers.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    if let Some(etag) = item.etag.as_deref().and_then(|e| HeaderValue::from_str(e).ok()) {
         headers.insert(header::ETAG, etag);
     }
     for (k, v) in item_metadata(&item) {
-        if let (Ok(name), Ok(value)) = (
-            HeaderName::try_from(format!("metadata.{k}")),
-            HeaderValue::from_str(&v),
-        ) {
+        if let (Ok(name), Ok(value)) = (HeaderName::try_from(format!("metadata.{k}")), HeaderValue::from_str(&v)) {
             headers.insert(name, value);
         }
     }
@@ -154,15 +145,16 @@ pub async fn get(
 
 pub async fn delete(
     State(st): State<ApiState>,
-    Path((store, key)): Path<(String, String)>,
+    path: DaprPath,
+    uri: axum::http::Uri,
     Query(params): Params,
     headers: HeaderMap,
 ) -> ApiResult<StatusCode> {
+    let (store, key) = (path.store().to_owned(), path.key(&uri));
     let etag = headers
         .get(header::IF_MATCH)
         .map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned());
-    let concurrency = concurrency(query_param(&params, "concurrency"))
-        .map_err(|e| ApiError::state_delete(&key, &e))?;
+    let concurrency = concurrency(query_param(&params, "concurrency")).map_err(|e| ApiError::state_delete(&key, &e))?;
     let item = DeleteItem {
         key,
         etag,
@@ -194,11 +186,8 @@ struct BulkGetItem {
     error: Option<String>,
 }
 
-pub async fn bulk_get(
-    State(st): State<ApiState>,
-    Path(store): Path<String>,
-    body: Body,
-) -> ApiResult<Response> {
+pub async fn bulk_get(State(st): State<ApiState>, path: DaprPath, body: Body) -> ApiResult<Response> {
+    let store = path.store().to_owned();
     st.rt.state_store(&store)?;
     let req: BulkGetRequest = json_body(&st, body).await?;
     let parallelism = usize::try_from(req.parallelism).unwrap_or(0).clamp(1, 100);
@@ -248,10 +237,11 @@ struct TransactionOperation {
 
 pub async fn transaction(
     State(st): State<ApiState>,
-    Path(store): Path<String>,
+    path: DaprPath,
     Query(params): Params,
     body: Body,
 ) -> ApiResult<StatusCode> {
+    let store = path.store().to_owned();
     st.rt.state_store(&store)?;
     let req: TransactionRequest = json_body(&st, body).await?;
     let mut md = req.metadata;
@@ -286,15 +276,10 @@ struct QueryBody {
     token: Option<String>,
 }
 
-pub async fn query(
-    State(st): State<ApiState>,
-    Path(store): Path<String>,
-    body: Body,
-) -> ApiResult<Response> {
+pub async fn query(State(st): State<ApiState>, path: DaprPath, body: Body) -> ApiResult<Response> {
+    let store = path.store().to_owned();
     st.rt.state_store(&store)?;
-    let bytes = read_body(body, st.max_body)
-        .await
-        .map_err(ApiError::body_read)?;
+    let bytes = read_body(body, st.max_body).await.map_err(ApiError::body_read)?;
     let resp = st.rt.query_state(&store, &bytes).await?;
     if resp.results.is_empty() {
         return Ok(StatusCode::NO_CONTENT.into_response());
