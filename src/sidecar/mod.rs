@@ -1,6 +1,7 @@
 //! `tandem sidecar`: the daprd equivalent. Wires the runtime core to the HTTP, gRPC, public and metrics servers,
 //! loads components, waits for the app, and drains on shutdown.
 
+pub mod acl;
 pub mod app_channel;
 pub mod args;
 pub mod error;
@@ -9,6 +10,7 @@ pub mod http;
 pub mod loader;
 pub mod metrics;
 pub mod processor;
+pub mod resiliency;
 pub mod runtime;
 
 use std::net::SocketAddr;
