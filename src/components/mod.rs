@@ -1,6 +1,7 @@
 //! Component kinds and the registry that builds a backend from its Dapr type and version.
 
 pub mod metadata;
+pub mod nameresolution;
 pub mod secretstores;
 pub mod state;
 
