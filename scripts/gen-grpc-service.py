@@ -5,7 +5,7 @@ method. Run after upgrading the `dapr` crate: python3 scripts/gen-grpc-service.p
 import glob, os, re, sys
 
 IMPLEMENTED = {
-    "get_state", "get_bulk_state", "save_state", "query_state_alpha1", "delete_state", "delete_bulk_state",
+    "invoke_service", "get_state", "get_bulk_state", "save_state", "query_state_alpha1", "delete_state", "delete_bulk_state",
     "execute_state_transaction", "get_secret", "get_bulk_secret", "get_metadata", "set_metadata", "shutdown",
 }
 

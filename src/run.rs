@@ -7,7 +7,8 @@ use clap::Args as ClapArgs;
 use tokio::process::Command;
 
 use crate::api::Component;
-use crate::sidecar::{Args, PortPolicy, Sidecar};
+use crate::api::configuration::NameResolutionSpec;
+use crate::sidecar::{Args, Defaults, PortPolicy, Sidecar};
 
 #[derive(Clone, Debug, ClapArgs)]
 pub struct RunArgs {
@@ -26,21 +27,30 @@ pub fn home_dir() -> PathBuf {
         .join(".tandem")
 }
 
-/// Components used when no `--resources-path` is given: need no other software.
-pub fn default_components() -> Vec<Component> {
-    let db = home_dir().join("state.db");
-    vec![Component::new(
-        "statestore",
-        "state.sqlite",
-        &[
-            ("connectionString", db.to_string_lossy().as_ref()),
-            ("actorStateStore", "true"),
-        ],
-    )]
+/// What `tandem run` uses when the user gives no resources or Configuration: needs no other software.
+/// Every app started with `tandem run` registers in one SQLite file, so local apps find each other by app id.
+pub fn defaults() -> Defaults {
+    let home = home_dir();
+    let db = home.join("state.db");
+    Defaults {
+        components: vec![Component::new(
+            "statestore",
+            "state.sqlite",
+            &[
+                ("connectionString", db.to_string_lossy().as_ref()),
+                ("actorStateStore", "true"),
+            ],
+        )],
+        name_resolution: Some(NameResolutionSpec {
+            component: "sqlite".into(),
+            version: "v1".into(),
+            configuration: serde_json::json!({ "connectionString": home.join("nameresolution.db").to_string_lossy() }),
+        }),
+    }
 }
 
 pub async fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
-    let sidecar = Sidecar::start(args.sidecar.clone(), PortPolicy::DefaultsIfFree, default_components()).await?;
+    let sidecar = Sidecar::start(args.sidecar.clone(), PortPolicy::DefaultsIfFree, defaults()).await?;
     let shutdown = sidecar.rt.shutdown.clone();
     let Some((program, rest)) = args.command.split_first() else {
         crate::sidecar::cancel_on_signals(shutdown);

@@ -29,12 +29,7 @@ impl CallerIdentity {
     }
 
     fn spiffe_id(&self) -> String {
-        format!(
-            "spiffe://{}/ns/{}/{}",
-            self.trust_domain(),
-            self.namespace,
-            self.app_id
-        )
+        format!("spiffe://{}/ns/{}/{}", self.trust_domain(), self.namespace, self.app_id)
     }
 }
 
@@ -101,10 +96,7 @@ impl AccessControl {
         let Some(spec) = spec else {
             return Ok(AccessControl::default());
         };
-        if spec.trust_domain.is_empty()
-            && spec.default_action.is_empty()
-            && spec.policies.is_empty()
-        {
+        if spec.trust_domain.is_empty() && spec.default_action.is_empty() && spec.policies.is_empty() {
             return Ok(AccessControl::default());
         }
         // Dapr: no global default action means deny, unless an explicitly empty policy list was given; an
@@ -177,8 +169,7 @@ impl AccessControl {
                 };
             }
         };
-        let (action, scope, why) =
-            decide(list, caller, &operation, verb.as_deref(), app_protocol_http);
+        let (action, scope, why) = decide(list, caller, &operation, verb.as_deref(), app_protocol_http);
         let allowed = action.eq_ignore_ascii_case("allow");
         let reason = if allowed {
             format!("access control policy allowed access: {why}")
@@ -190,11 +181,7 @@ impl AccessControl {
                 verb.as_deref().unwrap_or("NONE"),
             )
         };
-        Decision {
-            allowed,
-            reason,
-            scope,
-        }
+        Decision { allowed, reason, scope }
     }
 }
 
@@ -292,10 +279,7 @@ fn decide(
         (
             list.default_action.clone(),
             DecisionScope::Global,
-            format!(
-                "{why}; global default action {:?} applies",
-                list.default_action
-            ),
+            format!("{why}; global default action {:?} applies", list.default_action),
         )
     };
     if caller.app_id.is_empty() {
@@ -335,10 +319,7 @@ fn decide(
         (
             policy.default_action.clone(),
             DecisionScope::App,
-            format!(
-                "default action {:?} of app {:?}",
-                policy.default_action, caller.app_id
-            ),
+            format!("default action {:?} of app {:?}", policy.default_action, caller.app_id),
         )
     };
     let mut operation = if operation.starts_with('/') {
@@ -382,14 +363,10 @@ fn decide(
 /// The caller percent-decodes HTTP paths first.
 pub fn normalize_method(method: &str) -> Result<String, String> {
     if let Some(c) = method.chars().find(|c| matches!(c, '#' | '?' | '\0')) {
-        return Err(format!(
-            "method contains forbidden character {c:?}: {method:?}"
-        ));
+        return Err(format!("method contains forbidden character {c:?}: {method:?}"));
     }
     if let Some(i) = method.bytes().position(|b| b < 0x20 || b == 0x7f) {
-        return Err(format!(
-            "method contains control character at position {i}: {method:?}"
-        ));
+        return Err(format!("method contains control character at position {i}: {method:?}"));
     }
     let rooted = method.starts_with('/');
     let mut parts: Vec<&str> = vec![];
@@ -440,11 +417,7 @@ impl OperationTrie {
     }
 
     fn insert(&mut self, operation: &str, rule: usize) {
-        let segments: Vec<String> = operation
-            .split('/')
-            .skip(1)
-            .map(|s| format!("/{s}"))
-            .collect();
+        let segments: Vec<String> = operation.split('/').skip(1).map(|s| format!("/{s}")).collect();
         let mut node: Option<usize> = None;
         for (i, segment) in segments.iter().enumerate() {
             let last = i + 1 == segments.len();
@@ -512,9 +485,7 @@ impl OperationTrie {
                 }
                 return Some(rule);
             } else if is_end {
-                return self
-                    .find_child(node, ONE_LEVEL, true)
-                    .and_then(|c| self.nodes[c].rule);
+                return self.find_child(node, ONE_LEVEL, true).and_then(|c| self.nodes[c].rule);
             }
         }
         None

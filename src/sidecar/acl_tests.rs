@@ -46,28 +46,16 @@ fn dapr_fixture() -> AccessControl {
                 "allow",
                 "public",
                 "ns1",
-                vec![
-                    op("/op1", &["POST", "GET"], "allow"),
-                    op("/op2", &["*"], "deny"),
-                ],
+                vec![op("/op1", &["POST", "GET"], "allow"), op("/op2", &["*"], "deny")],
             ),
             policy(
                 "app2",
                 "deny",
                 "domain1",
                 "ns2",
-                vec![
-                    op("/op3/a/*", &["PUT", "GET"], "allow"),
-                    op("/op4", &["POST"], "allow"),
-                ],
+                vec![op("/op3/a/*", &["PUT", "GET"], "allow"), op("/op4", &["POST"], "allow")],
             ),
-            policy(
-                "app3",
-                "",
-                "domain1",
-                "ns1",
-                vec![op("/op5", &["POST"], "allow")],
-            ),
+            policy("app3", "", "domain1", "ns1", vec![op("/op5", &["POST"], "allow")]),
             policy(
                 "app4",
                 "deny",
@@ -81,25 +69,13 @@ fn dapr_fixture() -> AccessControl {
                     op("/op7/c/**", &[], "allow"),
                 ],
             ),
-            policy(
-                "app1",
-                "allow",
-                "public",
-                "ns4",
-                vec![op("/op6", &["*"], "allow")],
-            ),
+            policy("app1", "allow", "public", "ns4", vec![op("/op6", &["*"], "allow")]),
         ],
     };
     AccessControl::new(Some(&spec)).unwrap()
 }
 
-fn allowed(
-    acl: &AccessControl,
-    c: &CallerIdentity,
-    op: &str,
-    verb: Option<&str>,
-    http: bool,
-) -> bool {
+fn allowed(acl: &AccessControl, c: &CallerIdentity, op: &str, verb: Option<&str>, http: bool) -> bool {
     acl.check(c, op, verb, http).allowed
 }
 
@@ -131,13 +107,7 @@ fn policies_without_a_global_default_deny_other_callers() {
         Some("GET"),
         true
     ));
-    assert!(allowed(
-        &acl,
-        &caller("app1", "ns1", "public"),
-        "op",
-        Some("GET"),
-        true
-    ));
+    assert!(allowed(&acl, &caller("app1", "ns1", "public"), "op", Some("GET"), true));
     let only_default = AccessControlSpec {
         default_action: "Allow".into(),
         ..Default::default()
@@ -164,10 +134,7 @@ fn policies_missing_identity_fields_are_refused_with_names() {
         err.contains("policy #1 (appId \"app1\") is missing trustDomain"),
         "{err}"
     );
-    assert!(
-        err.contains("policy #2 (appId \"app2\") is missing namespace"),
-        "{err}"
-    );
+    assert!(err.contains("policy #2 (appId \"app2\") is missing namespace"), "{err}");
     assert!(err.contains("policy #3 is missing appId"), "{err}");
 }
 
@@ -177,13 +144,7 @@ fn dapr_unit_cases_http() {
     let public = |app: &str, ns: &str| caller(app, ns, "public");
     let d1 = |app: &str, ns: &str| caller(app, ns, "domain1");
     // Unknown caller app, wrong trust domain, wrong namespace, unknown identity: global deny.
-    assert!(!allowed(
-        &acl,
-        &public("appX", "ns1"),
-        "op1",
-        Some("POST"),
-        true
-    ));
+    assert!(!allowed(&acl, &public("appX", "ns1"), "op1", Some("POST"), true));
     assert!(!allowed(
         &acl,
         &caller("app1", "ns1", "private"),
@@ -191,87 +152,27 @@ fn dapr_unit_cases_http() {
         Some("POST"),
         true
     ));
-    assert!(!allowed(
-        &acl,
-        &public("app1", "abcd"),
-        "op1",
-        Some("POST"),
-        true
-    ));
-    assert!(!allowed(
-        &acl,
-        &CallerIdentity::default(),
-        "op1",
-        Some("POST"),
-        true
-    ));
+    assert!(!allowed(&acl, &public("app1", "abcd"), "op1", Some("POST"), true));
+    assert!(!allowed(&acl, &CallerIdentity::default(), "op1", Some("POST"), true));
     // Operation not listed: the app's default action (allow).
-    assert!(allowed(
-        &acl,
-        &public("app1", "ns1"),
-        "opX",
-        Some("POST"),
-        true
-    ));
+    assert!(allowed(&acl, &public("app1", "ns1"), "opX", Some("POST"), true));
     // HTTP matching is case-insensitive: Op2 hits /op2 (deny for every verb).
-    assert!(!allowed(
-        &acl,
-        &public("app1", "ns1"),
-        "Op2",
-        Some("POST"),
-        true
-    ));
-    assert!(!allowed(
-        &acl,
-        &public("app1", "ns1"),
-        "op2",
-        Some("PUT"),
-        true
-    ));
+    assert!(!allowed(&acl, &public("app1", "ns1"), "Op2", Some("POST"), true));
+    assert!(!allowed(&acl, &public("app1", "ns1"), "op2", Some("PUT"), true));
     // Verb not listed: the app's default action (deny), or the global one when the app has none.
     assert!(!allowed(&acl, &d1("app2", "ns2"), "op4", Some("PUT"), true));
     assert!(!allowed(&acl, &d1("app3", "ns1"), "op5", Some("PUT"), true));
     // Listed verb, with or without a leading slash, any case of verb.
     assert!(allowed(&acl, &d1("app2", "ns2"), "op4", Some("POST"), true));
-    assert!(allowed(
-        &acl,
-        &d1("app2", "ns2"),
-        "/op4",
-        Some("post"),
-        true
-    ));
+    assert!(allowed(&acl, &d1("app2", "ns2"), "/op4", Some("post"), true));
     // An HTTP app called without a verb: the app's default action.
     assert!(!allowed(&acl, &d1("app2", "ns2"), "op4", None, true));
     // /op3/a/* covers /op3/a itself and one segment below, not a sibling.
-    assert!(allowed(
-        &acl,
-        &d1("app2", "ns2"),
-        "/op3/a",
-        Some("PUT"),
-        true
-    ));
-    assert!(allowed(
-        &acl,
-        &d1("app2", "ns2"),
-        "/op3/a/b",
-        Some("PUT"),
-        true
-    ));
-    assert!(!allowed(
-        &acl,
-        &d1("app2", "ns2"),
-        "/op3/b/b",
-        Some("PUT"),
-        true
-    ));
+    assert!(allowed(&acl, &d1("app2", "ns2"), "/op3/a", Some("PUT"), true));
+    assert!(allowed(&acl, &d1("app2", "ns2"), "/op3/a/b", Some("PUT"), true));
+    assert!(!allowed(&acl, &d1("app2", "ns2"), "/op3/b/b", Some("PUT"), true));
     // The same app id in another namespace has its own policy.
-    assert!(allowed(
-        &acl,
-        &public("app1", "ns4"),
-        "op6",
-        Some("GET"),
-        true
-    ));
+    assert!(allowed(&acl, &public("app1", "ns4"), "op6", Some("GET"), true));
 }
 
 #[test]
@@ -298,13 +199,7 @@ fn dapr_unit_cases_grpc() {
 fn a_rule_on_a_prefix_covers_the_paths_below_it() {
     let acl = dapr_fixture();
     let app2 = caller("app2", "ns2", "domain1");
-    assert!(allowed(
-        &acl,
-        &app2,
-        "/op4/deeper/still",
-        Some("POST"),
-        true
-    ));
+    assert!(allowed(&acl, &app2, "/op4/deeper/still", Some("POST"), true));
     assert!(!allowed(&acl, &app2, "/op40", Some("POST"), true));
 }
 
@@ -339,16 +234,8 @@ fn normalize_method_follows_go_path_clean() {
     for (input, want) in cases {
         assert_eq!(normalize_method(input).unwrap(), want, "{input:?}");
     }
-    assert!(
-        normalize_method("a#b")
-            .unwrap_err()
-            .contains("forbidden character")
-    );
-    assert!(
-        normalize_method("a\u{7f}")
-            .unwrap_err()
-            .contains("control character")
-    );
+    assert!(normalize_method("a#b").unwrap_err().contains("forbidden character"));
+    assert!(normalize_method("a\u{7f}").unwrap_err().contains("control character"));
 }
 
 #[test]
@@ -373,19 +260,8 @@ spec:
         Some("GET"),
         true
     ));
-    assert!(allowed(
-        &acl,
-        &caller("app1", "default", ""),
-        "/any",
-        None,
-        false
-    ));
-    let d = acl.check(
-        &caller("app2", "default", "public"),
-        "/any",
-        Some("GET"),
-        true,
-    );
+    assert!(allowed(&acl, &caller("app1", "default", ""), "/any", None, false));
+    let d = acl.check(&caller("app2", "default", "public"), "/any", Some("GET"), true);
     assert!(!d.allowed);
     assert_eq!(d.scope, DecisionScope::Global);
     assert!(
@@ -509,13 +385,7 @@ spec:
       namespace: "ns2"
 "#,
     );
-    assert!(allowed(
-        &acl,
-        &caller("app1", "ns1", "public"),
-        "/m",
-        Some("GET"),
-        true
-    ));
+    assert!(allowed(&acl, &caller("app1", "ns1", "public"), "/m", Some("GET"), true));
     assert!(!allowed(
         &acl,
         &caller("app1", "ns2", "public"),

@@ -96,7 +96,7 @@ pub struct Args {
     #[arg(long)]
     pub placement_host_address: Option<String>,
     /// Namespace of this app (kubernetes mode sets it from the pod).
-    #[arg(long = "namespace", env = "NAMESPACE", default_value = "", hide = true)]
+    #[arg(long = "namespace", env = "NAMESPACE", default_value = "default", hide = true)]
     pub namespace: String,
     #[arg(long = "pod-name", env = "POD_NAME", default_value = "", hide = true)]
     pub pod_name: String,

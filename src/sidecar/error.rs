@@ -89,6 +89,32 @@ impl ApiError {
         )
     }
 
+    // Service invocation.
+    pub fn direct_invoke(id: &str, err: &str) -> Self {
+        Self::new(
+            500,
+            Code::Internal,
+            "ERR_DIRECT_INVOKE",
+            format!("failed to invoke, id: {id}, err: {err}"),
+        )
+    }
+    pub fn invoke_no_method() -> Self {
+        Self::new(
+            400,
+            Code::InvalidArgument,
+            "ERR_DIRECT_INVOKE",
+            "method name is missing: call /v1.0/invoke/<app-id>/method/<method>",
+        )
+    }
+    pub fn permission_denied(id: &str, detail: &str) -> Self {
+        Self::new(
+            403,
+            Code::PermissionDenied,
+            "ERR_DIRECT_INVOKE",
+            format!("failed to invoke, id: {id}, err: rpc error: code = PermissionDenied desc = {detail}"),
+        )
+    }
+
     // Health.
     pub fn not_ready(why: impl std::fmt::Display) -> Self {
         Self::new(

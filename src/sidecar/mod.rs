@@ -7,6 +7,7 @@ pub mod args;
 pub mod error;
 pub mod grpc;
 pub mod http;
+pub mod invoke;
 pub mod loader;
 pub mod metrics;
 pub mod processor;
@@ -26,6 +27,7 @@ pub use args::{Args, Mode};
 
 use crate::api::{Component, Configuration};
 use crate::components::Registry;
+use crate::components::nameresolution;
 use app_channel::{AppChannel, HealthProbe};
 use loader::Resources;
 use metrics::Metrics;
@@ -47,6 +49,14 @@ pub struct Ports {
     pub grpc: u16,
     pub metrics: Option<u16>,
     pub public: Option<u16>,
+    pub internal: u16,
+}
+
+/// What `tandem run` supplies when the user gives no resources or Configuration.
+#[derive(Clone, Debug, Default)]
+pub struct Defaults {
+    pub components: Vec<Component>,
+    pub name_resolution: Option<crate::api::configuration::NameResolutionSpec>,
 }
 
 /// A sidecar whose listeners are bound and whose servers run.
@@ -55,6 +65,7 @@ pub struct Sidecar {
     pub ports: Ports,
     servers: JoinSet<()>,
     init: tokio::task::JoinHandle<()>,
+    resolver: Arc<dyn nameresolution::NameResolver>,
     grace: Duration,
 }
 
@@ -102,7 +113,7 @@ fn port_of(ls: &[TcpListener]) -> u16 {
 impl Sidecar {
     /// Loads resources, binds every listener and starts the servers; components initialise in the background.
     /// `defaults` are used when no `--resources-path` is given (`tandem run`'s embedded defaults).
-    pub async fn start(args: Args, policy: PortPolicy, defaults: Vec<Component>) -> anyhow::Result<Sidecar> {
+    pub async fn start(args: Args, policy: PortPolicy, defaults: Defaults) -> anyhow::Result<Sidecar> {
         let started = Instant::now();
         args.validate().map_err(anyhow::Error::msg)?;
         let max_body = args.max_body_bytes().map_err(anyhow::Error::msg)?;
@@ -113,7 +124,7 @@ impl Sidecar {
         };
         let resources = if args.resources_path.is_empty() {
             Resources {
-                components: defaults,
+                components: defaults.components.clone(),
                 ..Default::default()
             }
         } else {
@@ -151,18 +162,26 @@ impl Sidecar {
                 .and_then(|l| l.api_logging.as_ref())
                 .is_some_and(|a| a.enabled)
         });
-        let state = http::ApiState {
-            rt: rt.clone(),
-            max_body,
-            api_token: token.clone(),
-            metrics: metrics.clone(),
-            api_logging,
-        };
+        let (resiliency, resiliency_errors) = resiliency::Resiliency::new_lenient(&resources.resiliencies);
+        for e in resiliency_errors {
+            tracing::error!("skipping Resiliency resource: {e}");
+        }
+        let resiliency = Arc::new(resiliency);
+        let acl =
+            Arc::new(acl::AccessControl::new(rt.config.spec.access_control.as_ref()).map_err(anyhow::Error::msg)?);
 
         let addrs = &args.dapr_listen_addresses;
+        let all = ["0.0.0.0".to_owned()];
+        let internal_ls = bind_all(
+            &all,
+            args.dapr_internal_grpc_port,
+            Args::DEFAULT_INTERNAL_GRPC_PORT,
+            policy,
+        )
+        .await?;
+        let internal_port = port_of(&internal_ls);
         let http_ls = bind_all(addrs, args.dapr_http_port, Args::DEFAULT_HTTP_PORT, policy).await?;
         let grpc_ls = bind_all(addrs, args.dapr_grpc_port, Args::DEFAULT_GRPC_PORT, policy).await?;
-        let all = ["0.0.0.0".to_owned()];
         let metrics_ls = if args.enable_metrics {
             Some(bind_all(&all, args.metrics_port, Args::DEFAULT_METRICS_PORT, policy).await?)
         } else {
@@ -177,6 +196,57 @@ impl Sidecar {
             grpc: port_of(&grpc_ls),
             metrics: metrics_ls.as_deref().map(port_of),
             public: public_ls.as_deref().map(port_of),
+            internal: internal_port,
+        };
+
+        let me = nameresolution::Instance {
+            app_id: args.app_id.clone(),
+            namespace: args.namespace.clone(),
+            address: std::env::var("DAPR_HOST_IP").unwrap_or_else(|_| "127.0.0.1".into()),
+            internal_port,
+            http_port: ports.http,
+            app_port: channel.as_ref().map(|c| c.port),
+        };
+        let nr = rt
+            .config
+            .spec
+            .name_resolution
+            .clone()
+            .or(defaults.name_resolution)
+            .unwrap_or_default();
+        let nr_component = if nr.component.is_empty() {
+            nameresolution::default_component(args.mode == Mode::Kubernetes).to_owned()
+        } else {
+            nr.component.clone()
+        };
+        let resolver = nameresolution::build(&nr_component, &nr.version, &nr.configuration, &me)
+            .await
+            .map_err(|e| anyhow::anyhow!("name resolution {nr_component}: {e}"))?;
+        let callee = Arc::new(invoke::Callee {
+            app_id: args.app_id.clone(),
+            app: channel.clone(),
+            app_h2: invoke::h2c_client(),
+            acl: acl.clone(),
+            max_body,
+        });
+        let invoker = Arc::new(
+            invoke::Invoker::new(
+                &args.app_id,
+                &args.namespace,
+                internal_port,
+                resolver.clone(),
+                callee.clone(),
+            )
+            .with_trust_domain(acl.trust_domain())
+            .with_resiliency(resiliency),
+        );
+        let state = http::ApiState {
+            rt: rt.clone(),
+            max_body,
+            api_token: token.clone(),
+            metrics: metrics.clone(),
+            api_logging,
+            invoker: Some(invoker.clone()),
         };
 
         let shutdown = rt.shutdown.clone();
@@ -206,34 +276,45 @@ impl Sidecar {
                 servers.spawn(serve_http(l, router.clone(), shutdown.clone()));
             }
         }
+        let grpc_api = grpc::router(rt.clone(), invoker.clone(), token.clone(), max_body, metrics.clone());
         for l in grpc_ls {
-            let svc = grpc::dapr_service(rt.clone(), token.clone(), max_body);
-            let layer = grpc::MetricsLayer(metrics.clone());
-            let shutdown = shutdown.clone();
-            servers.spawn(async move {
-                let incoming = tokio_stream::wrappers::TcpListenerStream::new(l);
-                let served = tonic::transport::Server::builder()
-                    .tcp_nodelay(true)
-                    .layer(layer)
-                    .add_service(svc)
-                    .serve_with_incoming_shutdown(incoming, shutdown.cancelled_owned())
-                    .await;
-                if let Err(e) = served {
-                    tracing::error!(error = %e, "gRPC API server failed");
-                }
-            });
+            servers.spawn(serve(l, grpc_api.clone(), shutdown.clone()));
+        }
+        let internal = {
+            let callee = callee.clone();
+            axum::Router::new().fallback(move |req: axum::extract::Request| {
+                let callee = callee.clone();
+                async move { callee.handle(req).await }
+            })
+        };
+        for l in internal_ls {
+            servers.spawn(serve(l, internal.clone(), shutdown.clone()));
         }
         tracing::info!(
             app_id = %args.app_id,
             http_port = ports.http,
             grpc_port = ports.grpc,
             metrics_port = ?ports.metrics,
-            public_port = ?ports.public,
+                        public_port = ?ports.public,
+            internal_grpc_port = ports.internal,
+            name_resolution = %nr_component,
             mode = ?args.mode,
             "tandem sidecar listening"
         );
 
-        let init = tokio::spawn(initialise(rt.clone(), resources, args.mode, channel, probe, started));
+        let init = tokio::spawn(initialise(
+            rt.clone(),
+            resources,
+            args.mode,
+            channel,
+            probe,
+            started,
+            Registration {
+                resolver: resolver.clone(),
+                me,
+                invoker,
+            },
+        ));
         let grace = Duration::from_secs(args.dapr_graceful_shutdown_seconds.max(0) as u64);
         Ok(Sidecar {
             rt,
@@ -241,6 +322,7 @@ impl Sidecar {
             servers,
             init,
             grace,
+            resolver,
         })
     }
 
@@ -257,6 +339,7 @@ impl Sidecar {
             tracing::warn!("grace period over; aborting the requests still in flight");
             self.servers.abort_all();
         }
+        self.resolver.close().await;
         for store in self.rt.state_stores() {
             store.close().await;
         }
@@ -269,11 +352,28 @@ impl Sidecar {
 }
 
 async fn serve_http(listener: TcpListener, router: axum::Router, shutdown: CancellationToken) {
-    let _ = listener.set_ttl(64);
-    let app = axum::ServiceExt::<axum::extract::Request>::into_make_service(tower::ServiceExt::map_request(
-        router,
-        http::normalize_path,
-    ));
+    serve(
+        listener,
+        tower::ServiceExt::map_request(router, http::normalize_path),
+        shutdown,
+    )
+    .await
+}
+
+/// Serves HTTP/1.1 and HTTP/2 (h2c) on `listener` until shutdown, with the peer address available to handlers.
+async fn serve<S>(listener: TcpListener, service: S, shutdown: CancellationToken)
+where
+    S: tower::Service<axum::extract::Request, Response = axum::response::Response, Error = std::convert::Infallible>
+        + Clone
+        + Send
+        + 'static,
+    S::Future: Send,
+{
+    use axum::serve::ListenerExt;
+    let listener = listener.tap_io(|tcp| {
+        let _ = tcp.set_nodelay(true);
+    });
+    let app = axum::ServiceExt::<axum::extract::Request>::into_make_service_with_connect_info::<SocketAddr>(service);
     if let Err(e) = axum::serve(listener, app)
         .with_graceful_shutdown(shutdown.cancelled_owned())
         .await
@@ -290,12 +390,21 @@ async fn initialise(
     channel: Option<Arc<AppChannel>>,
     probe: Option<HealthProbe>,
     started: Instant,
+    registration: Registration,
 ) {
     let registry = Registry::builtin();
     if let Err(e) = processor::load_components(&rt, &registry, &resources.components, mode).await {
         tracing::error!("error processing component, tandem will exit: {e}");
         rt.fail(e);
         return;
+    }
+    match processor::resolve_endpoints(&rt, &resources.http_endpoints, mode).await {
+        Ok(endpoints) => registration.invoker.set_endpoints(endpoints),
+        Err(e) => {
+            tracing::error!("error processing HTTPEndpoint, tandem will exit: {e}");
+            rt.fail(e);
+            return;
+        }
     }
     rt.health.set_outbound_ready();
     if let Some(channel) = &channel {
@@ -304,11 +413,23 @@ async fn initialise(
             channel.spawn_health_probe(p, rt.shutdown.clone());
         }
     }
+    if let Err(e) = registration.resolver.register(&registration.me).await {
+        tracing::error!("registering with name resolution failed, tandem will exit: {e}");
+        rt.fail(e.to_string());
+        return;
+    }
     rt.health.set_ready();
     tracing::info!(
         init_elapsed_ms = started.elapsed().as_millis() as u64,
         "tandem initialized. Status: Running"
     );
+}
+
+/// What `initialise` registers once the app is ready.
+struct Registration {
+    resolver: Arc<dyn nameresolution::NameResolver>,
+    me: nameresolution::Instance,
+    invoker: Arc<invoke::Invoker>,
 }
 
 /// Cancels `token` on SIGINT or SIGTERM.
@@ -336,7 +457,7 @@ pub fn cancel_on_signals(token: CancellationToken) {
 
 /// `tandem sidecar`.
 pub async fn run(args: Args) -> anyhow::Result<()> {
-    let sidecar = Sidecar::start(args, PortPolicy::Defaults, vec![]).await?;
+    let sidecar = Sidecar::start(args, PortPolicy::Defaults, Defaults::default()).await?;
     cancel_on_signals(sidecar.rt.shutdown.clone());
     sidecar.wait().await
 }

@@ -3,9 +3,14 @@
 
 use std::time::Duration;
 
-use crate::api::Component;
+use std::collections::HashMap;
+
+use axum::http::{HeaderName, HeaderValue};
+
+use crate::api::{Auth, Component, HttpEndpoint, NameValuePair};
 use crate::components::metadata::{parse_bool, parse_duration};
 use crate::components::{Instance, Metadata, Registry};
+use crate::sidecar::invoke::Endpoint;
 
 use super::args::Mode;
 use super::runtime::{ComponentInfo, Runtime, state_capabilities};
@@ -104,6 +109,43 @@ async fn init_one(
     Ok(())
 }
 
+/// HTTPEndpoint resources by name, with their headers resolved (values, `secretKeyRef`, `envRef`).
+pub async fn resolve_endpoints(
+    rt: &Runtime,
+    endpoints: &[HttpEndpoint],
+    mode: Mode,
+) -> Result<HashMap<String, Endpoint>, String> {
+    let mut out = HashMap::new();
+    for e in endpoints {
+        let name = e.metadata.name.clone().unwrap_or_default();
+        let base = e.spec.base_url.trim();
+        if !(base.starts_with("http://") || base.starts_with("https://")) {
+            return Err(format!(
+                "HTTPEndpoint {name}: baseUrl {base:?} must start with http:// or https://"
+            ));
+        }
+        let pairs = resolve_pairs(rt, &e.spec.headers, e.auth.as_ref(), &name, mode).await?;
+        let mut headers = Vec::with_capacity(pairs.len());
+        for (k, v) in pairs {
+            let k =
+                HeaderName::try_from(k.as_str()).map_err(|err| format!("HTTPEndpoint {name}: header {k:?}: {err}"))?;
+            let v = HeaderValue::from_str(&v).map_err(|err| format!("HTTPEndpoint {name}: header {k}: {err}"))?;
+            headers.push((k, v));
+        }
+        if e.spec.client_tls.is_some() {
+            tracing::warn!(endpoint = %name, "HTTPEndpoint clientTLS is not supported yet; the system roots are used");
+        }
+        out.insert(
+            name,
+            Endpoint {
+                base_url: base.trim_end_matches('/').to_owned(),
+                headers,
+            },
+        );
+    }
+    Ok(out)
+}
+
 /// Environment variables components may not read (as in Dapr).
 fn env_allowed(name: &str) -> bool {
     let upper = name.to_ascii_uppercase();
@@ -126,25 +168,33 @@ fn placeholders(v: String, rt: &Runtime) -> String {
 }
 
 async fn resolve_metadata(rt: &Runtime, c: &Component, mode: Mode) -> Result<Metadata, String> {
-    let mut props = Vec::with_capacity(c.spec.metadata.len());
-    for item in &c.spec.metadata {
+    let props = resolve_pairs(rt, &c.spec.metadata, c.auth.as_ref(), c.name(), mode).await?;
+    Ok(Metadata::new(c.name(), &rt.app_id, &rt.namespace, props))
+}
+
+/// Resolves name/value pairs (component metadata, HTTPEndpoint headers): plain values with Dapr's placeholders,
+/// `secretKeyRef` through `auth.secretStore` (`kubernetes` by default in Kubernetes mode), and `envRef`.
+pub async fn resolve_pairs(
+    rt: &Runtime,
+    pairs: &[NameValuePair],
+    auth: Option<&Auth>,
+    owner: &str,
+    mode: Mode,
+) -> Result<Vec<(String, String)>, String> {
+    let mut props = Vec::with_capacity(pairs.len());
+    for item in pairs {
         let mut value = item
             .value
             .as_ref()
             .map(|v| placeholders(v.as_string(), rt))
             .unwrap_or_default();
         if let Some(r) = &item.secret_key_ref {
-            let store_name = match c
-                .auth
-                .as_ref()
-                .map(|a| a.secret_store.as_str())
-                .filter(|s| !s.is_empty())
-            {
+            let store_name = match auth.map(|a| a.secret_store.as_str()).filter(|s| !s.is_empty()) {
                 Some(s) => s.to_owned(),
                 None if mode == Mode::Kubernetes => "kubernetes".to_owned(),
                 None => {
                     return Err(format!(
-                        "metadata {:?} uses secretKeyRef but the component sets no auth.secretStore",
+                        "metadata {:?} uses secretKeyRef but the resource sets no auth.secretStore",
                         item.name
                     ));
                 }
@@ -168,18 +218,18 @@ async fn resolve_metadata(rt: &Runtime, c: &Component, mode: Mode) -> Result<Met
             if env_allowed(var) {
                 value = std::env::var(var).unwrap_or_default();
             } else {
-                tracing::warn!(component = c.name(), var, "envRef to a protected variable is refused");
+                tracing::warn!(resource = owner, var, "envRef to a protected variable is refused");
             }
         }
         props.push((item.name.clone(), value));
     }
-    Ok(Metadata::new(c.name(), &rt.app_id, &rt.namespace, props))
+    Ok(props)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::api::{Auth, Configuration, NameValuePair, SecretKeyRef};
+    use crate::api::{Configuration, SecretKeyRef};
     use crate::sidecar::runtime::AppConnection;
 
     fn rt() -> Runtime {

@@ -198,7 +198,8 @@ class SidecarFactory:
             "--resources-path", str(resources),
             "--dapr-http-port", str(http_port),
             "--dapr-grpc-port", str(grpc_port),
-            "--metrics-port", str(metrics_port),
+                        "--metrics-port", str(metrics_port),
+            "--dapr-internal-grpc-port", str(free_port()),
             "--log-level", "debug",
         ]
         if config_path is not None:
@@ -417,3 +418,55 @@ __all__ = [
     "Sidecar", "SidecarFactory", "component", "configuration", "free_port", "poll_until",
     "redis_command", "redis_delete_prefix", "sdk_client", "unique", "REDIS_HOST",
 ]
+
+
+# --------------------------------------------------------------------------------------------------------
+# Test apps (tests/python/apps) started next to sidecars
+# --------------------------------------------------------------------------------------------------------
+
+APPS = Path(__file__).resolve().parent / "apps"
+
+
+class AppProcess:
+    """A test app listening on `port`."""
+
+    def __init__(self, proc: subprocess.Popen, port: int, log: Path):
+        self.proc, self.port, self.log = proc, port, log
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(timeout=5)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+
+
+def start_app(script: str, name: str, workdir: Path, port: Optional[int] = None) -> AppProcess:
+    """Starts tests/python/apps/<script> on a free port and waits until it accepts connections."""
+    import sys
+
+    port = port or free_port()
+    log = workdir / f"{name}-app.log"
+    proc = subprocess.Popen([sys.executable, str(APPS / script), str(port), name],
+                            stdout=open(log, "wb"), stderr=subprocess.STDOUT)
+    deadline = time.monotonic() + 15
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            pytest.fail(f"app {name} exited with {proc.returncode}:\n{read_text(log)}")
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=0.2):
+                return AppProcess(proc, port, log)
+        except OSError:
+            time.sleep(0.05)
+    proc.kill()
+    pytest.fail(f"app {name} did not listen on {port}:\n{read_text(log)}")
+
+
+def rss_kb(pid: int) -> int:
+    """Resident memory of a process, in KiB."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1])
+    return 0

@@ -55,9 +55,7 @@ impl Configuration {
     pub fn duration(&self, key: &str) -> Result<Option<Duration>, ResolveError> {
         match self.raw(key) {
             Some(Value::Number(n)) => match n.as_f64() {
-                Some(secs) if secs >= 0.0 && secs.is_finite() => {
-                    Ok(Some(Duration::from_secs_f64(secs)))
-                }
+                Some(secs) if secs >= 0.0 && secs.is_finite() => Ok(Some(Duration::from_secs_f64(secs))),
                 _ => Err(ResolveError::config(
                     key,
                     format!("{n} is not a duration; write e.g. \"5s\" or \"500ms\""),
@@ -65,9 +63,7 @@ impl Configuration {
             },
             _ => match self.string(key)? {
                 None => Ok(None),
-                Some(v) => parse_duration(&v)
-                    .map(Some)
-                    .map_err(|e| ResolveError::config(key, e)),
+                Some(v) => parse_duration(&v).map(Some).map_err(|e| ResolveError::config(key, e)),
             },
         }
     }
@@ -78,9 +74,9 @@ impl Configuration {
             Some(Value::Bool(b)) => Ok(Some(*b)),
             _ => match self.string(key)? {
                 None => Ok(None),
-                Some(v) => parse_bool(&v).map(Some).ok_or_else(|| {
-                    ResolveError::config(key, format!("{v:?} is not a boolean (true or false)"))
-                }),
+                Some(v) => parse_bool(&v)
+                    .map(Some)
+                    .ok_or_else(|| ResolveError::config(key, format!("{v:?} is not a boolean (true or false)"))),
             },
         }
     }
@@ -118,9 +114,10 @@ impl Configuration {
     pub fn port(&self, key: &str) -> Result<Option<u16>, ResolveError> {
         match self.string(key)? {
             None => Ok(None),
-            Some(v) => v.parse::<u16>().map(Some).map_err(|_| {
-                ResolveError::config(key, format!("{v:?} is not a port number (1-65535)"))
-            }),
+            Some(v) => v
+                .parse::<u16>()
+                .map(Some)
+                .map_err(|_| ResolveError::config(key, format!("{v:?} is not a port number (1-65535)"))),
         }
     }
 
@@ -168,13 +165,8 @@ mod tests {
 
     #[test]
     fn non_object_configuration_is_a_clear_error() {
-        let err = Configuration::from_value(&json!(["a"]))
-            .unwrap_err()
-            .to_string();
-        assert!(
-            err.contains("configuration") && err.contains("a list"),
-            "{err}"
-        );
+        let err = Configuration::from_value(&json!(["a"])).unwrap_err().to_string();
+        assert!(err.contains("configuration") && err.contains("a list"), "{err}");
         assert!(Configuration::from_value(&Value::Null).is_ok());
     }
 
@@ -189,10 +181,7 @@ mod tests {
             "tableName": {"x": 1}
         }))
         .unwrap();
-        assert_eq!(
-            c.duration("updateInterval").unwrap(),
-            Some(Duration::from_millis(250))
-        );
+        assert_eq!(c.duration("updateInterval").unwrap(), Some(Duration::from_millis(250)));
         assert_eq!(c.duration("timeout").unwrap(), Some(Duration::from_secs(2)));
         assert_eq!(c.bool("disablewal").unwrap(), Some(true));
         assert_eq!(
@@ -202,10 +191,7 @@ mod tests {
         let err = c.duration("cacheTTL").unwrap_err().to_string();
         assert!(err.contains("cacheTTL") && err.contains("soon"), "{err}");
         let err = c.string("tableName").unwrap_err().to_string();
-        assert!(
-            err.contains("tableName") && err.contains("an object"),
-            "{err}"
-        );
+        assert!(err.contains("tableName") && err.contains("an object"), "{err}");
         assert_eq!(c.duration("missing").unwrap(), None);
         assert_eq!(
             c.unknown_keys(&["updateInterval", "timeout", "disableWAL", "nameservers"]),

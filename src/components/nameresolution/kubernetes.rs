@@ -9,10 +9,7 @@ use hickory_resolver::TokioResolver;
 use hickory_resolver::config::{LookupIpStrategy, NameServerConfig, ResolverConfig};
 use hickory_resolver::net::runtime::TokioRuntimeProvider;
 
-use super::{
-    AddressCache, Configuration, NameResolver, ResolveError, ResolveRequest, parse_ip,
-    parse_socket_addr,
-};
+use super::{AddressCache, Configuration, NameResolver, ResolveError, ResolveRequest, parse_ip, parse_socket_addr};
 
 /// How long resolved addresses are reused, as daprd's `resolverCacheTTL`.
 pub const DEFAULT_CACHE_TTL: Duration = Duration::from_secs(20);
@@ -44,10 +41,7 @@ impl KubernetesConfig {
                 format!("{cluster_domain:?} is not a DNS domain; write e.g. \"cluster.local\""),
             ));
         }
-        let template = c
-            .string("template")?
-            .map(|t| Template::parse(&t))
-            .transpose()?;
+        let template = c.string("template")?.map(|t| Template::parse(&t)).transpose()?;
         let nameservers = c
             .string_list("nameservers")?
             .map(|list| list.iter().map(|s| parse_nameserver(s)).collect())
@@ -111,10 +105,7 @@ impl Template {
             }
             let after = &rest[open + 2..];
             let close = after.find("}}").ok_or_else(|| {
-                ResolveError::config(
-                    "template",
-                    format!("{source:?} has a \"{{{{\" without \"}}}}\""),
-                )
+                ResolveError::config("template", format!("{source:?} has a \"{{{{\" without \"}}}}\""))
             })?;
             let field = after[..close].trim().trim_matches('-').trim();
             parts.push(match field {
@@ -196,10 +187,7 @@ impl KubernetesResolver {
                         ns
                     })
                     .collect();
-                TokioResolver::builder_with_config(
-                    ResolverConfig::from_name_servers(servers),
-                    provider,
-                )
+                TokioResolver::builder_with_config(ResolverConfig::from_name_servers(servers), provider)
             }
             None => TokioResolver::builder(provider).map_err(|e| {
                 ResolveError::Backend(format!(
@@ -230,10 +218,7 @@ impl KubernetesResolver {
     pub fn target(&self, req: &ResolveRequest) -> Result<Target, ResolveError> {
         let Some(template) = &self.cfg.template else {
             return Ok(Target {
-                host: format!(
-                    "{}-dapr.{}.svc.{}.",
-                    req.app_id, req.namespace, self.cfg.cluster_domain
-                ),
+                host: format!("{}-dapr.{}.svc.{}.", req.app_id, req.namespace, self.cfg.cluster_domain),
                 port: req.port,
             });
         };
@@ -270,11 +255,7 @@ impl KubernetesResolver {
         }
     }
 
-    async fn lookup(
-        &self,
-        req: &ResolveRequest,
-        target: &Target,
-    ) -> Result<Vec<SocketAddr>, ResolveError> {
+    async fn lookup(&self, req: &ResolveRequest, target: &Target) -> Result<Vec<SocketAddr>, ResolveError> {
         if let Some(ip) = parse_ip(&target.host) {
             return Ok(vec![SocketAddr::new(ip, target.port)]);
         }

@@ -176,11 +176,7 @@ impl MdnsResolver {
             ))
         })?;
         let view = Arc::new(View::default());
-        let browser = tokio::spawn(browse(
-            daemon.clone(),
-            Arc::downgrade(&view),
-            cfg.refresh_interval,
-        ));
+        let browser = tokio::spawn(browse(daemon.clone(), Arc::downgrade(&view), cfg.refresh_interval));
         Ok(MdnsResolver {
             cfg,
             daemon,
@@ -275,29 +271,20 @@ impl NameResolver for MdnsResolver {
             ("namespace", me.namespace.clone()),
             ("http_port", me.http_port.to_string()),
         ];
-        let mut info = ServiceInfo::new(
-            SERVICE_TYPE,
-            &name,
-            &host,
-            &ips[..],
-            me.internal_port,
-            &properties[..],
-        )
-        .map_err(|e| {
-            ResolveError::Backend(format!(
-                "name resolution mdns: cannot describe this sidecar as an mDNS service: {e}"
-            ))
-        })?;
+        let mut info = ServiceInfo::new(SERVICE_TYPE, &name, &host, &ips[..], me.internal_port, &properties[..])
+            .map_err(|e| {
+                ResolveError::Backend(format!(
+                    "name resolution mdns: cannot describe this sidecar as an mDNS service: {e}"
+                ))
+            })?;
         if ip.is_none() {
             // A host name, not an IP: announce the addresses of this machine's interfaces.
             info = info.enable_addr_auto();
         }
         let fullname = info.get_fullname().to_owned();
-        self.daemon.register(info).map_err(|e| {
-            ResolveError::Backend(format!(
-                "name resolution mdns: cannot announce this sidecar: {e}"
-            ))
-        })?;
+        self.daemon
+            .register(info)
+            .map_err(|e| ResolveError::Backend(format!("name resolution mdns: cannot announce this sidecar: {e}")))?;
         tracing::info!(app_id = %me.app_id, service = %fullname, port = me.internal_port, "name resolution mdns: announced this sidecar");
         if let Some(old) = Self::lock(&self.registered).replace(fullname) {
             let _ = self.daemon.unregister(&old);
@@ -343,8 +330,7 @@ mod tests {
         let sock = UdpSocket::bind((Ipv4Addr::UNSPECIFIED, port)).map_err(|e| e.to_string())?;
         sock.join_multicast_v4(&group, &Ipv4Addr::UNSPECIFIED)
             .map_err(|e| format!("joining 224.0.0.251: {e}"))?;
-        sock.set_multicast_loop_v4(true)
-            .map_err(|e| e.to_string())?;
+        sock.set_multicast_loop_v4(true).map_err(|e| e.to_string())?;
         sock.set_read_timeout(Some(Duration::from_millis(500)))
             .map_err(|e| e.to_string())?;
         sock.send_to(b"tandem-probe", (group, port))
@@ -358,11 +344,7 @@ mod tests {
     }
 
     fn free_udp_port() -> u16 {
-        UdpSocket::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port()
+        UdpSocket::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
     }
 
     fn instance(app: &str, port: u16) -> Instance {
@@ -380,13 +362,10 @@ mod tests {
     async fn registers_and_resolves_over_multicast() {
         let port = free_udp_port();
         if let Err(why) = multicast_loops_back(port) {
-            eprintln!(
-                "SKIPPED registers_and_resolves_over_multicast: multicast does not work on this host ({why})"
-            );
+            eprintln!("SKIPPED registers_and_resolves_over_multicast: multicast does not work on this host ({why})");
             return;
         }
-        let cfg =
-            Configuration::from_value(&json!({ "mdnsPort": port, "browseTimeout": "1s" })).unwrap();
+        let cfg = Configuration::from_value(&json!({ "mdnsPort": port, "browseTimeout": "1s" })).unwrap();
         let orders = instance("orders", 50102);
         let server = MdnsResolver::new(&cfg, &orders).unwrap();
         server.register(&orders).await.unwrap();
@@ -401,10 +380,7 @@ mod tests {
             }
         };
         // The port is the one orders announced (its internal port), not the caller's.
-        assert!(
-            addrs.contains(&"127.0.0.1:50102".parse().unwrap()),
-            "{addrs:?}"
-        );
+        assert!(addrs.contains(&"127.0.0.1:50102".parse().unwrap()), "{addrs:?}");
         let err = client
             .resolve(&ResolveRequest::new("ghost", "default", 50002))
             .await
@@ -428,29 +404,19 @@ mod tests {
         );
         view.lock()
             .insert("b".into(), seen("orders", &["10.0.0.2:1"], Duration::ZERO));
-        view.lock().insert(
-            "c".into(),
-            seen("orders", &["10.0.0.3:1"], Duration::from_secs(90)),
-        );
-        view.lock().insert(
-            "d".into(),
-            seen("payments", &["10.0.0.4:1"], Duration::ZERO),
-        );
+        view.lock()
+            .insert("c".into(), seen("orders", &["10.0.0.3:1"], Duration::from_secs(90)));
+        view.lock()
+            .insert("d".into(), seen("payments", &["10.0.0.4:1"], Duration::ZERO));
         let addrs: Vec<String> = view
             .addresses("orders", Duration::from_secs(60))
             .iter()
             .map(ToString::to_string)
             .collect();
         assert_eq!(addrs, ["10.0.0.1:1", "10.0.0.2:1", "[fd00::1]:1"]);
-        assert!(
-            !view.lock().contains_key("c"),
-            "expired entries are dropped"
-        );
+        assert!(!view.lock().contains_key("c"), "expired entries are dropped");
         view.remove("d");
-        assert!(
-            view.addresses("payments", Duration::from_secs(60))
-                .is_empty()
-        );
+        assert!(view.addresses("payments", Duration::from_secs(60)).is_empty());
     }
 
     #[test]

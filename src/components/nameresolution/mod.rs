@@ -145,11 +145,7 @@ pub trait NameResolver: Send + Sync {
 
 /// The resolver Dapr uses when the Configuration names none.
 pub fn default_component(kubernetes_mode: bool) -> &'static str {
-    if kubernetes_mode {
-        "kubernetes"
-    } else {
-        "mdns"
-    }
+    if kubernetes_mode { "kubernetes" } else { "mdns" }
 }
 
 /// Builds the resolver named by `spec.nameResolution` (`component`, `version`, `configuration`).
@@ -177,9 +173,7 @@ pub fn build(
             version: version.clone(),
             known: KNOWN_COMPONENTS.join(", "),
         };
-        if !KNOWN_COMPONENTS.contains(&component.as_str())
-            || !(version.is_empty() || version == "v1")
-        {
+        if !KNOWN_COMPONENTS.contains(&component.as_str()) || !(version.is_empty() || version == "v1") {
             return Err(unknown());
         }
         let cfg = Configuration::from_value(&configuration)?;
@@ -228,9 +222,7 @@ impl AddressCache {
     fn get_at(&self, req: &ResolveRequest, now: Instant) -> Option<Vec<SocketAddr>> {
         let mut entries = self.entries.lock().unwrap_or_else(|p| p.into_inner());
         match entries.get(req) {
-            Some((at, addrs)) if now.saturating_duration_since(*at) < self.ttl => {
-                Some(addrs.clone())
-            }
+            Some((at, addrs)) if now.saturating_duration_since(*at) < self.ttl => Some(addrs.clone()),
             Some(_) => {
                 entries.remove(req);
                 None
@@ -256,17 +248,11 @@ impl AddressCache {
     }
 
     pub fn invalidate(&self, req: &ResolveRequest) {
-        self.entries
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .remove(req);
+        self.entries.lock().unwrap_or_else(|p| p.into_inner()).remove(req);
     }
 
     pub fn clear(&self) {
-        self.entries
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .clear();
+        self.entries.lock().unwrap_or_else(|p| p.into_inner()).clear();
     }
 }
 
@@ -332,11 +318,7 @@ mod tests {
     async fn builds_kubernetes_by_any_spelling() {
         let cfg = json!({"nameservers": ["127.0.0.1:53"]});
         assert!(build("Kubernetes", "", &cfg, &me()).await.is_ok());
-        assert!(
-            build("nameresolution.kubernetes", "V1", &cfg, &me())
-                .await
-                .is_ok()
-        );
+        assert!(build("nameresolution.kubernetes", "V1", &cfg, &me()).await.is_ok());
     }
 
     #[test]
@@ -361,10 +343,7 @@ mod tests {
 
     #[test]
     fn pick_spreads_over_every_address() {
-        let addrs: Vec<SocketAddr> = vec![
-            "127.0.0.2:50002".parse().unwrap(),
-            "127.0.0.3:50002".parse().unwrap(),
-        ];
+        let addrs: Vec<SocketAddr> = vec!["127.0.0.2:50002".parse().unwrap(), "127.0.0.3:50002".parse().unwrap()];
         let picked: std::collections::HashSet<_> = (0..200).filter_map(|_| pick(&addrs)).collect();
         assert_eq!(picked.len(), 2, "{picked:?}");
         assert_eq!(pick(&[]), None);
@@ -377,10 +356,7 @@ mod tests {
         let addrs = vec!["127.0.0.2:50002".parse().unwrap()];
         let t0 = Instant::now();
         cache.insert_at(req.clone(), addrs.clone(), t0);
-        assert_eq!(
-            cache.get_at(&req, t0 + Duration::from_secs(19)),
-            Some(addrs.clone())
-        );
+        assert_eq!(cache.get_at(&req, t0 + Duration::from_secs(19)), Some(addrs.clone()));
         assert_eq!(cache.get_at(&req, t0 + Duration::from_secs(20)), None);
         cache.insert_at(req.clone(), addrs, t0);
         cache.invalidate(&req);

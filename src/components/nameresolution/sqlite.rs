@@ -59,9 +59,7 @@ impl SqliteConfig {
         let identifier = |field: &str, default: &str| -> Result<String, ResolveError> {
             let name = c.string(field)?.unwrap_or_else(|| default.into());
             let valid = name.starts_with(|ch: char| ch.is_ascii_alphabetic() || ch == '_')
-                && name
-                    .chars()
-                    .all(|ch| ch.is_ascii_alphanumeric() || ch == '_');
+                && name.chars().all(|ch| ch.is_ascii_alphanumeric() || ch == '_');
             if valid {
                 Ok(name)
             } else {
@@ -72,9 +70,7 @@ impl SqliteConfig {
             }
         };
         let cfg = SqliteConfig {
-            update_interval: c
-                .duration("updateInterval")?
-                .unwrap_or(Duration::from_secs(5)),
+            update_interval: c.duration("updateInterval")?.unwrap_or(Duration::from_secs(5)),
             timeout: c.duration("timeout")?.unwrap_or(Duration::from_secs(1)),
             table_name: identifier("tableName", "hosts")?,
             metadata_table_name: identifier("metadataTableName", "metadata")?,
@@ -83,9 +79,7 @@ impl SqliteConfig {
                 Some(d) => Some(d),
                 None => Some(Duration::from_secs(3600)),
             },
-            busy_timeout: c
-                .duration("busyTimeout")?
-                .unwrap_or(Duration::from_millis(800)),
+            busy_timeout: c.duration("busyTimeout")?.unwrap_or(Duration::from_millis(800)),
             disable_wal: c.bool("disableWAL")?.unwrap_or(false),
             connection_string,
         };
@@ -102,10 +96,7 @@ impl SqliteConfig {
             ));
         }
         if cfg.table_name == cfg.metadata_table_name {
-            return Err(ResolveError::config(
-                "metadataTableName",
-                "must differ from tableName",
-            ));
+            return Err(ResolveError::config("metadataTableName", "must differ from tableName"));
         }
         Ok(cfg)
     }
@@ -256,8 +247,7 @@ impl SqliteResolver {
             registration: Mutex::new(None),
             closed: AtomicBool::new(false),
         });
-        let cleanup = cleanup_every
-            .map(|every| tokio::spawn(sweep_stale_rows(Arc::downgrade(&shared), every)));
+        let cleanup = cleanup_every.map(|every| tokio::spawn(sweep_stale_rows(Arc::downgrade(&shared), every)));
         Ok(SqliteResolver {
             shared,
             heartbeat: Mutex::new(None),
@@ -344,13 +334,7 @@ async fn heartbeat(shared: Weak<Shared>, every: Duration) {
         if shared.closed.load(Ordering::SeqCst) {
             return;
         }
-        match with_db(
-            &shared,
-            "renewing this sidecar's registration",
-            renew_registration,
-        )
-        .await
-        {
+        match with_db(&shared, "renewing this sidecar's registration", renew_registration).await {
             Ok(true) => {}
             Ok(false) => {
                 tracing::error!(
@@ -396,20 +380,14 @@ async fn sweep_stale_rows(shared: Weak<Shared>, every: Duration) {
                 return Ok(0);
             }
             conn.execute(
-                &format!(
-                    "DELETE FROM {} WHERE ?1 - last_update >= ?2",
-                    cfg.table_name
-                ),
+                &format!("DELETE FROM {} WHERE ?1 - last_update >= ?2", cfg.table_name),
                 params![now_secs(), cfg.update_interval.as_secs_f64()],
             )
         })
         .await;
         match result {
             Ok(0) => {}
-            Ok(n) => tracing::debug!(
-                deleted = n,
-                "name resolution sqlite: removed stale registrations"
-            ),
+            Ok(n) => tracing::debug!(deleted = n, "name resolution sqlite: removed stale registrations"),
             Err(e) => tracing::warn!("{e}"),
         }
     }
@@ -426,10 +404,9 @@ impl NameResolver for SqliteResolver {
                 s.cfg.table_name
             ))?;
             let rows = stmt
-                .query_map(
-                    params![app_id, now_secs(), s.cfg.update_interval.as_secs_f64()],
-                    |r| r.get(0),
-                )?
+                .query_map(params![app_id, now_secs(), s.cfg.update_interval.as_secs_f64()], |r| {
+                    r.get(0)
+                })?
                 .collect::<rusqlite::Result<Vec<String>>>()?;
             Ok(rows)
         })
@@ -497,22 +474,18 @@ impl NameResolver for SqliteResolver {
                 t.abort();
             }
         }
-        let result = with_db(
-            &self.shared,
-            "removing this sidecar's registration",
-            |s, conn| {
-                let Some(reg) = lock(&s.registration).take() else {
-                    return Ok(0);
-                };
-                conn.execute(
-                    &format!(
-                        "DELETE FROM {} WHERE registration_id = ?1 AND address = ?2",
-                        s.cfg.table_name
-                    ),
-                    params![reg.id, reg.address],
-                )
-            },
-        )
+        let result = with_db(&self.shared, "removing this sidecar's registration", |s, conn| {
+            let Some(reg) = lock(&s.registration).take() else {
+                return Ok(0);
+            };
+            conn.execute(
+                &format!(
+                    "DELETE FROM {} WHERE registration_id = ?1 AND address = ?2",
+                    s.cfg.table_name
+                ),
+                params![reg.id, reg.address],
+            )
+        })
         .await;
         if let Err(e) = result {
             tracing::error!("{e}");

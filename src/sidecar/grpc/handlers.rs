@@ -170,6 +170,21 @@ pub async fn set_metadata(api: &DaprApi, req: Request<rt::SetMetadataRequest>) -
     Ok(Response::new(()))
 }
 
+pub async fn invoke_service(
+    api: &DaprApi,
+    req: Request<rt::InvokeServiceRequest>,
+) -> Reply<dapr::dapr::proto::common::v1::InvokeResponse> {
+    let r = req.into_inner();
+    let Some(invoker) = &api.invoker else {
+        return Err(Status::internal("invoke API is not ready"));
+    };
+    let message = r
+        .message
+        .ok_or_else(|| Status::invalid_argument("InvokeServiceRequest.message is required"))?;
+    let resp = crate::sidecar::invoke::grpc::invoke_service(invoker, &r.id, message, api.max_body).await?;
+    Ok(Response::new(resp))
+}
+
 pub async fn shutdown(api: &DaprApi, _req: Request<rt::ShutdownRequest>) -> Reply<()> {
     api.rt.shutdown.cancel();
     Ok(Response::new(()))

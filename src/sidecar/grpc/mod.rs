@@ -11,16 +11,43 @@ use std::task::{Context, Poll};
 use dapr::dapr::proto::runtime::v1::dapr_server::DaprServer;
 use futures::future::BoxFuture;
 use tonic::Status;
-use tonic::body::Body;
 use tonic_types::{ErrorDetails, StatusExt};
 
 use super::error::ApiError;
+use super::invoke::{self, Invoker, grpc::ProxyState};
 use super::metrics::{Metrics, grpc_code_name};
 use super::runtime::Runtime;
+use axum::extract::ConnectInfo;
+use std::net::SocketAddr;
 
 /// The Dapr gRPC service over the runtime.
 pub struct DaprApi {
     pub rt: Arc<Runtime>,
+    pub invoker: Option<Arc<Invoker>>,
+    pub max_body: usize,
+}
+
+/// The gRPC API: the `Dapr` service, with any other gRPC call proxied to the app named by `dapr-app-id`.
+pub fn router(
+    rt: Arc<Runtime>,
+    invoker: Arc<Invoker>,
+    api_token: Option<Arc<str>>,
+    max_body: usize,
+    metrics: Arc<Metrics>,
+) -> axum::Router {
+    let proxy = ProxyState {
+        invoker: invoker.clone(),
+        api_token: api_token.clone(),
+    };
+    tonic::service::Routes::new(dapr_service(rt, Some(invoker), api_token, max_body))
+        .into_axum_router()
+        .fallback(
+            move |ConnectInfo(peer): ConnectInfo<SocketAddr>, req: axum::extract::Request| {
+                let proxy = proxy.clone();
+                async move { invoke::grpc::proxy(proxy, peer, req).await }
+            },
+        )
+        .layer(MetricsLayer(metrics))
 }
 
 impl From<ApiError> for Status {
@@ -52,6 +79,7 @@ fn unauthenticated(detail: &str) -> Status {
 /// The `Dapr` service, checking `dapr-api-token` when a token is configured, with messages up to `max_body` bytes.
 pub fn dapr_service(
     rt: Arc<Runtime>,
+    invoker: Option<Arc<Invoker>>,
     api_token: Option<Arc<str>>,
     max_body: usize,
 ) -> tonic::service::interceptor::InterceptedService<DaprServer<DaprApi>, impl tonic::service::Interceptor + Clone> {
@@ -65,7 +93,7 @@ pub fn dapr_service(
         }
         Ok(req)
     };
-    let server = DaprServer::new(DaprApi { rt })
+    let server = DaprServer::new(DaprApi { rt, invoker, max_body })
         .max_decoding_message_size(max_body)
         .max_encoding_message_size(max_body);
     tonic::service::interceptor::InterceptedService::new(server, check)
@@ -92,9 +120,9 @@ pub struct MetricsService<S> {
     metrics: Arc<Metrics>,
 }
 
-impl<S> tower::Service<http::Request<Body>> for MetricsService<S>
+impl<S, ReqBody, ResBody> tower::Service<http::Request<ReqBody>> for MetricsService<S>
 where
-    S: tower::Service<http::Request<Body>, Response = http::Response<Body>> + Clone + Send + 'static,
+    S: tower::Service<http::Request<ReqBody>, Response = http::Response<ResBody>> + Clone + Send + 'static,
     S::Future: Send + 'static,
 {
     type Response = S::Response;
@@ -105,7 +133,7 @@ where
         self.inner.poll_ready(cx)
     }
 
-    fn call(&mut self, req: http::Request<Body>) -> Self::Future {
+    fn call(&mut self, req: http::Request<ReqBody>) -> Self::Future {
         let method = req.uri().path().to_owned();
         let metrics = self.metrics.clone();
         let fut = self.inner.call(req);
@@ -129,7 +157,7 @@ where
 }
 
 /// tonic reports an oversized message as OUT_OF_RANGE; grpc-go (and so Dapr) says RESOURCE_EXHAUSTED.
-fn too_large_as_resource_exhausted(resp: &mut http::Response<Body>) {
+fn too_large_as_resource_exhausted<B>(resp: &mut http::Response<B>) {
     let h = resp.headers();
     let out_of_range = h.get("grpc-status").is_some_and(|v| v == "11");
     let raw = h.get("grpc-message").and_then(|v| v.to_str().ok()).unwrap_or_default();

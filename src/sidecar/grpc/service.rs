@@ -27,7 +27,7 @@ impl Dapr for DaprApi {
         &self,
         request: tonic::Request<rt::InvokeServiceRequest>,
     ) -> std::result::Result<tonic::Response<common::InvokeResponse>, tonic::Status> {
-        Err(Status::unimplemented("InvokeService is not implemented by tandem yet"))
+        handlers::invoke_service(self, request).await
     }
 
     async fn get_state(

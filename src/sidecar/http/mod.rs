@@ -1,5 +1,6 @@
 //! HTTP API (axum): routes, the API-token and metrics middleware, and the single place `ApiError` becomes a response.
 
+mod invoke;
 mod metadata;
 mod secrets;
 mod state;
@@ -27,6 +28,8 @@ pub struct ApiState {
     pub api_token: Option<Arc<str>>,
     pub metrics: Arc<Metrics>,
     pub api_logging: bool,
+    /// Service invocation (absent in tests that exercise other APIs only).
+    pub invoker: Option<Arc<crate::sidecar::invoke::Invoker>>,
 }
 
 impl IntoResponse for ApiError {
@@ -75,9 +78,11 @@ pub fn router(state: ApiState) -> Router {
         .route("/v1.0/secrets/{store}/bulk", get(secrets::bulk))
         .route("/v1.0/secrets/{store}/{key}", get(secrets::get))
         .route("/v1.0/shutdown", post(metadata::shutdown))
-        // Dapr answers unknown paths and wrong methods alike from its invocation fallback.
-        .fallback(|| async { ApiError::no_app_id() })
-        .method_not_allowed_fallback(|| async { ApiError::no_app_id() })
+        .route("/v1.0/invoke/{*rest}", axum::routing::any(invoke::invoke))
+        // Dapr answers unknown paths and wrong methods from its invocation fallback: a `dapr-app-id` header
+        // proxies the call to that app, anything else is 404 ERR_DIRECT_INVOKE.
+        .fallback(invoke::invoke)
+        .method_not_allowed_fallback(invoke::invoke)
         .layer(middleware::from_fn_with_state(state.clone(), api_token))
         .layer(middleware::from_fn_with_state(state.clone(), observe))
         .with_state(state)
@@ -136,7 +141,8 @@ async fn observe(State(st): State<ApiState>, req: Request, next: Next) -> Respon
 /// Collapses `//` and drops a trailing `/` before routing, as Dapr's router does.
 pub fn normalize_path(mut req: Request) -> Request {
     let path = req.uri().path();
-    if !(path.contains("//") || (path.len() > 1 && path.ends_with('/'))) {
+    // Invocation paths keep their slashes: a target may be a URL (`/v1.0/invoke/http://host/method/x`).
+    if path.starts_with("/v1.0/invoke/") || !(path.contains("//") || (path.len() > 1 && path.ends_with('/'))) {
         return req;
     }
     let mut clean = String::with_capacity(path.len());

@@ -72,8 +72,8 @@ impl Trip {
         if source.is_empty() {
             return Ok(Trip::Default);
         }
-        let program = cel::Program::compile(source)
-            .map_err(|e| format!("{source:?} is not a valid CEL expression: {e}"))?;
+        let program =
+            cel::Program::compile(source).map_err(|e| format!("{source:?} is not a valid CEL expression: {e}"))?;
         let references = program.references();
         let mut unknown: Vec<&str> = references
             .variables()
@@ -113,10 +113,7 @@ impl Trip {
                     ctx.add_variable_from_value(*name, i64::from(value));
                 }
                 let run = std::panic::AssertUnwindSafe(|| program.execute(&ctx));
-                matches!(
-                    std::panic::catch_unwind(run),
-                    Ok(Ok(cel::Value::Bool(true)))
-                )
+                matches!(std::panic::catch_unwind(run), Ok(Ok(cel::Value::Bool(true))))
             }
         }
     }
@@ -136,9 +133,7 @@ pub struct BreakerSettings {
 
 impl BreakerSettings {
     /// Compiles a Resiliency `circuitBreakers` entry; the error names the field that is wrong.
-    pub fn from_spec(
-        spec: &CircuitBreakerPolicy,
-    ) -> Result<BreakerSettings, (&'static str, String)> {
+    pub fn from_spec(spec: &CircuitBreakerPolicy) -> Result<BreakerSettings, (&'static str, String)> {
         let duration = |value: &str, field: &'static str| {
             if value.is_empty() {
                 Ok(Duration::ZERO)
@@ -260,8 +255,7 @@ impl CircuitBreaker {
             c.total_successes = c.total_successes.saturating_add(1);
             c.consecutive_successes = c.consecutive_successes.saturating_add(1);
             c.consecutive_failures = 0;
-            if inner.state == BreakerState::HalfOpen
-                && inner.counts.consecutive_successes >= self.settings.max_requests
+            if inner.state == BreakerState::HalfOpen && inner.counts.consecutive_successes >= self.settings.max_requests
             {
                 self.set_state(&mut inner, BreakerState::Closed, now);
             }

@@ -92,13 +92,7 @@ async fn constant_retries_run_max_retries_more_times_at_the_given_interval() {
             Err(transport())
         })
         .await;
-    assert!(matches!(
-        out,
-        Err(PolicyError::Op(Failure {
-            transport: true,
-            ..
-        }))
-    ));
+    assert!(matches!(out, Err(PolicyError::Op(Failure { transport: true, .. }))));
     assert_eq!(attempts.count(), 4);
     assert_eq!(attempts.gaps(), vec![Duration::from_secs(2); 3]);
 }
@@ -138,10 +132,7 @@ async fn exponential_retries_stay_within_jitter_and_the_cap() {
     assert_eq!(gaps.len(), expected_ms.len());
     for (gap, want) in gaps.iter().zip(expected_ms) {
         let ms = gap.as_secs_f64() * 1000.0;
-        assert!(
-            ms >= want * 0.5 - 1.0 && ms <= want * 1.5 + 1.0,
-            "{ms}ms vs {want}ms"
-        );
+        assert!(ms >= want * 0.5 - 1.0 && ms <= want * 1.5 + 1.0, "{ms}ms vs {want}ms");
     }
 }
 
@@ -188,10 +179,7 @@ async fn failed_responses_are_retried_only_when_matched() {
 
 #[tokio::test(start_paused = true)]
 async fn without_matching_every_failure_is_retried() {
-    let p = app(
-        "    retries:\n      r: {duration: 1s, maxRetries: 1}",
-        "{retry: r}",
-    );
+    let p = app("    retries:\n      r: {duration: 1s, maxRetries: 1}", "{retry: r}");
     let attempts = Attempts::default();
     let out = p
         .run("app:m", http_status, || async {
@@ -259,11 +247,7 @@ async fn the_timeout_applies_to_each_attempt() {
         .await;
     assert!(matches!(out, Err(PolicyError::Timeout(d)) if d == Duration::from_secs(1)));
     assert_eq!(attempts.count(), 3);
-    assert_eq!(
-        start.elapsed(),
-        Duration::from_secs(4),
-        "3 × 1s + 2 × 500ms"
-    );
+    assert_eq!(start.elapsed(), Duration::from_secs(4), "3 × 1s + 2 × 500ms");
     // A fast enough operation is untouched.
     let out = p
         .run("app:m", every_response_succeeds, || async {
@@ -274,8 +258,7 @@ async fn the_timeout_applies_to_each_attempt() {
     assert_eq!(out.unwrap(), 7);
 }
 
-const BREAKER: &str =
-    "    circuitBreakers:\n      cb: {timeout: 30s, trip: consecutiveFailures > 2}";
+const BREAKER: &str = "    circuitBreakers:\n      cb: {timeout: 30s, trip: consecutiveFailures > 2}";
 
 async fn fail(p: &Policy, calls: &AtomicU32) -> Result<(), PolicyError<Failure>> {
     p.run(every_response_succeeds, || async {
@@ -316,11 +299,7 @@ async fn a_tripped_breaker_refuses_calls_then_closes_after_a_half_open_success()
     assert_eq!(breaker.state(), BreakerState::HalfOpen);
     succeed(&p, &calls).await.unwrap();
     assert_eq!(breaker.state(), BreakerState::Closed);
-    assert_eq!(
-        breaker.counts(),
-        Counts::default(),
-        "closing starts fresh counts"
-    );
+    assert_eq!(breaker.counts(), Counts::default(), "closing starts fresh counts");
 }
 
 #[tokio::test(start_paused = true)]
@@ -357,11 +336,7 @@ async fn breakers_are_independent_per_endpoint_and_default_to_six_failures() {
         "5 failures do not trip"
     );
     let _ = fail(&one, &calls).await;
-    assert_eq!(
-        one.breaker().unwrap().state(),
-        BreakerState::Open,
-        "the 6th does"
-    );
+    assert_eq!(one.breaker().unwrap().state(), BreakerState::Open, "the 6th does");
     assert_eq!(two.breaker().unwrap().state(), BreakerState::Closed);
     succeed(&two, &calls).await.unwrap();
 }
@@ -384,11 +359,7 @@ async fn half_open_admits_max_requests_and_needs_that_many_successes() {
         Err(PolicyError::TooManyRequests { .. })
     ));
     first.settle(true);
-    assert_eq!(
-        breaker.state(),
-        BreakerState::HalfOpen,
-        "one success of two"
-    );
+    assert_eq!(breaker.state(), BreakerState::HalfOpen, "one success of two");
     second.settle(true);
     assert_eq!(breaker.state(), BreakerState::Closed);
 }
@@ -423,9 +394,7 @@ async fn failed_responses_timeouts_and_cancelled_calls_count_against_the_breaker
         "{timeout: t, circuitBreaker: cb}",
     );
     let p = a.endpoint("app:m");
-    let out = p
-        .run(http_status, || async { Ok::<_, Failure>(500u16) })
-        .await;
+    let out = p.run(http_status, || async { Ok::<_, Failure>(500u16) }).await;
     assert_eq!(out.unwrap(), 500);
     let out = p
         .run(every_response_succeeds, || async {

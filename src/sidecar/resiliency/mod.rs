@@ -25,10 +25,7 @@ pub const BUILTIN_SERVICE_RETRIES: &str = "DaprBuiltInServiceRetries";
 /// Default-policy names Dapr looks up for apps without a target, most specific first.
 const DEFAULT_APP_RETRY: [&str; 2] = ["DefaultAppRetryPolicy", "DefaultRetryPolicy"];
 const DEFAULT_APP_TIMEOUT: [&str; 2] = ["DefaultAppTimeoutPolicy", "DefaultTimeoutPolicy"];
-const DEFAULT_APP_BREAKER: [&str; 2] = [
-    "DefaultAppCircuitBreakerPolicy",
-    "DefaultCircuitBreakerPolicy",
-];
+const DEFAULT_APP_BREAKER: [&str; 2] = ["DefaultAppCircuitBreakerPolicy", "DefaultCircuitBreakerPolicy"];
 /// Breakers kept per app (one per endpoint) unless `circuitBreakerCacheSize` says otherwise.
 const DEFAULT_BREAKER_CACHE: usize = 100;
 
@@ -185,12 +182,7 @@ impl AppPolicy {
     }
 
     /// Runs `op` under this app's policies for `endpoint`; see [`Policy::run`].
-    pub async fn run<T, E, F, Fut, C>(
-        &self,
-        endpoint: &str,
-        classify: C,
-        op: F,
-    ) -> Result<T, PolicyError<E>>
+    pub async fn run<T, E, F, Fut, C>(&self, endpoint: &str, classify: C, op: F) -> Result<T, PolicyError<E>>
     where
         F: FnMut() -> Fut,
         Fut: Future<Output = Result<T, E>>,
@@ -273,9 +265,7 @@ impl Resiliency {
                     Ok(retry) => {
                         r.insert(k.clone(), Arc::new(retry));
                     }
-                    Err((field, e)) => {
-                        bad.push(err(format!("spec.policies.retries.{k}.{field}"), e))
-                    }
+                    Err((field, e)) => bad.push(err(format!("spec.policies.retries.{k}.{field}"), e)),
                 }
             }
             let mut b = HashMap::new();
@@ -284,9 +274,7 @@ impl Resiliency {
                     Ok(s) => {
                         b.insert(k.clone(), Arc::new(s));
                     }
-                    Err((field, e)) => {
-                        bad.push(err(format!("spec.policies.circuitBreakers.{k}.{field}"), e))
-                    }
+                    Err((field, e)) => bad.push(err(format!("spec.policies.circuitBreakers.{k}.{field}"), e)),
                 }
             }
             if !bad.is_empty() {
@@ -333,12 +321,7 @@ impl Resiliency {
         (this, errors)
     }
 
-    fn app_target(
-        &self,
-        app: &str,
-        target: &Target,
-        errors: &mut Vec<ResiliencyError>,
-    ) -> AppPolicy {
+    fn app_target(&self, app: &str, target: &Target, errors: &mut Vec<ResiliencyError>) -> AppPolicy {
         let mut missing = |kind: &str, field: &str, name: &str| {
             errors.push(ResiliencyError {
                 resource: target.resource.clone(),
@@ -347,28 +330,20 @@ impl Resiliency {
             });
         };
         let names = &target.names;
-        let timeout = names
-            .timeout
-            .as_deref()
-            .filter(|n| !n.is_empty())
-            .and_then(|n| {
-                let t = self.timeouts.get(n).copied();
-                if t.is_none() {
-                    missing("timeout", "timeout", n);
-                }
-                t
-            });
-        let retry = names
-            .retry
-            .as_deref()
-            .filter(|n| !n.is_empty())
-            .and_then(|n| {
-                let r = self.retries.get(n).cloned();
-                if r.is_none() {
-                    missing("retry", "retry", n);
-                }
-                r
-            });
+        let timeout = names.timeout.as_deref().filter(|n| !n.is_empty()).and_then(|n| {
+            let t = self.timeouts.get(n).copied();
+            if t.is_none() {
+                missing("timeout", "timeout", n);
+            }
+            t
+        });
+        let retry = names.retry.as_deref().filter(|n| !n.is_empty()).and_then(|n| {
+            let r = self.retries.get(n).cloned();
+            if r.is_none() {
+                missing("retry", "retry", n);
+            }
+            r
+        });
         let breaker = names
             .circuit_breaker
             .as_deref()
@@ -384,13 +359,7 @@ impl Resiliency {
             Some(n) if n > 0 => usize::try_from(n).unwrap_or(usize::MAX),
             _ => DEFAULT_BREAKER_CACHE,
         };
-        AppPolicy::new(
-            app,
-            timeout.filter(|t| !t.is_zero()),
-            retry,
-            breaker,
-            cache_size,
-        )
+        AppPolicy::new(app, timeout.filter(|t| !t.is_zero()), retry, breaker, cache_size)
     }
 
     /// True when a Resiliency target names this app (then Dapr's built-in retries do not apply to it).
@@ -405,15 +374,9 @@ impl Resiliency {
         if let Some(p) = self.apps.get(app_id) {
             return Some(p.clone());
         }
-        let timeout = DEFAULT_APP_TIMEOUT
-            .iter()
-            .find_map(|n| self.timeouts.get(*n).copied());
-        let retry = DEFAULT_APP_RETRY
-            .iter()
-            .find_map(|n| self.retries.get(*n).cloned());
-        let breaker = DEFAULT_APP_BREAKER
-            .iter()
-            .find_map(|n| self.breakers.get(*n).cloned());
+        let timeout = DEFAULT_APP_TIMEOUT.iter().find_map(|n| self.timeouts.get(*n).copied());
+        let retry = DEFAULT_APP_RETRY.iter().find_map(|n| self.retries.get(*n).cloned());
+        let breaker = DEFAULT_APP_BREAKER.iter().find_map(|n| self.breakers.get(*n).cloned());
         if timeout.is_none() && retry.is_none() && breaker.is_none() {
             return None;
         }

@@ -207,23 +207,17 @@ impl Policy {
                 Outcome::TimedOut => self.scope == RetryScope::Policy,
             };
             let delay = match (&self.retry, backoff.as_mut()) {
-                (Some(retry), Some(state)) if retry_wanted => {
-                    retry.next_delay(state, rand::random::<f64>())
-                }
+                (Some(retry), Some(state)) if retry_wanted => retry.next_delay(state, rand::random::<f64>()),
                 _ => None,
             };
             let Some(delay) = delay else {
-                if backoff.as_ref().is_some_and(|b| b.retries() > 0)
-                    && matches!(outcome, Outcome::Success(_))
-                {
+                if backoff.as_ref().is_some_and(|b| b.retries() > 0) && matches!(outcome, Outcome::Success(_)) {
                     tracing::info!(policy = %self.name, "recovered processing operation after retries");
                 }
                 return match outcome {
                     Outcome::Success(v) | Outcome::Failed(v, _) => Ok(v),
                     Outcome::Error(e) => Err(PolicyError::Op(e)),
-                    Outcome::TimedOut => {
-                        Err(PolicyError::Timeout(self.timeout.unwrap_or_default()))
-                    }
+                    Outcome::TimedOut => Err(PolicyError::Timeout(self.timeout.unwrap_or_default())),
                 };
             };
             if backoff.as_ref().is_some_and(|b| b.retries() == 1) {

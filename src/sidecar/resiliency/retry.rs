@@ -64,10 +64,8 @@ impl StatusMatch {
         let Some(m) = matching else {
             return Ok(StatusMatch::default());
         };
-        let http = parse_codes(&m.http_status_codes, HTTP_CODES)
-            .map_err(|e| ("matching.httpStatusCodes", e))?;
-        let grpc = parse_codes(&m.grpc_status_codes, GRPC_CODES)
-            .map_err(|e| ("matching.gRPCStatusCodes", e))?;
+        let http = parse_codes(&m.http_status_codes, HTTP_CODES).map_err(|e| ("matching.httpStatusCodes", e))?;
+        let grpc = parse_codes(&m.grpc_status_codes, GRPC_CODES).map_err(|e| ("matching.gRPCStatusCodes", e))?;
         Ok(StatusMatch { http, grpc })
     }
 
@@ -108,10 +106,7 @@ fn parse_codes(patterns: &str, valid: CodeRange) -> Result<Option<Vec<CodeRange>
         };
         for code in [start, end] {
             if code < valid.0 || code > valid.1 {
-                return Err(format!(
-                    "code {code} in {pattern:?} is outside {}-{}",
-                    valid.0, valid.1
-                ));
+                return Err(format!("code {code} in {pattern:?} is outside {}-{}", valid.0, valid.1));
             }
         }
         if end < start {
@@ -147,9 +142,7 @@ impl Retry {
             if value.is_empty() {
                 Ok(None)
             } else {
-                super::parse_go_duration(value)
-                    .map(Some)
-                    .map_err(|e| (field, e))
+                super::parse_go_duration(value).map(Some).map_err(|e| (field, e))
             }
         };
         // Both are validated, though `duration` only applies to constant policies and `maxInterval` only to
@@ -211,12 +204,11 @@ impl Retry {
             Backoff::Exponential(e) => {
                 let elapsed = state.started.elapsed();
                 let next = jitter(state.current, e.randomization_factor, random);
-                state.current =
-                    if state.current.as_secs_f64() >= e.max_interval.as_secs_f64() / e.multiplier {
-                        e.max_interval
-                    } else {
-                        state.current.mul_f64(e.multiplier)
-                    };
+                state.current = if state.current.as_secs_f64() >= e.max_interval.as_secs_f64() / e.multiplier {
+                    e.max_interval
+                } else {
+                    state.current.mul_f64(e.multiplier)
+                };
                 match e.max_elapsed {
                     Some(max) if elapsed + next > max => None,
                     _ => Some(next),

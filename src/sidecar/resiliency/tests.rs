@@ -75,11 +75,7 @@ fn docs_example_compiles_to_the_documented_policies() {
     assert!(retry.matching.retries(Status::Http(503)));
     assert!(retry.matching.retries(Status::Http(429)));
     assert!(!retry.matching.retries(Status::Http(404)));
-    assert!(
-        retry
-            .matching
-            .retries(Status::Grpc(tonic::Code::Unavailable))
-    );
+    assert!(retry.matching.retries(Status::Grpc(tonic::Code::Unavailable)));
     assert!(!retry.matching.retries(Status::Grpc(tonic::Code::NotFound)));
     let forever = &r.retries["retryForever"];
     assert_eq!(forever.max_retries, None);
@@ -113,10 +109,7 @@ spec:
     );
     let retry = &r.retries["plain"];
     assert_eq!(retry.backoff, Backoff::Constant(Duration::from_secs(5)));
-    assert_eq!(
-        retry.max_retries, None,
-        "maxRetries defaults to -1 (forever)"
-    );
+    assert_eq!(retry.max_retries, None, "maxRetries defaults to -1 (forever)");
     assert_eq!(retry.matching, StatusMatch::default());
     let cb = &r.breakers["plain"];
     assert_eq!(cb.max_requests, 1);
@@ -139,16 +132,7 @@ fn go_durations_and_bare_milliseconds() {
     for (input, want) in cases {
         assert_eq!(parse_go_duration(input).unwrap(), want, "{input}");
     }
-    for bad in [
-        "soon",
-        "5x",
-        "-1s",
-        "1..5s",
-        "",
-        "1.5",
-        "99999999999999999999",
-        "1e400",
-    ] {
+    for bad in ["soon", "5x", "-1s", "1..5s", "", "1.5", "99999999999999999999", "1e400"] {
         assert!(parse_go_duration(bad).is_err(), "{bad:?} should be refused");
     }
 }
@@ -200,19 +184,9 @@ spec:
     );
     let p = r.app_policy("orders").unwrap();
     assert_eq!(p.timeout(), Some(Duration::from_millis(100)));
-    assert!(
-        p.retry().is_none(),
-        "a target does not inherit default policies"
-    );
+    assert!(p.retry().is_none(), "a target does not inherit default policies");
     assert!(!p.has_retries());
-    assert_eq!(
-        r.app_policy("billing")
-            .unwrap()
-            .retry()
-            .unwrap()
-            .max_retries,
-        Some(7)
-    );
+    assert_eq!(r.app_policy("billing").unwrap().retry().unwrap().max_retries, Some(7));
 }
 
 #[test]
@@ -235,10 +209,7 @@ spec:
       a: {retry: shared}
 "#,
     );
-    assert_eq!(
-        r.app_policy("a").unwrap().retry().unwrap().max_retries,
-        Some(4)
-    );
+    assert_eq!(r.app_policy("a").unwrap().retry().unwrap().max_retries, Some(4));
 }
 
 #[test]
@@ -341,11 +312,7 @@ spec:
 "#,
     );
     assert_eq!(e.field, "spec.targets.apps.a.retry");
-    assert!(
-        e.message.contains("no retry policy named \"nope\""),
-        "{}",
-        e.message
-    );
+    assert!(e.message.contains("no retry policy named \"nope\""), "{}", e.message);
 }
 
 #[test]
@@ -373,18 +340,11 @@ spec:
     ));
     assert_eq!(errors.len(), 2, "{errors:?}");
     assert!(errors.iter().any(|e| e.resource == "bad"));
-    assert!(
-        errors
-            .iter()
-            .any(|e| e.field == "spec.targets.apps.a.circuitBreaker")
-    );
+    assert!(errors.iter().any(|e| e.field == "spec.targets.apps.a.circuitBreaker"));
     let a = r.app_policy("a").unwrap();
     assert_eq!(a.retry().unwrap().max_retries, Some(2));
     assert!(a.endpoint("a:x").breaker().is_none());
-    assert!(
-        !r.has_app_target("b"),
-        "the bad resource's targets are skipped"
-    );
+    assert!(!r.has_app_target("b"), "the bad resource's targets are skipped");
 }
 
 #[test]
@@ -427,28 +387,16 @@ fn exponential_schedule_grows_by_half_and_caps_at_max_interval() {
         .map(|_| retry.next_delay(&mut state, 0.5).unwrap().as_millis())
         .collect();
     assert_eq!(mid, [500, 750, 1125, 1687, 2000, 2000, 2000]);
-    assert_eq!(
-        retry.next_delay(&mut state, 0.5),
-        None,
-        "maxRetries reached"
-    );
+    assert_eq!(retry.next_delay(&mut state, 0.5), None, "maxRetries reached");
     // Jitter spreads each delay over interval * (1 ± 0.5).
     let mut state = retry.start();
-    assert_eq!(
-        retry.next_delay(&mut state, 0.0).unwrap(),
-        Duration::from_millis(250)
-    );
-    assert_eq!(
-        retry.next_delay(&mut state, 1.0).unwrap(),
-        Duration::from_millis(1125)
-    );
+    assert_eq!(retry.next_delay(&mut state, 0.0).unwrap(), Duration::from_millis(250));
+    assert_eq!(retry.next_delay(&mut state, 1.0).unwrap(), Duration::from_millis(1125));
 }
 
 #[test]
 fn zero_max_retries_means_no_retries() {
-    let r = compile(
-        "metadata: {name: r}\nspec:\n  policies:\n    retries:\n      none: {maxRetries: 0}\n",
-    );
+    let r = compile("metadata: {name: r}\nspec:\n  policies:\n    retries:\n      none: {maxRetries: 0}\n");
     let retry = &r.retries["none"];
     assert!(!retry.has_retries());
     let mut state = retry.start();

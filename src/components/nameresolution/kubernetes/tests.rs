@@ -95,9 +95,7 @@ async fn cluster_dns() -> TestDns {
 
 fn resolver(dns: &TestDns, extra: serde_json::Value) -> KubernetesResolver {
     let mut cfg = json!({ "nameservers": [dns.addr.to_string()] });
-    cfg.as_object_mut()
-        .unwrap()
-        .extend(extra.as_object().unwrap().clone());
+    cfg.as_object_mut().unwrap().extend(extra.as_object().unwrap().clone());
     KubernetesResolver::new(&Configuration::from_value(&cfg).unwrap()).unwrap()
 }
 
@@ -128,10 +126,7 @@ async fn returns_every_replica_and_pick_spreads_over_them() {
     let dns = cluster_dns().await;
     let r = resolver(&dns, json!({}));
     let addrs = r.resolve(&req("payments", "default")).await.unwrap();
-    assert_eq!(
-        sorted(addrs.clone()),
-        ["127.0.0.3:50002", "127.0.0.4:50002"]
-    );
+    assert_eq!(sorted(addrs.clone()), ["127.0.0.3:50002", "127.0.0.4:50002"]);
     let picked: HashSet<SocketAddr> = (0..200).filter_map(|_| pick(&addrs)).collect();
     assert_eq!(picked.len(), 2, "pick used only {picked:?}");
 }
@@ -166,10 +161,7 @@ async fn missing_name_is_not_found_naming_the_dns_name() {
         matches!(&err, ResolveError::NotFound { app_id, .. } if app_id == "ghost"),
         "{msg}"
     );
-    assert!(
-        msg.contains("ghost-dapr.default.svc.cluster.local."),
-        "{msg}"
-    );
+    assert!(msg.contains("ghost-dapr.default.svc.cluster.local."), "{msg}");
 }
 
 #[tokio::test]
@@ -213,11 +205,8 @@ async fn answers_are_cached_until_cache_ttl_expires() {
     // The Service scales to two replicas.
     let zone = &dns.zones[0];
     assert!(
-        zone.upsert(
-            record("orders-dapr.default.svc.cluster.local.", "127.0.0.6"),
-            2
-        )
-        .await
+        zone.upsert(record("orders-dapr.default.svc.cluster.local.", "127.0.0.6"), 2)
+            .await
     );
 
     // Within the TTL the old answer is reused...
@@ -279,11 +268,7 @@ fn template_renders_ip_literals_without_dns() {
 #[test]
 fn bad_configuration_names_the_field() {
     let cases = [
-        (
-            json!({ "template": "{{.Data.zone}}" }),
-            "template",
-            "{{.Data.zone}}",
-        ),
+        (json!({ "template": "{{.Data.zone}}" }), "template", "{{.Data.zone}}"),
         (json!({ "template": "{{.ID" }), "template", "without"),
         (json!({ "cacheTTL": "soon" }), "cacheTTL", "soon"),
         (
@@ -315,8 +300,5 @@ fn template_port_that_is_not_a_number_is_a_config_error() {
     .unwrap();
     let r = KubernetesResolver::new(&c).unwrap();
     let err = r.target(&req("a", "b")).unwrap_err().to_string();
-    assert!(
-        err.contains("template") && err.contains("\"http\""),
-        "{err}"
-    );
+    assert!(err.contains("template") && err.contains("\"http\""), "{err}");
 }

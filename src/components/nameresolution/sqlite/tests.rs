@@ -79,11 +79,9 @@ async fn registered_instances_resolve_each_other() {
     // Dapr's schema and migration level, so daprd can share the file.
     let conn = Connection::open(&db).unwrap();
     let level: String = conn
-        .query_row(
-            "SELECT value FROM metadata WHERE key = 'nr-migrations'",
-            [],
-            |r| r.get(0),
-        )
+        .query_row("SELECT value FROM metadata WHERE key = 'nr-migrations'", [], |r| {
+            r.get(0)
+        })
         .unwrap();
     assert_eq!(level, "1");
     for r in [a, b, c] {
@@ -117,10 +115,7 @@ async fn stale_registrations_are_ignored_while_live_ones_heartbeat() {
 
     // The live one keeps renewing well past updateInterval.
     tokio::time::sleep(Duration::from_millis(2500)).await;
-    assert_eq!(
-        sorted(live.resolve(&req).await.unwrap()),
-        ["127.0.0.1:50002"]
-    );
+    assert_eq!(sorted(live.resolve(&req).await.unwrap()), ["127.0.0.1:50002"]);
     live.close().await;
 }
 
@@ -158,16 +153,10 @@ async fn heartbeat_registers_again_when_the_row_vanished() {
         "timeout": "300ms",
     });
     let a = start(&cfg, &instance("orders", "127.0.0.1")).await;
-    Connection::open(&db)
-        .unwrap()
-        .execute("DELETE FROM hosts", [])
-        .unwrap();
+    Connection::open(&db).unwrap().execute("DELETE FROM hosts", []).unwrap();
     let req = ResolveRequest::new("orders", "default", 50002);
     assert!(a.resolve(&req).await.is_err());
-    let found = eventually("the registration to come back", async || {
-        a.resolve(&req).await.ok()
-    })
-    .await;
+    let found = eventually("the registration to come back", async || a.resolve(&req).await.ok()).await;
     assert_eq!(sorted(found), ["127.0.0.1:50002"]);
     a.close().await;
 }
@@ -213,10 +202,7 @@ async fn bad_configuration_names_the_field() {
             json!({ "connectionString": "x.db", "tableName": "hosts; DROP" }),
             "tableName",
         ),
-        (
-            json!({ "connectionString": "x.db", "busyTimeout": [1] }),
-            "busyTimeout",
-        ),
+        (json!({ "connectionString": "x.db", "busyTimeout": [1] }), "busyTimeout"),
         (
             json!({ "connectionString": "x.db", "disableWAL": "maybe" }),
             "disableWAL",

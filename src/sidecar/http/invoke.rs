@@ -1,0 +1,30 @@
+//! HTTP service invocation: `/v1.0/invoke/<target>/method/<method>` for every verb, and any path carrying a
+//! `dapr-app-id` header (or Basic auth user `dapr-app-id`).
+
+use axum::extract::{ConnectInfo, Request, State};
+use axum::response::{IntoResponse, Response};
+
+use super::ApiState;
+use crate::sidecar::error::ApiError;
+use crate::sidecar::invoke::Mode;
+use crate::sidecar::invoke::target::{self, TargetError};
+
+pub async fn invoke(
+    State(st): State<ApiState>,
+    ConnectInfo(peer): ConnectInfo<std::net::SocketAddr>,
+    mut req: Request,
+) -> Response {
+    let path = req.uri().path().to_owned();
+    let (target, method) = match target::from_http(&path, req.headers_mut()) {
+        Ok(t) => t,
+        Err(TargetError::NoMethod) => return ApiError::invoke_no_method().into_response(),
+        Err(_) => return ApiError::no_app_id().into_response(),
+    };
+    let Some(invoker) = &st.invoker else {
+        return ApiError::direct_invoke(&target, "invoke API is not ready").into_response();
+    };
+    match invoker.invoke(&target, &method, req, Mode::Http, Some(peer)).await {
+        Ok(resp) => resp,
+        Err(e) => e.into_response(),
+    }
+}

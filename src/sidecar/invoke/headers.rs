@@ -1,0 +1,151 @@
+//! Header rules of service invocation: hop-by-hop stripping, the caller/callee identity headers, and the
+//! internal headers of tandem's sidecar-to-sidecar protocol (which never reach an app).
+
+use std::net::SocketAddr;
+
+use axum::http::{HeaderMap, HeaderName, HeaderValue};
+
+pub const CALLER_APP_ID: &str = "dapr-caller-app-id";
+pub const CALLER_NAMESPACE: &str = "dapr-caller-namespace";
+pub const CALLEE_APP_ID: &str = "dapr-callee-app-id";
+/// Internal: `http` (an HTTP-style invocation) or `grpc` (a proxied gRPC call, forwarded as it is).
+pub const MODE: &str = "tandem-invoke";
+/// Internal: the caller's trust domain (its Configuration's `accessControl.trustDomain`), until mTLS proves it.
+pub const CALLER_TRUST_DOMAIN: &str = "tandem-caller-trust-domain";
+/// Internal: the namespace the caller asked for.
+pub const CALLEE_NAMESPACE: &str = "tandem-callee-namespace";
+
+/// Headers that belong to one connection (RFC 7230 §6.1) and are never forwarded.
+const HOP_BY_HOP: &[&str] = &[
+    "connection",
+    "keep-alive",
+    "proxy-connection",
+    "proxy-authenticate",
+    "proxy-authorization",
+    "te",
+    "trailer",
+    "transfer-encoding",
+    "upgrade",
+];
+
+/// Removes hop-by-hop headers, including those the `Connection` header names.
+pub fn strip_hop_by_hop(h: &mut HeaderMap) {
+    let named: Vec<String> = h
+        .get_all("connection")
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(',').map(|s| s.trim().to_ascii_lowercase()))
+        .filter(|s| !s.is_empty())
+        .collect();
+    // A message with both framings is framed by Transfer-Encoding (RFC 7230 §3.3.3); the length is not its own.
+    if h.contains_key("transfer-encoding") {
+        h.remove("content-length");
+    }
+    // HTTP/2 keeps one TE value, `trailers`, which gRPC requires.
+    let te_trailers = h
+        .get_all("te")
+        .iter()
+        .any(|v| v.to_str().is_ok_and(|v| v.contains("trailers")));
+    for name in HOP_BY_HOP.iter().copied().chain(named.iter().map(String::as_str)) {
+        h.remove(name);
+    }
+    if te_trailers {
+        h.insert("te", HeaderValue::from_static("trailers"));
+    }
+}
+
+/// What the caller sidecar adds before sending an invocation to another sidecar: identity headers (caller-supplied
+/// copies are replaced) and forwarding headers.
+pub fn prepare_outgoing(
+    h: &mut HeaderMap,
+    caller: (&str, &str, &str),
+    callee: (&str, &str),
+    mode: &'static str,
+    client: Option<SocketAddr>,
+) {
+    strip_hop_by_hop(h);
+    let host = h.remove("host");
+    for name in [
+        CALLER_APP_ID,
+        CALLER_NAMESPACE,
+        CALLEE_APP_ID,
+        MODE,
+        CALLEE_NAMESPACE,
+        CALLER_TRUST_DOMAIN,
+        "dapr-api-token",
+    ] {
+        h.remove(name);
+    }
+    set(h, CALLER_APP_ID, caller.0);
+    set(h, CALLER_NAMESPACE, caller.1);
+    set(h, CALLER_TRUST_DOMAIN, caller.2);
+    set(h, CALLEE_APP_ID, callee.0);
+    set(h, CALLEE_NAMESPACE, callee.1);
+    h.insert(MODE, HeaderValue::from_static(mode));
+    if let Some(addr) = client {
+        let ip = addr.ip().to_string();
+        let xff = match h.get("x-forwarded-for").and_then(|v| v.to_str().ok()) {
+            Some(prev) => format!("{prev}, {ip}"),
+            None => ip.clone(),
+        };
+        set(h, "x-forwarded-for", &xff);
+        let mut forwarded = format!("for={ip}");
+        if let Some(host) = host.as_ref().and_then(|v| v.to_str().ok()) {
+            set(h, "x-forwarded-host", host);
+            forwarded.push_str(&format!(";host={host}"));
+        }
+        set(h, "forwarded", &forwarded);
+    }
+}
+
+/// Removes the internal protocol headers before a request reaches the app.
+pub fn strip_internal(h: &mut HeaderMap) {
+    strip_hop_by_hop(h);
+    h.remove(MODE);
+    h.remove(CALLEE_NAMESPACE);
+    h.remove(CALLER_TRUST_DOMAIN);
+    h.remove("host");
+}
+
+fn set(h: &mut HeaderMap, name: &'static str, value: &str) {
+    if let Ok(v) = HeaderValue::from_str(value) {
+        h.insert(HeaderName::from_static(name), v);
+    }
+}
+
+/// The first value of header `name` as text.
+pub fn get<'a>(h: &'a HeaderMap, name: &str) -> Option<&'a str> {
+    h.get(name).and_then(|v| v.to_str().ok())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn outgoing_headers_replace_spoofed_identity_and_drop_hop_by_hop() {
+        let mut h = HeaderMap::new();
+        h.insert("connection", "keep-alive, x-secret".parse().unwrap());
+        h.insert("x-secret", "1".parse().unwrap());
+        h.insert("dapr-caller-app-id", "spoofed".parse().unwrap());
+        h.insert("host", "localhost:3500".parse().unwrap());
+        h.insert("traceparent", "00-abc-def-01".parse().unwrap());
+        prepare_outgoing(
+            &mut h,
+            ("web", "default", "public"),
+            ("orders", "prod"),
+            "http",
+            Some("127.0.0.9:1".parse().unwrap()),
+        );
+        assert_eq!(get(&h, CALLER_APP_ID), Some("web"));
+        assert_eq!(get(&h, CALLEE_APP_ID), Some("orders"));
+        assert_eq!(get(&h, CALLEE_NAMESPACE), Some("prod"));
+        assert!(h.get("x-secret").is_none() && h.get("connection").is_none() && h.get("host").is_none());
+        assert_eq!(get(&h, "x-forwarded-for"), Some("127.0.0.9"));
+        assert_eq!(get(&h, "x-forwarded-host"), Some("localhost:3500"));
+        assert_eq!(get(&h, "traceparent"), Some("00-abc-def-01"));
+        strip_internal(&mut h);
+        assert!(h.get(MODE).is_none() && h.get(CALLEE_NAMESPACE).is_none());
+        assert_eq!(get(&h, CALLER_APP_ID), Some("web"));
+    }
+}

@@ -1,0 +1,379 @@
+//! Service invocation, caller side: resolves the target (app, `app.namespace`, HTTPEndpoint or URL) and sends the
+//! call over tandem's sidecar-to-sidecar HTTP/2 protocol (see `callee`), with bodies streamed both ways.
+
+pub mod callee;
+pub mod grpc;
+pub mod headers;
+pub mod target;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
+
+use axum::body::Body;
+use axum::http::{HeaderMap, HeaderName, HeaderValue, Request, Response, Uri};
+use bytes::Bytes;
+use http_body_util::BodyExt;
+use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::TokioExecutor;
+
+pub use callee::{Callee, Mode};
+use target::Target;
+
+use crate::components::nameresolution::{NameResolver, ResolveRequest};
+use crate::sidecar::error::ApiError;
+use crate::sidecar::resiliency::{PolicyError, Resiliency, Retryable, Status};
+
+/// Bodies up to this size are kept so a call can be retried; larger ones stream once.
+const REPLAYABLE_BODY: usize = 1 << 20;
+
+/// A non-Dapr HTTP endpoint (HTTPEndpoint resource) with its headers resolved.
+#[derive(Clone, Debug)]
+pub struct Endpoint {
+    pub base_url: String,
+    pub headers: Vec<(HeaderName, HeaderValue)>,
+}
+
+type HttpsClient = Client<hyper_rustls::HttpsConnector<HttpConnector>, Body>;
+
+pub struct Invoker {
+    pub app_id: String,
+    pub namespace: String,
+    /// This sidecar's internal port: resolvers answer with the callee's address on the same port, as in Dapr.
+    pub internal_port: u16,
+    resolver: Arc<dyn NameResolver>,
+    internal: Client<HttpConnector, Body>,
+    external: HttpsClient,
+    endpoints: std::sync::RwLock<std::collections::HashMap<String, Endpoint>>,
+    /// Calls to this app itself skip the network.
+    local: Arc<Callee>,
+    next: AtomicUsize,
+    trust_domain: String,
+    resiliency: Arc<Resiliency>,
+}
+
+/// An HTTP/2-only (h2c) client for sidecar-to-sidecar and app gRPC traffic.
+pub fn h2c_client() -> Client<HttpConnector, Body> {
+    let mut connector = HttpConnector::new();
+    connector.set_nodelay(true);
+    Client::builder(TokioExecutor::new())
+        .http2_only(true)
+        .http2_adaptive_window(true)
+        .pool_idle_timeout(Duration::from_secs(90))
+        .build(connector)
+}
+
+fn https_client() -> HttpsClient {
+    let mut http = HttpConnector::new();
+    http.enforce_http(false);
+    http.set_nodelay(true);
+    let connector = hyper_rustls::HttpsConnectorBuilder::new()
+        .with_webpki_roots()
+        .https_or_http()
+        .enable_http1()
+        .enable_http2()
+        .wrap_connector(http);
+    Client::builder(TokioExecutor::new()).build(connector)
+}
+
+impl Invoker {
+    pub fn new(
+        app_id: &str,
+        namespace: &str,
+        internal_port: u16,
+        resolver: Arc<dyn NameResolver>,
+        local: Arc<Callee>,
+    ) -> Self {
+        Invoker {
+            app_id: app_id.into(),
+            namespace: namespace.into(),
+            internal_port,
+            resolver,
+            internal: h2c_client(),
+            external: https_client(),
+            endpoints: Default::default(),
+            local,
+            next: AtomicUsize::new(0),
+            trust_domain: "public".into(),
+            resiliency: Arc::new(Resiliency::default()),
+        }
+    }
+
+    /// Timeouts, retries and circuit breakers for app targets.
+    pub fn with_resiliency(mut self, resiliency: Arc<Resiliency>) -> Self {
+        self.resiliency = resiliency;
+        self
+    }
+
+    /// The trust domain this app asserts to callees (its `accessControl.trustDomain`).
+    pub fn with_trust_domain(mut self, trust_domain: &str) -> Self {
+        self.trust_domain = trust_domain.to_owned();
+        self
+    }
+
+    pub fn set_endpoints(&self, endpoints: std::collections::HashMap<String, Endpoint>) {
+        *self.endpoints.write().expect("lock") = endpoints;
+    }
+
+    /// Invokes `method` on `target` (an app id, `app.namespace`, HTTPEndpoint name or URL). The request's method,
+    /// query, headers and body are forwarded; the app's status, headers and body come back as they are.
+    pub async fn invoke(
+        &self,
+        target: &str,
+        method: &str,
+        req: Request<Body>,
+        mode: Mode,
+        client: Option<SocketAddr>,
+    ) -> Result<Response<Body>, ApiError> {
+        let fail = |e: &dyn std::fmt::Display| ApiError::direct_invoke(target, &e.to_string());
+        let query = req.uri().query().map(|q| format!("?{q}")).unwrap_or_default();
+        let path = format!("/{}{query}", method.trim_start_matches('/'));
+        let (app_id, namespace) = match target::classify(target).map_err(|e| fail(&e))? {
+            Target::Url(base) => return self.external(&base, &path, req, &[]).await.map_err(|e| fail(&e)),
+            Target::Name(name) => {
+                let endpoint = self.endpoints.read().expect("lock").get(&name).cloned();
+                if let Some(ep) = endpoint {
+                    return self
+                        .external(&ep.base_url, &path, req, &ep.headers)
+                        .await
+                        .map_err(|e| fail(&e));
+                }
+                (name, self.namespace.clone())
+            }
+            Target::App { app_id, namespace } => (app_id, namespace),
+        };
+        let (mut parts, body) = req.into_parts();
+        headers::prepare_outgoing(
+            &mut parts.headers,
+            (&self.app_id, &self.namespace, &self.trust_domain),
+            (&app_id, &namespace),
+            mode.header(),
+            client,
+        );
+        parts.uri = path.parse().map_err(|e: axum::http::uri::InvalidUri| fail(&e))?;
+        if app_id == self.app_id && namespace == self.namespace {
+            return Ok(self.local.handle(Request::from_parts(parts, body)).await);
+        }
+        let replay = replayable(&parts.headers, body).await.map_err(|e| fail(&e))?;
+        let request = ResolveRequest {
+            app_id: app_id.clone(),
+            namespace: namespace.clone(),
+            port: self.internal_port,
+        };
+        let call = Call {
+            request: &request,
+            parts: &parts,
+            path: &path,
+            replay: &replay,
+        };
+        let classify = move |resp: &Response<Body>| match mode {
+            Mode::Http => Status::http_failure(resp.status().as_u16()),
+            Mode::Grpc => grpc_status_of(resp).and_then(Status::grpc_failure),
+        };
+        // Dapr's layering: the app's policy around the whole call; each attempt under the built-in retry
+        // (3 tries, 1 s apart, only when the other sidecar cannot be reached) unless a target names the app.
+        let builtin = (!self.resiliency.has_app_target(&app_id)).then(|| self.resiliency.builtin_service_retry());
+        let attempt = || async {
+            match &builtin {
+                Some(b) => b
+                    .run(|_: &Response<Body>| None, || self.send(&call))
+                    .await
+                    .map_err(AttemptError::from),
+                None => self.send(&call).await,
+            }
+        };
+        let result = match self.resiliency.app_policy(&app_id) {
+            Some(policy) => policy.run(&format!("{app_id}:{method}"), classify, attempt).await,
+            None => attempt().await.map_err(PolicyError::Op),
+        };
+        result.map_err(|e| match e {
+            PolicyError::Op(e) => fail(&e),
+            PolicyError::Timeout(d) => fail(&format!("timeout after {d:?}: context deadline exceeded")),
+            PolicyError::CircuitOpen { breaker } => fail(&format!("circuit breaker is open ({breaker})")),
+            PolicyError::TooManyRequests { breaker } => {
+                fail(&format!("too many requests: circuit breaker {breaker} is half-open"))
+            }
+        })
+    }
+
+    /// One attempt: resolve, pick an address, send over the internal HTTP/2 connection.
+    async fn send(&self, call: &Call<'_>) -> Result<Response<Body>, AttemptError> {
+        let addrs = self
+            .resolver
+            .resolve(call.request)
+            .await
+            .map_err(|e| AttemptError::Other(e.to_string()))?;
+        let addr = addrs[self.next.fetch_add(1, Ordering::Relaxed) % addrs.len()];
+        let body = match call.replay {
+            Replay::Buffered(bytes) => Body::from(bytes.clone()),
+            Replay::Streaming(cell) => cell.lock().expect("lock").take().ok_or_else(|| {
+                AttemptError::Other("the request body was streamed once and cannot be replayed for a retry".into())
+            })?,
+        };
+        let mut req = Request::from_parts(call.parts.clone(), body);
+        *req.uri_mut() = format!("http://{addr}{}", call.path)
+            .parse()
+            .map_err(|e: axum::http::uri::InvalidUri| AttemptError::Other(e.to_string()))?;
+        *req.version_mut() = axum::http::Version::HTTP_2;
+        match self.internal.request(req).await {
+            Ok(resp) => Ok(resp.map(Body::new)),
+            Err(e) if e.is_connect() => {
+                self.resolver.invalidate(call.request);
+                Err(AttemptError::Transport(format!("{e}: {}", source_chain(&e))))
+            }
+            Err(e) => Err(AttemptError::Other(format!("{e}: {}", source_chain(&e)))),
+        }
+    }
+
+    async fn external(
+        &self,
+        base: &str,
+        path: &str,
+        req: Request<Body>,
+        extra: &[(HeaderName, HeaderValue)],
+    ) -> Result<Response<Body>, String> {
+        let (mut parts, body) = req.into_parts();
+        headers::strip_hop_by_hop(&mut parts.headers);
+        parts.headers.remove("host");
+        parts.headers.remove("dapr-api-token");
+        for (k, v) in extra {
+            parts.headers.insert(k.clone(), v.clone());
+        }
+        parts.uri = format!("{}{path}", base.trim_end_matches('/'))
+            .parse::<Uri>()
+            .map_err(|e| e.to_string())?;
+        parts.version = axum::http::Version::HTTP_11;
+        let resp = self
+            .external
+            .request(Request::from_parts(parts, body))
+            .await
+            .map_err(|e| format!("{e}: {}", source_chain(&e)))?;
+        let (mut parts, body) = resp.into_parts();
+        headers::strip_hop_by_hop(&mut parts.headers);
+        Ok(Response::from_parts(parts, Body::new(body)))
+    }
+}
+
+/// What every attempt of one call shares.
+struct Call<'a> {
+    request: &'a ResolveRequest,
+    parts: &'a axum::http::request::Parts,
+    path: &'a str,
+    replay: &'a Replay,
+}
+
+/// Why one attempt failed: transport errors (the other sidecar unreachable) are the ones retries are for.
+#[derive(Debug)]
+enum AttemptError {
+    Transport(String),
+    Other(String),
+}
+
+impl std::fmt::Display for AttemptError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            AttemptError::Transport(e) | AttemptError::Other(e) => f.write_str(e),
+        }
+    }
+}
+
+impl Retryable for AttemptError {
+    fn is_transport(&self) -> bool {
+        matches!(self, AttemptError::Transport(_))
+    }
+}
+
+impl From<PolicyError<AttemptError>> for AttemptError {
+    fn from(e: PolicyError<AttemptError>) -> Self {
+        match e {
+            PolicyError::Op(e) => e,
+            other => AttemptError::Other(other.to_string()),
+        }
+    }
+}
+
+/// The gRPC status of a response when it is known from its headers (trailers-only responses).
+fn grpc_status_of(resp: &Response<Body>) -> Option<tonic::Code> {
+    headers::get(resp.headers(), "grpc-status")
+        .and_then(|v| v.parse::<i32>().ok())
+        .map(tonic::Code::from_i32)
+}
+
+enum Replay {
+    Buffered(Bytes),
+    Streaming(std::sync::Mutex<Option<Body>>),
+}
+
+/// Small bodies (known length ≤ 1 MiB, or none) are read so the call can be retried; others stream once.
+async fn replayable(headers: &HeaderMap, body: Body) -> Result<Replay, String> {
+    let len = headers
+        .get("content-length")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<usize>().ok());
+    let chunked = headers.contains_key("transfer-encoding");
+    match len {
+        Some(n) if n <= REPLAYABLE_BODY => Ok(Replay::Buffered(
+            body.collect().await.map_err(|e| e.to_string())?.to_bytes(),
+        )),
+        None if !chunked && http_body::Body::is_end_stream(&body) => Ok(Replay::Buffered(Bytes::new())),
+        _ => Ok(Replay::Streaming(std::sync::Mutex::new(Some(body)))),
+    }
+}
+
+pub(crate) fn source_chain(e: &dyn std::error::Error) -> String {
+    let mut out = vec![];
+    let mut cur = e.source();
+    while let Some(s) = cur {
+        out.push(s.to_string());
+        cur = s.source();
+    }
+    out.join(": ")
+}
+
+/// A gRPC error as a trailers-only HTTP/2 response.
+pub fn grpc_error_response(code: tonic::Code, message: &str) -> Response<Body> {
+    let status = tonic::Status::new(code, message);
+    let (parts, ()) = status.into_http::<()>().into_parts();
+    Response::from_parts(parts, Body::empty())
+}
+
+/// Dapr's gRPC code → HTTP status mapping.
+pub fn http_status_from_code(code: tonic::Code) -> u16 {
+    use tonic::Code::*;
+    match code {
+        Ok => 200,
+        Cancelled => 408,
+        InvalidArgument | FailedPrecondition | OutOfRange => 400,
+        DeadlineExceeded => 504,
+        NotFound => 404,
+        AlreadyExists | Aborted => 409,
+        PermissionDenied => 403,
+        Unauthenticated => 401,
+        ResourceExhausted => 429,
+        Unimplemented => 501,
+        Unavailable => 503,
+        Unknown | Internal | DataLoss => 500,
+    }
+}
+
+/// Dapr's HTTP status → gRPC code mapping (grpc's http-grpc-status-mapping).
+pub fn code_from_http_status(status: u16) -> tonic::Code {
+    use tonic::Code;
+    match status {
+        200..=299 => Code::Ok,
+        408 => Code::Cancelled,
+        500 => Code::Unknown,
+        400 => Code::Internal,
+        504 => Code::DeadlineExceeded,
+        404 => Code::NotFound,
+        409 => Code::AlreadyExists,
+        403 => Code::PermissionDenied,
+        401 => Code::Unauthenticated,
+        429 => Code::ResourceExhausted,
+        501 => Code::Unimplemented,
+        503 => Code::Unavailable,
+        _ => Code::Unknown,
+    }
+}
