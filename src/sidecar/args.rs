@@ -40,6 +40,9 @@ pub struct Args {
     /// gRPC port for sidecar-to-sidecar calls (0 picks a free port).
     #[arg(long)]
     pub dapr_internal_grpc_port: Option<u16>,
+    /// Address the internal (sidecar-to-sidecar) server listens on; all interfaces by default.
+    #[arg(long, default_value = "0.0.0.0")]
+    pub dapr_internal_grpc_listen_address: String,
     /// Public port serving /v1.0/healthz on all interfaces.
     #[arg(long)]
     pub dapr_public_port: Option<u16>,

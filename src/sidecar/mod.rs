@@ -172,8 +172,9 @@ impl Sidecar {
 
         let addrs = &args.dapr_listen_addresses;
         let all = ["0.0.0.0".to_owned()];
+        let internal_addr = [args.dapr_internal_grpc_listen_address.clone()];
         let internal_ls = bind_all(
-            &all,
+            &internal_addr,
             args.dapr_internal_grpc_port,
             Args::DEFAULT_INTERNAL_GRPC_PORT,
             policy,

@@ -188,7 +188,8 @@ class SidecarFactory:
 
     def spawn(self, app_id: str, components: Iterable[dict] = (), *, config: Optional[dict] = None,
               raw_files: Optional[dict] = None, api_token: Optional[str] = None,
-              env: Optional[dict] = None, extra_args: Iterable[str] = ()) -> Sidecar:
+              env: Optional[dict] = None, extra_args: Iterable[str] = (),
+              internal_port: Optional[int] = None) -> Sidecar:
         """Starts the process without waiting for readiness."""
         workdir, resources, config_path = self._prepare(app_id, components, config, raw_files)
         http_port, grpc_port, metrics_port = free_port(), free_port(), free_port()
@@ -199,7 +200,7 @@ class SidecarFactory:
             "--dapr-http-port", str(http_port),
             "--dapr-grpc-port", str(grpc_port),
                         "--metrics-port", str(metrics_port),
-            "--dapr-internal-grpc-port", str(free_port()),
+            "--dapr-internal-grpc-port", str(internal_port or free_port()),
             "--log-level", "debug",
         ]
         if config_path is not None:
