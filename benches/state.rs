@@ -5,6 +5,8 @@
 //!
 //! Needs Redis on 127.0.0.1:6379. Each case runs closed-loop with BENCH_CONCURRENCY workers for BENCH_SECONDS.
 
+mod common;
+
 use std::future::Future;
 use std::process::Stdio;
 use std::sync::Arc;
@@ -19,18 +21,12 @@ use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
 use tonic::transport::Channel;
 
+use common::{free_port, rss_mb};
+
 const VALUE: &str = r#"{"name":"tandem","count":42,"tags":["a","b","c"],"payload":"0123456789abcdef0123456789abcdef"}"#;
 
 fn env(name: &str, default: u64) -> u64 {
     std::env::var(name).ok().and_then(|v| v.parse().ok()).unwrap_or(default)
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
 }
 
 struct Stats {
@@ -87,18 +83,6 @@ fn report(case: &str, s: &Stats) {
         s.p50.as_secs_f64() * 1e3,
         s.p99.as_secs_f64() * 1e3
     );
-}
-
-fn rss_kb(pid: u32) -> u64 {
-    std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with("VmRSS:"))
-                .map(|l| l.split_whitespace().nth(1).unwrap_or("0").to_owned())
-        })
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(0)
 }
 
 #[tokio::main]
@@ -163,7 +147,7 @@ spec:
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    let idle_rss = rss_kb(pid);
+    let idle_rss = rss_mb(pid);
     let channel = Channel::from_shared(format!("http://127.0.0.1:{grpc_port}"))
         .unwrap()
         .connect()
@@ -175,7 +159,7 @@ spec:
         "tandem state benchmark: {workers} concurrent clients, {secs} s per case, {}-byte JSON value",
         VALUE.len()
     );
-    println!("sidecar idle RSS: {:.1} MB", idle_rss as f64 / 1024.0);
+    println!("sidecar idle RSS: {:.1} MB", idle_rss);
     for store in ["memory", "sqlite", "redis"] {
         let (h, b) = (http.clone(), base.clone());
         let s = measure(workers, secs, move |w, i| {
@@ -236,7 +220,7 @@ spec:
         .await;
         report(&format!("gRPC get   {store}"), &s);
     }
-    let loaded_rss = rss_kb(pid);
+    let loaded_rss = rss_mb(pid);
 
     let client = redis::Client::open("redis://127.0.0.1:6379/").unwrap();
     let conn = redis::aio::ConnectionManager::new(client).await.unwrap();
@@ -272,6 +256,6 @@ spec:
     })
     .await;
     report("Redis direct HMGET (no sidecar)", &s);
-    println!("sidecar RSS after load: {:.1} MB", loaded_rss as f64 / 1024.0);
+    println!("sidecar RSS after load: {:.1} MB", loaded_rss);
     let _ = sidecar.start_kill();
 }

@@ -7,10 +7,11 @@ use std::collections::HashMap;
 
 use axum::http::{HeaderName, HeaderValue};
 
+use crate::api::http_endpoint::TlsDocument;
 use crate::api::{Auth, Component, HttpEndpoint, NameValuePair};
 use crate::components::metadata::{parse_bool, parse_duration};
 use crate::components::{Instance, Metadata, Registry};
-use crate::sidecar::invoke::Endpoint;
+use crate::sidecar::invoke::{ClientTlsPem, Endpoint, tls_client};
 
 use super::args::Mode;
 use super::runtime::{ComponentInfo, Runtime, state_capabilities};
@@ -132,14 +133,41 @@ pub async fn resolve_endpoints(
             let v = HeaderValue::from_str(&v).map_err(|err| format!("HTTPEndpoint {name}: header {k}: {err}"))?;
             headers.push((k, v));
         }
-        if e.spec.client_tls.is_some() {
-            tracing::warn!(endpoint = %name, "HTTPEndpoint clientTLS is not supported yet; the system roots are used");
-        }
+        let client = match &e.spec.client_tls {
+            None => None,
+            Some(tls) => {
+                let doc = |d: &Option<TlsDocument>, field: &str| {
+                    d.as_ref()
+                        .map(|d| NameValuePair {
+                            name: field.to_owned(),
+                            value: d.value.as_deref().map(Into::into),
+                            secret_key_ref: d.secret_key_ref.clone(),
+                            env_ref: None,
+                        })
+                        .into_iter()
+                        .collect::<Vec<_>>()
+                };
+                let mut pairs = doc(&tls.root_ca, "rootCA");
+                pairs.extend(doc(&tls.certificate, "certificate"));
+                pairs.extend(doc(&tls.private_key, "privateKey"));
+                let resolved: HashMap<String, String> = resolve_pairs(rt, &pairs, e.auth.as_ref(), &name, mode)
+                    .await?
+                    .into_iter()
+                    .collect();
+                let pem = ClientTlsPem {
+                    root_ca: resolved.get("rootCA").cloned(),
+                    certificate: resolved.get("certificate").cloned(),
+                    private_key: resolved.get("privateKey").cloned(),
+                };
+                Some(tls_client(&pem).map_err(|err| format!("HTTPEndpoint {name}: {err}"))?)
+            }
+        };
         out.insert(
             name,
             Endpoint {
                 base_url: base.trim_end_matches('/').to_owned(),
                 headers,
+                client,
             },
         );
     }

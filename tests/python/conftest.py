@@ -444,14 +444,15 @@ class AppProcess:
                 self.proc.wait()
 
 
-def start_app(script: str, name: str, workdir: Path, port: Optional[int] = None) -> AppProcess:
+def start_app(script: str, name: str, workdir: Path, port: Optional[int] = None,
+              env: Optional[dict] = None) -> AppProcess:
     """Starts tests/python/apps/<script> on a free port and waits until it accepts connections."""
     import sys
 
     port = port or free_port()
     log = workdir / f"{name}-app.log"
     proc = subprocess.Popen([sys.executable, str(APPS / script), str(port), name],
-                            stdout=open(log, "wb"), stderr=subprocess.STDOUT)
+                            stdout=open(log, "wb"), stderr=subprocess.STDOUT, env={**os.environ, **(env or {})})
     deadline = time.monotonic() + 15
     while time.monotonic() < deadline:
         if proc.poll() is not None:

@@ -300,3 +300,44 @@ def test_tandem_run_apps_find_each_other_without_configuration(tandem, tmp_path)
     finally:
         callee.terminate()
         callee.wait(timeout=15)
+
+
+@pytest.fixture(scope="module")
+def https_app(tmp_path_factory):
+    """An HTTPS echo app with a certificate from a private CA made here with openssl."""
+    import subprocess
+
+    d = tmp_path_factory.mktemp("tls")
+
+    def ssl(*args):
+        subprocess.run(["openssl", *args], cwd=d, check=True, capture_output=True)
+
+    ssl("req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", "ca.key", "-out", "ca.pem", "-days", "2",
+        "-subj", "/CN=tandem test CA")
+    ssl("req", "-newkey", "rsa:2048", "-nodes", "-keyout", "srv.key", "-out", "srv.csr", "-subj", "/CN=127.0.0.1")
+    (d / "ext.cnf").write_text("subjectAltName=IP:127.0.0.1,DNS:localhost\n")
+    ssl("x509", "-req", "-in", "srv.csr", "-CA", "ca.pem", "-CAkey", "ca.key", "-CAcreateserial", "-out", "srv.pem",
+        "-days", "2", "-extfile", "ext.cnf")
+    app = start_app("echo_http.py", "tls-app", d, env={"TLS_CERT": str(d / "srv.pem"), "TLS_KEY": str(d / "srv.key")})
+    app.ca = (d / "ca.pem").read_text()
+    yield app
+    app.stop()
+
+
+def test_http_endpoint_client_tls_root_ca(sidecars, mesh, https_app):
+    def endpoint(name, client_tls):
+        spec = {"baseUrl": f"https://127.0.0.1:{https_app.port}"}
+        if client_tls is not None:
+            spec["clientTLS"] = client_tls
+        return {"apiVersion": "dapr.io/v1alpha1", "kind": "HTTPEndpoint", "metadata": {"name": name}, "spec": spec}
+
+    files = {
+        "trusted.yaml": json.dumps(endpoint("trusted", {"rootCA": {"value": https_app.ca}})),
+        "untrusted.yaml": json.dumps(endpoint("untrusted", None)),
+    }
+    sc = sidecars.start("tls-caller", raw_files=files, config=nr_config(mesh.db))
+    r = requests.get(sc.url("/v1.0/invoke/trusted/method/secure"), timeout=10)
+    assert r.status_code == 200, r.text
+    assert r.json()["path"] == "/secure"
+    r = requests.get(sc.url("/v1.0/invoke/untrusted/method/secure"), timeout=10)
+    assert r.status_code == 500 and r.json()["errorCode"] == "ERR_DIRECT_INVOKE", r.text

@@ -34,6 +34,63 @@ const REPLAYABLE_BODY: usize = 1 << 20;
 pub struct Endpoint {
     pub base_url: String,
     pub headers: Vec<(HeaderName, HeaderValue)>,
+    /// A client with the endpoint's `clientTLS` (root CA, client certificate); `None`: the shared client.
+    pub client: Option<HttpsClient>,
+}
+
+/// PEM documents of an HTTPEndpoint's `clientTLS`.
+#[derive(Clone, Debug, Default)]
+pub struct ClientTlsPem {
+    pub root_ca: Option<String>,
+    pub certificate: Option<String>,
+    pub private_key: Option<String>,
+}
+
+/// A client trusting `root_ca` (instead of the public roots) and presenting the client certificate, if given.
+pub fn tls_client(tls: &ClientTlsPem) -> Result<HttpsClient, String> {
+    use rustls::pki_types::pem::PemObject;
+    use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+    let mut roots = rustls::RootCertStore::empty();
+    match &tls.root_ca {
+        Some(pem) => {
+            for cert in CertificateDer::pem_slice_iter(pem.as_bytes()) {
+                let cert = cert.map_err(|e| format!("clientTLS.rootCA is not PEM certificates: {e}"))?;
+                roots.add(cert).map_err(|e| format!("clientTLS.rootCA: {e}"))?;
+            }
+            if roots.is_empty() {
+                return Err("clientTLS.rootCA holds no certificate".into());
+            }
+        }
+        None => roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned()),
+    }
+    let builder = rustls::ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
+        .with_safe_default_protocol_versions()
+        .map_err(|e| e.to_string())?
+        .with_root_certificates(roots);
+    let config = match (&tls.certificate, &tls.private_key) {
+        (Some(cert), Some(key)) => {
+            let certs = CertificateDer::pem_slice_iter(cert.as_bytes())
+                .collect::<Result<Vec<_>, _>>()
+                .map_err(|e| format!("clientTLS.certificate is not PEM: {e}"))?;
+            let key = PrivateKeyDer::from_pem_slice(key.as_bytes())
+                .map_err(|e| format!("clientTLS.privateKey is not a PEM private key: {e}"))?;
+            builder
+                .with_client_auth_cert(certs, key)
+                .map_err(|e| format!("clientTLS certificate/key: {e}"))?
+        }
+        (None, None) => builder.with_no_client_auth(),
+        _ => return Err("clientTLS needs both certificate and privateKey, or neither".into()),
+    };
+    let mut http = HttpConnector::new();
+    http.enforce_http(false);
+    http.set_nodelay(true);
+    let connector = hyper_rustls::HttpsConnectorBuilder::new()
+        .with_tls_config(config)
+        .https_or_http()
+        .enable_http1()
+        .enable_http2()
+        .wrap_connector(http);
+    Ok(Client::builder(TokioExecutor::new()).build(connector))
 }
 
 type HttpsClient = Client<hyper_rustls::HttpsConnector<HttpConnector>, Body>;
@@ -131,12 +188,18 @@ impl Invoker {
         let query = req.uri().query().map(|q| format!("?{q}")).unwrap_or_default();
         let path = format!("/{}{query}", method.trim_start_matches('/'));
         let (app_id, namespace) = match target::classify(target).map_err(|e| fail(&e))? {
-            Target::Url(base) => return self.external(&base, &path, req, &[]).await.map_err(|e| fail(&e)),
+            Target::Url(base) => {
+                return self
+                    .external(&self.external, &base, &path, req, &[])
+                    .await
+                    .map_err(|e| fail(&e));
+            }
             Target::Name(name) => {
                 let endpoint = self.endpoints.read().expect("lock").get(&name).cloned();
                 if let Some(ep) = endpoint {
+                    let client = ep.client.as_ref().unwrap_or(&self.external);
                     return self
-                        .external(&ep.base_url, &path, req, &ep.headers)
+                        .external(client, &ep.base_url, &path, req, &ep.headers)
                         .await
                         .map_err(|e| fail(&e));
                 }
@@ -229,6 +292,7 @@ impl Invoker {
 
     async fn external(
         &self,
+        client: &HttpsClient,
         base: &str,
         path: &str,
         req: Request<Body>,
@@ -245,8 +309,7 @@ impl Invoker {
             .parse::<Uri>()
             .map_err(|e| e.to_string())?;
         parts.version = axum::http::Version::HTTP_11;
-        let resp = self
-            .external
+        let resp = client
             .request(Request::from_parts(parts, body))
             .await
             .map_err(|e| format!("{e}: {}", source_chain(&e)))?;

@@ -5,6 +5,8 @@ Usage: python echo_http.py PORT [NAME]
 
 import hashlib
 import json
+import os
+import ssl
 import sys
 import threading
 import time
@@ -127,4 +129,9 @@ class Handler(BaseHTTPRequestHandler):
 if __name__ == "__main__":
     server = ThreadingHTTPServer(("127.0.0.1", int(sys.argv[1])), Handler)
     server.daemon_threads = True
+    if os.environ.get("TLS_CERT"):
+        # Serve HTTPS with the given certificate (for HTTPEndpoint clientTLS tests).
+        ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        ctx.load_cert_chain(os.environ["TLS_CERT"], os.environ["TLS_KEY"])
+        server.socket = ctx.wrap_socket(server.socket, server_side=True)
     server.serve_forever()
