@@ -341,3 +341,25 @@ def test_http_endpoint_client_tls_root_ca(sidecars, mesh, https_app):
     assert r.json()["path"] == "/secure"
     r = requests.get(sc.url("/v1.0/invoke/untrusted/method/secure"), timeout=10)
     assert r.status_code == 500 and r.json()["errorCode"] == "ERR_DIRECT_INVOKE", r.text
+
+
+def test_standalone_default_mdns_resolution(sidecars, mesh):
+    """With no Configuration, standalone sidecars find each other over mDNS, as daprd's do."""
+    sidecars.start("mdns-callee", extra_args=["--app-port", str(mesh.orders_app.port)])
+    caller = sidecars.start("mdns-caller")
+    r = requests.get(caller.url("/v1.0/invoke/mdns-callee/method/hello"), timeout=20)
+    assert r.status_code == 200, r.text
+    assert r.json()["headers"]["dapr-caller-app-id"] == "mdns-caller"
+
+
+def test_grpc_proxying_from_a_generated_client(mesh):
+    """A generated stub (Dapr's AppCallbackHealthCheck) called through the proxy reaches the gRPC app."""
+    from dapr.proto.runtime.v1 import appcallback_pb2_grpc
+    from google.protobuf import empty_pb2
+
+    with grpc.insecure_channel(mesh.web.grpc_address) as ch:
+        stub = appcallback_pb2_grpc.AppCallbackHealthCheckStub(ch)
+        stub.HealthCheck(empty_pb2.Empty(), metadata=(("dapr-app-id", "grpcsvc"),), timeout=10)
+        with pytest.raises(grpc.RpcError) as e:
+            stub.HealthCheck(empty_pb2.Empty(), metadata=(("dapr-app-id", "orders"),), timeout=10)
+        assert e.value.code() != grpc.StatusCode.OK  # orders speaks HTTP, not gRPC
