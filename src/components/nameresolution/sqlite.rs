@@ -14,7 +14,7 @@ use async_trait::async_trait;
 use rusqlite::{Connection, OpenFlags, OptionalExtension, TransactionBehavior, params};
 use tokio::task::JoinHandle;
 
-use super::{Configuration, Instance, NameResolver, ResolveError, ResolveRequest};
+use super::{AddressCache, Configuration, Instance, NameResolver, ResolveError, ResolveRequest};
 
 const KNOWN_KEYS: &[&str] = &[
     "connectionString",
@@ -125,8 +125,14 @@ struct Shared {
 }
 
 /// Registers this sidecar in a SQLite table and resolves app ids from the rows of the others.
+/// How long resolved addresses are reused before the table is read again.
+const RESOLVE_CACHE_TTL: Duration = Duration::from_secs(1);
+
 pub struct SqliteResolver {
     shared: Arc<Shared>,
+    /// Answers are kept for a second so a busy caller does not query the file on every call; a call that
+    /// cannot reach an address invalidates its entry.
+    cache: AddressCache,
     heartbeat: Mutex<Option<JoinHandle<()>>>,
     cleanup: Mutex<Option<JoinHandle<()>>>,
 }
@@ -249,6 +255,7 @@ impl SqliteResolver {
         });
         let cleanup = cleanup_every.map(|every| tokio::spawn(sweep_stale_rows(Arc::downgrade(&shared), every)));
         Ok(SqliteResolver {
+            cache: AddressCache::new(RESOLVE_CACHE_TTL),
             shared,
             heartbeat: Mutex::new(None),
             cleanup: Mutex::new(cleanup),
@@ -396,6 +403,9 @@ async fn sweep_stale_rows(shared: Weak<Shared>, every: Duration) {
 #[async_trait]
 impl NameResolver for SqliteResolver {
     async fn resolve(&self, req: &ResolveRequest) -> Result<Vec<SocketAddr>, ResolveError> {
+        if let Some(addrs) = self.cache.get(req) {
+            return Ok(addrs);
+        }
         let app_id = req.app_id.clone();
         // Like Dapr, rows of every namespace match: the file is shared by the sidecars of one host.
         let rows: Vec<String> = with_db(&self.shared, "looking up an app id", move |s, conn| {
@@ -435,7 +445,12 @@ impl NameResolver for SqliteResolver {
                 ),
             ));
         }
+        self.cache.insert(req.clone(), addrs.clone());
         Ok(addrs)
+    }
+
+    fn invalidate(&self, req: &ResolveRequest) {
+        self.cache.invalidate(req);
     }
 
     async fn register(&self, me: &Instance) -> Result<(), ResolveError> {
