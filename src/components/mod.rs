@@ -89,6 +89,11 @@ impl Registry {
             "v1",
             Factory::Secret(|md| Box::pin(secretstores::local_env::build(md))),
         );
+        r.register(
+            "secretstores.kubernetes",
+            "v1",
+            Factory::Secret(|md| Box::pin(secretstores::kubernetes::build(md))),
+        );
         r
     }
 

@@ -1,5 +1,6 @@
 //! The secret store kind: read-only named secrets, each a map of key to value.
 
+pub mod kubernetes;
 pub mod local_env;
 pub mod local_file;
 
