@@ -2,6 +2,7 @@
 
 use clap::{Parser, Subcommand};
 
+use crate::crdgen::CrdsArgs;
 use crate::run::RunArgs;
 use crate::sidecar::Args;
 
@@ -22,6 +23,8 @@ pub enum Command {
     Sidecar(Box<Args>),
     /// Local development: a sidecar with embedded defaults next to your app (like `dapr run`).
     Run(Box<RunArgs>),
+    /// Print the CustomResourceDefinitions of the Dapr kinds (or, with --write, refresh crds/ and the chart's copy).
+    Crds(CrdsArgs),
 }
 
 impl Command {
@@ -30,6 +33,7 @@ impl Command {
         match self {
             Command::Sidecar(a) => (&a.log_level, a.log_as_json),
             Command::Run(r) => (&r.sidecar.log_level, r.sidecar.log_as_json),
+            Command::Crds(_) => ("warn", false),
         }
     }
 }
@@ -73,6 +77,17 @@ mod tests {
         assert!(a.log_as_json);
         assert_eq!(a.dapr_listen_addresses, ["127.0.0.1", "::1"]);
         assert_eq!(a.app_port, Some(3000));
+    }
+
+    #[test]
+    fn crds_prints_unless_asked_to_write() {
+        let cli = Cli::try_parse_from(["tandem", "crds"]).unwrap();
+        let Command::Crds(a) = cli.command else { panic!("crds") };
+        assert!(!a.write);
+        let cli = Cli::try_parse_from(["tandem", "crds", "--write", "--root", "/tmp/x"]).unwrap();
+        let Command::Crds(a) = cli.command else { panic!("crds") };
+        assert!(a.write);
+        assert_eq!(a.root, std::path::Path::new("/tmp/x"));
     }
 
     #[test]

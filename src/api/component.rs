@@ -1,10 +1,12 @@
 //! `Component` (dapr.io/v1alpha1): a configured building-block backend such as `state.redis`.
 
+use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
-use super::common::{Auth, NameValuePair, ObjectMeta};
+use super::common::{Auth, NameValuePair, ObjectMeta, ResourceStatus};
 
-#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+/// A Dapr component: the type and version of a building-block backend and the metadata that configures it.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct Component {
     #[serde(default = "api_version")]
@@ -14,10 +16,14 @@ pub struct Component {
     #[serde(default)]
     pub metadata: ObjectMeta,
     pub spec: ComponentSpec,
+    /// The secret store that resolves this component's `secretKeyRef`s.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub auth: Option<Auth>,
+    /// App ids allowed to load this component; every app in the namespace when empty.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub scopes: Vec<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub status: Option<ResourceStatus>,
 }
 
 fn api_version() -> String {
@@ -27,7 +33,8 @@ fn kind() -> String {
     "Component".into()
 }
 
-#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+/// The backend a component configures.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct ComponentSpec {
     /// Dapr component type, e.g. `state.redis`.
@@ -36,6 +43,7 @@ pub struct ComponentSpec {
     /// Component version, e.g. `v1`.
     #[serde(default)]
     pub version: String,
+    /// The component's configuration as name/value pairs.
     #[serde(default)]
     pub metadata: Vec<NameValuePair>,
     /// How long initialisation may take (Go duration, e.g. `5s`).
@@ -71,6 +79,7 @@ impl Component {
             },
             auth: None,
             scopes: vec![],
+            status: None,
         }
     }
 

@@ -2,11 +2,15 @@
 
 use std::collections::BTreeMap;
 
+use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
+use serde_json::json;
 
-use super::common::ObjectMeta;
+use super::common::{ObjectMeta, ResourceStatus};
 
-#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+/// Runtime settings for the apps that name it (`dapr.io/config`): secret scopes, access control, name resolution,
+/// features, tracing, metrics, middleware and more.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct Configuration {
     #[serde(default)]
@@ -17,20 +21,28 @@ pub struct Configuration {
     pub metadata: ObjectMeta,
     #[serde(default)]
     pub spec: ConfigurationSpec,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub status: Option<ResourceStatus>,
 }
 
 /// Every field Dapr accepts; the ones tandem acts on are typed, the rest are kept as they were written.
-#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase")]
+#[schemars(transform = untyped_sections)]
 pub struct ConfigurationSpec {
+    /// Which secrets each secret store may hand to the app.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub secrets: Option<SecretsSpec>,
+    /// Which apps may invoke which operations of the app (checked on the callee's side).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub access_control: Option<AccessControlSpec>,
+    /// The name-resolution component used for service invocation.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub name_resolution: Option<NameResolutionSpec>,
+    /// Preview features switched on or off.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub features: Vec<FeatureSpec>,
+    /// Logging settings.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub logging: Option<LoggingSpec>,
     /// Fields tandem does not act on yet (tracing, metrics, httpPipeline, mtls, api, ...), kept verbatim.
@@ -38,23 +50,67 @@ pub struct ConfigurationSpec {
     pub other: BTreeMap<String, serde_json::Value>,
 }
 
-#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+/// Sections of a Dapr Configuration that tandem keeps verbatim, with their description.
+const UNTYPED_SECTIONS: &[(&str, &str)] = &[
+    ("api", "Dapr APIs the app may (allowed) or may not (denied) call."),
+    (
+        "appHttpPipeline",
+        "Middleware applied to calls from the sidecar to the app.",
+    ),
+    ("components", "Component types the sidecar refuses to load (deny)."),
+    (
+        "httpPipeline",
+        "Middleware applied to calls into the sidecar's HTTP API.",
+    ),
+    ("metric", "Metrics settings (older name of metrics)."),
+    (
+        "metrics",
+        "Metrics settings: enabled, HTTP path matching, rules, latency buckets.",
+    ),
+    ("mtls", "Sidecar mTLS settings (control-plane Configuration)."),
+    ("tracing", "Tracing: samplingRate, stdout, zipkin and otel exporters."),
+    ("wasm", "WebAssembly runtime settings."),
+    ("workflow", "Workflow engine limits and state retention."),
+];
+
+/// Lists the sections tandem does not type as schemaless objects, so `kubectl explain` shows them; any other
+/// field is kept too (the spec preserves unknown fields).
+fn untyped_sections(schema: &mut schemars::Schema) {
+    if let Some(props) = schema.get_mut("properties").and_then(|p| p.as_object_mut()) {
+        for (name, description) in UNTYPED_SECTIONS {
+            props.entry(*name).or_insert_with(|| {
+                json!({
+                    "type": "object",
+                    "description": description,
+                    "x-kubernetes-preserve-unknown-fields": true,
+                })
+            });
+        }
+    }
+}
+
+/// Secret scoping per secret store.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct SecretsSpec {
+    /// One entry per secret store whose secrets are restricted.
     #[serde(default)]
     pub scopes: Vec<SecretsScope>,
 }
 
 /// Which secrets of one store the app may read.
-#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct SecretsScope {
+    /// Name of the secret store component.
     pub store_name: String,
     /// `allow` (default) or `deny`.
     #[serde(default)]
     pub default_access: String,
+    /// Only these secrets may be read (overrides the default access).
     #[serde(default)]
     pub allowed_secrets: Vec<String>,
+    /// These secrets may not be read.
     #[serde(default)]
     pub denied_secrets: Vec<String>,
 }
@@ -72,72 +128,99 @@ impl SecretsScope {
     }
 }
 
-#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+/// Service-invocation access control, applied by the callee's sidecar.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct AccessControlSpec {
+    /// `allow` or `deny` for callers no policy matches.
     #[serde(default)]
     pub default_action: String,
+    /// Trust domain of this app's identity (`public` when empty).
     #[serde(default)]
     pub trust_domain: String,
+    /// Per-caller policies.
     #[serde(default)]
     pub policies: Vec<AppPolicy>,
 }
 
-#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+/// What one calling app may do.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct AppPolicy {
+    /// App id of the caller.
     pub app_id: String,
+    /// `allow` or `deny` for this caller's operations no entry matches.
     #[serde(default)]
     pub default_action: String,
+    /// Trust domain of the caller.
     #[serde(default)]
     pub trust_domain: String,
+    /// Namespace of the caller.
     #[serde(default)]
     pub namespace: String,
+    /// Per-operation rules.
     #[serde(default)]
     pub operations: Vec<AppOperation>,
 }
 
-#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+/// A rule for one operation (method path, `*` wildcards allowed).
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct AppOperation {
+    /// Operation path, e.g. `/orders/*`.
     pub name: String,
+    /// HTTP verbs the rule covers (`*` for all).
     #[serde(default)]
     pub http_verb: Vec<String>,
+    /// `allow` or `deny`.
     pub action: String,
 }
 
-#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+/// The name resolver and its settings.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct NameResolutionSpec {
+    /// Resolver type, e.g. `kubernetes`, `mdns` or `sqlite`.
     #[serde(default)]
     pub component: String,
+    /// Resolver version, e.g. `v1`.
     #[serde(default)]
     pub version: String,
+    /// Resolver-specific settings (free-form).
     #[serde(default)]
     pub configuration: serde_json::Value,
 }
 
-#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+/// A preview feature switch.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
 pub struct FeatureSpec {
+    /// Feature name, e.g. `HotReload`.
     pub name: String,
+    /// Whether the feature is on.
     #[serde(default)]
     pub enabled: bool,
 }
 
-#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+/// Logging settings.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct LoggingSpec {
+    /// Logging of API calls.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub api_logging: Option<ApiLoggingSpec>,
 }
 
-#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+/// API-call logging.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct ApiLoggingSpec {
+    /// Log every API call by default.
     #[serde(default)]
     pub enabled: bool,
-    #[serde(default)]
+    /// Log URL templates instead of URLs (Dapr spells the field `obfuscateURLs`).
+    #[serde(default, rename = "obfuscateURLs", alias = "obfuscateUrls")]
     pub obfuscate_urls: bool,
+    /// Leave health checks out of the log.
     #[serde(default)]
     pub omit_health_checks: bool,
 }
