@@ -17,6 +17,19 @@ pub struct ApiError {
     /// `google.rpc.ErrorInfo` reason sent as error details (gRPC status details, HTTP `details`), as Dapr does
     /// for its structured errors; SDKs read it as the error code.
     pub reason: Option<&'static str>,
+    /// More structured details some of Dapr's errors carry.
+    pub extras: Option<Box<ErrorExtras>>,
+}
+
+/// `google.rpc` details beyond ErrorInfo: who asked, which resource, which field was bad.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct ErrorExtras {
+    /// `appID` in the ErrorInfo metadata (HTTP only, as Dapr does).
+    pub app_id: Option<String>,
+    /// ResourceInfo: (resource type, resource name), e.g. ("state", "statestore").
+    pub resource: Option<(&'static str, String)>,
+    /// BadRequest field violation: (field, description).
+    pub bad_field: Option<(String, String)>,
 }
 
 impl std::fmt::Display for ApiError {
@@ -37,7 +50,24 @@ impl ApiError {
             code,
             message: message.into(),
             reason: None,
+            extras: None,
         }
+    }
+
+    fn extras_mut(&mut self) -> &mut ErrorExtras {
+        self.extras.get_or_insert_with(Default::default)
+    }
+
+    /// Names the app the error happened in (ErrorInfo metadata `appID` on HTTP).
+    pub fn for_app(mut self, app_id: &str) -> Self {
+        self.extras_mut().app_id = Some(app_id.to_owned());
+        self
+    }
+
+    /// Names the resource the error is about (ResourceInfo).
+    pub fn on_resource(mut self, kind: &'static str, name: &str) -> Self {
+        self.extras_mut().resource = Some((kind, name.to_owned()));
+        self
     }
 
     /// Adds the ErrorInfo reason Dapr attaches to this error.
@@ -161,13 +191,11 @@ impl ApiError {
         .with_reason("DAPR_STATE_NOT_FOUND")
     }
     pub fn illegal_key(key: &str) -> Self {
-        Self::new(
-            400,
-            Code::InvalidArgument,
-            "ERR_MALFORMED_REQUEST",
-            format!("input key/keyPrefix '{key}' can't contain '||'"),
-        )
-        .with_reason("DAPR_STATE_ILLEGAL_KEY")
+        let message = format!("input key/keyPrefix '{key}' can't contain '||'");
+        let mut e = Self::new(400, Code::InvalidArgument, "ERR_MALFORMED_REQUEST", message.clone())
+            .with_reason("DAPR_STATE_ILLEGAL_KEY");
+        e.extras_mut().bad_field = Some((key.to_owned(), message));
+        e
     }
     pub fn state_get(key: &str, store: &str, e: &StateError) -> Self {
         Self::from_state(

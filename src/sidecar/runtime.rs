@@ -52,6 +52,7 @@ pub struct BulkItem {
 
 /// A loaded state store with its key prefix (`""` or `"<prefix>||"`).
 pub struct StateEntry {
+    pub name: String,
     pub store: Arc<dyn StateStore>,
     pub prefix: String,
 }
@@ -59,7 +60,7 @@ pub struct StateEntry {
 impl StateEntry {
     fn key(&self, key: &str) -> ApiResult<String> {
         if key.contains("||") {
-            return Err(ApiError::illegal_key(key));
+            return Err(ApiError::illegal_key(key).on_resource("state", &self.name));
         }
         Ok(format!("{}{key}", self.prefix))
     }
@@ -235,10 +236,14 @@ impl Runtime {
         } else {
             format!("{prefix}||")
         };
-        self.state
-            .write()
-            .expect("lock")
-            .insert(info.name.clone(), Arc::new(StateEntry { store, prefix }));
+        self.state.write().expect("lock").insert(
+            info.name.clone(),
+            Arc::new(StateEntry {
+                name: info.name.clone(),
+                store,
+                prefix,
+            }),
+        );
         self.components.write().expect("lock").push(info);
         Ok(())
     }
@@ -275,12 +280,12 @@ impl Runtime {
     pub fn state_store(&self, name: &str) -> ApiResult<Arc<StateEntry>> {
         let stores = self.state.read().expect("lock");
         if stores.is_empty() {
-            return Err(ApiError::state_stores_not_configured(name));
+            return Err(ApiError::state_stores_not_configured(name).for_app(&self.app_id));
         }
         stores
             .get(name)
             .cloned()
-            .ok_or_else(|| ApiError::state_store_not_found(name))
+            .ok_or_else(|| ApiError::state_store_not_found(name).for_app(&self.app_id))
     }
 
     pub async fn get_state(&self, store: &str, key: &str) -> ApiResult<Option<StateItem>> {

@@ -616,10 +616,6 @@ def test_plus_in_key_segment_is_a_space(main):
     assert r.status_code == 200
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "tandem bug: HTTP error bodies never carry 'details'. Dapr's kit/errors (e.g. StateStoreError.NotFound, "
-    "pkg/api/errors/state.go) serialise as {errorCode, message, details:[ErrorInfo{reason: "
-    "DAPR_STATE_NOT_FOUND, metadata: {appID}}]}"))
 def test_http_errors_carry_details(main):
     r = requests.get(main.url("/v1.0/state/nope/k"), timeout=10)
     body = r.json()

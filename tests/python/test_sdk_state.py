@@ -366,11 +366,6 @@ def test_unknown_store_is_invalid_argument(client, call):
     assert e.value.details() == "state store nope is not found"
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "tandem bug: gRPC errors carry no google.rpc status details. Dapr builds state errors with "
-    "kit/errors (pkg/api/errors/state.go NotFound/InvalidKeyName): ErrorInfo reason DAPR_STATE_NOT_FOUND / "
-    "DAPR_STATE_ILLEGAL_KEY (+ BadRequest field violation and ResourceInfo), which the SDK exposes as "
-    "DaprGrpcError.error_code() / status_details()"))
 def test_state_errors_carry_dapr_error_details(client):
     with pytest.raises(grpc.RpcError) as e:
         client.get_state("nope", "k")

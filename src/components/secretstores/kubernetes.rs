@@ -18,9 +18,11 @@ pub struct KubernetesStore {
 }
 
 pub async fn build(md: Metadata) -> Result<Arc<dyn SecretStore>, ComponentError> {
-    let client = kube::Client::try_default()
-        .await
-        .map_err(|e| ComponentError::Init(format!("no Kubernetes API access (in-cluster config or kubeconfig): {e}")))?;
+    let client = kube::Client::try_default().await.map_err(|e| {
+        ComponentError::Init(format!(
+            "no Kubernetes API access (in-cluster config or kubeconfig): {e}"
+        ))
+    })?;
     Ok(Arc::new(KubernetesStore::new(client, &md.namespace)))
 }
 
@@ -40,11 +42,17 @@ fn decode(secret: K8sSecret) -> Secret {
 impl KubernetesStore {
     pub fn new(client: kube::Client, namespace: &str) -> Self {
         let namespace = if namespace.is_empty() { "default" } else { namespace };
-        KubernetesStore { client, namespace: namespace.to_owned() }
+        KubernetesStore {
+            client,
+            namespace: namespace.to_owned(),
+        }
     }
 
     fn api(&self, metadata: &BTreeMap<String, String>) -> Api<K8sSecret> {
-        let ns = metadata.get("namespace").filter(|n| !n.is_empty()).unwrap_or(&self.namespace);
+        let ns = metadata
+            .get("namespace")
+            .filter(|n| !n.is_empty())
+            .unwrap_or(&self.namespace);
         Api::namespaced(self.client.clone(), ns)
     }
 }
@@ -89,7 +97,10 @@ mod tests {
         tokio::spawn(async move {
             while let Some((req, send)) = handle.next_request().await {
                 let (status, body) = answer(req.method().as_str(), req.uri().path());
-                let resp = Response::builder().status(status).body(Body::from(serde_json::to_vec(&body).unwrap())).unwrap();
+                let resp = Response::builder()
+                    .status(status)
+                    .body(Body::from(serde_json::to_vec(&body).unwrap()))
+                    .unwrap();
                 send.send_response(resp);
             }
         });
@@ -109,17 +120,27 @@ mod tests {
         let client = client_answering(|method, path| match (method, path) {
             ("GET", "/api/v1/namespaces/shop/secrets/db") => (200, secret("db", "password", "hunter2")),
             ("GET", "/api/v1/namespaces/other/secrets/db") => (200, secret("db", "password", "other")),
-            ("GET", "/api/v1/namespaces/shop/secrets") => {
-                (200, serde_json::json!({"apiVersion": "v1", "kind": "SecretList", "metadata": {}, "items": [secret("db", "password", "hunter2"), secret("api", "token", "t")]}))
-            }
-            _ => (404, serde_json::json!({"kind": "Status", "apiVersion": "v1", "status": "Failure", "reason": "NotFound", "code": 404, "message": "not found"})),
+            ("GET", "/api/v1/namespaces/shop/secrets") => (
+                200,
+                serde_json::json!({"apiVersion": "v1", "kind": "SecretList", "metadata": {}, "items": [secret("db", "password", "hunter2"), secret("api", "token", "t")]}),
+            ),
+            _ => (
+                404,
+                serde_json::json!({"kind": "Status", "apiVersion": "v1", "status": "Failure", "reason": "NotFound", "code": 404, "message": "not found"}),
+            ),
         });
         let store = KubernetesStore::new(client, "shop");
         let none = BTreeMap::new();
-        assert_eq!(store.get("db", &none).await.unwrap(), BTreeMap::from([("password".into(), "hunter2".into())]));
+        assert_eq!(
+            store.get("db", &none).await.unwrap(),
+            BTreeMap::from([("password".into(), "hunter2".into())])
+        );
         let other = BTreeMap::from([("namespace".to_owned(), "other".to_owned())]);
         assert_eq!(store.get("db", &other).await.unwrap()["password"], "other");
-        assert_eq!(store.get("missing", &none).await, Err(SecretError::NotFound("missing".into())));
+        assert_eq!(
+            store.get("missing", &none).await,
+            Err(SecretError::NotFound("missing".into()))
+        );
         let all = store.bulk_get(&none).await.unwrap();
         assert_eq!(all.keys().collect::<Vec<_>>(), ["api", "db"]);
     }

@@ -52,14 +52,20 @@ pub fn router(
 
 impl From<ApiError> for Status {
     fn from(e: ApiError) -> Self {
-        match e.reason {
-            Some(reason) => Status::with_error_details(
-                e.grpc,
-                e.message,
-                ErrorDetails::with_error_info(reason, "dapr.io", std::collections::HashMap::new()),
-            ),
-            None => Status::new(e.grpc, e.message),
+        let Some(reason) = e.reason else {
+            return Status::new(e.grpc, e.message);
+        };
+        let mut details = ErrorDetails::new();
+        details.set_error_info(reason, "dapr.io", std::collections::HashMap::new());
+        if let Some(extras) = e.extras.as_deref() {
+            if let Some((kind, name)) = &extras.resource {
+                details.set_resource_info(*kind, name.as_str(), "", "");
+            }
+            if let Some((field, description)) = &extras.bad_field {
+                details.add_bad_request_violation(field.as_str(), description.as_str());
+            }
         }
+        Status::with_error_details(e.grpc, e.message, details)
     }
 }
 

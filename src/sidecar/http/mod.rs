@@ -37,12 +37,28 @@ impl IntoResponse for ApiError {
         let status = StatusCode::from_u16(self.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
         let mut body = serde_json::json!({ "errorCode": self.code, "message": self.message });
         if let Some(reason) = self.reason {
-            body["details"] = serde_json::json!([{
+            // Dapr's order: request-specific details, then ResourceInfo, then ErrorInfo.
+            let extras = self.extras.as_deref().cloned().unwrap_or_default();
+            let mut details = vec![];
+            if let Some((field, description)) = &extras.bad_field {
+                details.push(serde_json::json!({
+                    "@type": "type.googleapis.com/google.rpc.BadRequest",
+                    "field_violations": [{ "field": field, "description": description }],
+                }));
+            }
+            if let Some((kind, name)) = &extras.resource {
+                details.push(serde_json::json!({
+                    "@type": "type.googleapis.com/google.rpc.ResourceInfo",
+                    "description": "", "owner": "", "resource_name": name, "resource_type": kind,
+                }));
+            }
+            details.push(serde_json::json!({
                 "@type": "type.googleapis.com/google.rpc.ErrorInfo",
                 "domain": "dapr.io",
-                "metadata": null,
+                "metadata": extras.app_id.map(|id| serde_json::json!({ "appID": id })),
                 "reason": reason,
-            }]);
+            }));
+            body["details"] = serde_json::Value::Array(details);
         }
         let mut resp = (status, body.to_string()).into_response();
         resp.headers_mut()
