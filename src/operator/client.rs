@@ -38,11 +38,11 @@ use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tracing::Instrument;
 
-use super::kinds::{DaprKind, DaprResource};
-use super::wire::{ErrorBody, EventType, ResourceEvent, SidecarResources};
+use super::wire::ErrorBody;
 use crate::api::Configuration;
 
-pub use super::wire::TOKEN_AUDIENCE;
+pub use super::kinds::{DaprKind, DaprResource};
+pub use super::wire::{EventType, ResourceEvent, SidecarResources, TOKEN_AUDIENCE};
 
 /// Where the projected ServiceAccount token (audience `tandem-api`) is mounted by default.
 pub const DEFAULT_TOKEN_PATH: &str = "/var/run/secrets/tandem.io/token";
