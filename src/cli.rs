@@ -3,6 +3,7 @@
 use clap::{Parser, Subcommand};
 
 use crate::crdgen::CrdsArgs;
+use crate::operator::OperatorArgs;
 use crate::run::RunArgs;
 use crate::sidecar::Args;
 
@@ -25,6 +26,8 @@ pub enum Command {
     Run(Box<RunArgs>),
     /// Print the CustomResourceDefinitions of the Dapr kinds (or, with --write, refresh crds/ and the chart's copy).
     Crds(CrdsArgs),
+    /// The Kubernetes operator: `<app-id>-dapr` Services, resource validation status, the sidecar API.
+    Operator(Box<OperatorArgs>),
 }
 
 impl Command {
@@ -34,6 +37,7 @@ impl Command {
             Command::Sidecar(a) => (&a.log_level, a.log_as_json),
             Command::Run(r) => (&r.sidecar.log_level, r.sidecar.log_as_json),
             Command::Crds(_) => ("warn", false),
+            Command::Operator(o) => (&o.log_level, o.log_as_json),
         }
     }
 }
@@ -98,5 +102,31 @@ mod tests {
         .unwrap();
         let Command::Run(r) = cli.command else { panic!("run") };
         assert_eq!(r.command, ["python3", "app.py", "--port", "1"]);
+    }
+
+    #[test]
+    fn operator_flags() {
+        let cli = Cli::try_parse_from([
+            "tandem",
+            "operator",
+            "--api-port",
+            "6501",
+            "--health-port",
+            "8081",
+            "--leader-elect",
+            "--tls-cert-file",
+            "/tls/tls.crt",
+            "--tls-key-file",
+            "/tls/tls.key",
+        ])
+        .unwrap();
+        let Command::Operator(o) = cli.command else {
+            panic!("operator")
+        };
+        assert_eq!((o.api_port, o.health_port, o.leader_elect), (6501, 8081, true));
+        assert_eq!(o.tls_key_file.as_deref(), Some(std::path::Path::new("/tls/tls.key")));
+        assert_eq!(o.token_audience, "tandem-api");
+        let err = Cli::try_parse_from(["tandem", "operator", "--tls-cert-file", "c"]).unwrap_err();
+        assert!(err.to_string().contains("--tls-key-file"), "{err}");
     }
 }

@@ -13,6 +13,7 @@ async fn main() -> ExitCode {
         Command::Sidecar(args) => tandem::sidecar::run(*args).await.map(|()| ExitCode::SUCCESS),
         Command::Run(args) => tandem::run::run(*args).await,
         Command::Crds(args) => tandem::crdgen::run(args).map(|()| ExitCode::SUCCESS),
+        Command::Operator(args) => tandem::operator::run(*args).await.map(|()| ExitCode::SUCCESS),
     };
     match result {
         Ok(code) => code,
