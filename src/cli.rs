@@ -2,6 +2,7 @@
 
 use clap::{Parser, Subcommand};
 
+use crate::injector::InjectorArgs;
 use crate::run::RunArgs;
 use crate::sidecar::Args;
 
@@ -22,6 +23,8 @@ pub enum Command {
     Sidecar(Box<Args>),
     /// Local development: a sidecar with embedded defaults next to your app (like `dapr run`).
     Run(Box<RunArgs>),
+    /// The sidecar injector: a mutating admission webhook adding the sidecar to annotated pods.
+    Injector(Box<InjectorArgs>),
 }
 
 impl Command {
@@ -30,6 +33,7 @@ impl Command {
         match self {
             Command::Sidecar(a) => (&a.log_level, a.log_as_json),
             Command::Run(r) => (&r.sidecar.log_level, r.sidecar.log_as_json),
+            Command::Injector(i) => (&i.log_level, i.log_as_json),
         }
     }
 }

@@ -3,6 +3,7 @@
 pub mod api;
 pub mod cli;
 pub mod components;
+pub mod injector;
 pub mod run;
 pub mod sidecar;
 pub mod telemetry;

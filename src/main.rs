@@ -12,6 +12,7 @@ async fn main() -> ExitCode {
     let result = match cli.command {
         Command::Sidecar(args) => tandem::sidecar::run(*args).await.map(|()| ExitCode::SUCCESS),
         Command::Run(args) => tandem::run::run(*args).await,
+        Command::Injector(args) => tandem::injector::run(*args).await.map(|()| ExitCode::SUCCESS),
     };
     match result {
         Ok(code) => code,

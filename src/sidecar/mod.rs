@@ -4,6 +4,7 @@
 pub mod acl;
 pub mod app_channel;
 pub mod args;
+pub mod args_render;
 pub mod error;
 pub mod grpc;
 pub mod http;
