@@ -3,6 +3,7 @@
 use clap::{Parser, Subcommand};
 
 use crate::crdgen::CrdsArgs;
+use crate::injector::InjectorArgs;
 use crate::operator::OperatorArgs;
 use crate::run::RunArgs;
 use crate::sidecar::Args;
@@ -28,6 +29,8 @@ pub enum Command {
     Crds(CrdsArgs),
     /// The Kubernetes operator: `<app-id>-dapr` Services, resource validation status, the sidecar API.
     Operator(Box<OperatorArgs>),
+    /// The sidecar injector: a mutating admission webhook adding the sidecar to annotated pods.
+    Injector(Box<InjectorArgs>),
 }
 
 impl Command {
@@ -38,6 +41,7 @@ impl Command {
             Command::Run(r) => (&r.sidecar.log_level, r.sidecar.log_as_json),
             Command::Crds(_) => ("warn", false),
             Command::Operator(o) => (&o.log_level, o.log_as_json),
+            Command::Injector(i) => (&i.log_level, i.log_as_json),
         }
     }
 }

@@ -4,6 +4,7 @@ pub mod api;
 pub mod cli;
 pub mod components;
 pub mod crdgen;
+pub mod injector;
 pub mod operator;
 pub mod run;
 pub mod sidecar;

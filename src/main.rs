@@ -14,6 +14,7 @@ async fn main() -> ExitCode {
         Command::Run(args) => tandem::run::run(*args).await,
         Command::Crds(args) => tandem::crdgen::run(args).map(|()| ExitCode::SUCCESS),
         Command::Operator(args) => tandem::operator::run(*args).await.map(|()| ExitCode::SUCCESS),
+        Command::Injector(args) => tandem::injector::run(*args).await.map(|()| ExitCode::SUCCESS),
     };
     match result {
         Ok(code) => code,

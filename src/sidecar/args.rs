@@ -98,6 +98,9 @@ pub struct Args {
     /// Address of the placement service (used by actors).
     #[arg(long)]
     pub placement_host_address: Option<String>,
+    /// Address of the tandem operator's sidecar API (kubernetes mode)
+    #[arg(long, default_value = "")]
+    pub control_plane_address: String,
     /// Namespace of this app (kubernetes mode sets it from the pod).
     #[arg(long = "namespace", env = "NAMESPACE", default_value = "default", hide = true)]
     pub namespace: String,

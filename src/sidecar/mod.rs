@@ -4,6 +4,7 @@
 pub mod acl;
 pub mod app_channel;
 pub mod args;
+pub mod args_render;
 pub mod error;
 pub mod grpc;
 pub mod http;
@@ -86,13 +87,24 @@ async fn bind_all(
             }
         }
     };
+    // Like daprd, an address that cannot be bound (e.g. [::1] where IPv6 is off) is skipped with a warning as
+    // long as another one works.
     let mut out = vec![];
+    let mut failures = vec![];
     for a in addrs {
-        let l = TcpListener::bind(sock(a, port)?)
-            .await
-            .with_context(|| format!("listening on {a}:{port}"))?;
-        port = l.local_addr()?.port();
-        out.push(l);
+        match TcpListener::bind(sock(a, port)?).await {
+            Ok(l) => {
+                port = l.local_addr()?.port();
+                out.push(l);
+            }
+            Err(e) => failures.push(format!("{a}:{port}: {e}")),
+        }
+    }
+    if out.is_empty() {
+        anyhow::bail!("listening on {}", failures.join("; "));
+    }
+    for f in failures {
+        tracing::warn!("could not listen on {f}; serving on the other addresses");
     }
     Ok(out)
 }

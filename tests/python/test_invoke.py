@@ -283,13 +283,14 @@ def test_tandem_run_apps_find_each_other_without_configuration(tandem, tmp_path)
         script = (
             "import os, time, urllib.request\n"
             "url = f\"http://127.0.0.1:{os.environ['DAPR_HTTP_PORT']}/v1.0/invoke/runcallee/method/hi\"\n"
-            "for _ in range(100):\n"
+            "deadline = time.time() + 30\n"
+            "while time.time() < deadline:\n"
             "    try:\n"
             "        r = urllib.request.urlopen(url, timeout=5)\n"
             "        raise SystemExit(0 if r.status == 200 and b'runcallee' in r.read() else 3)\n"
             "    except OSError:\n"
             "        time.sleep(0.1)\n"
-            "raise SystemExit(4)\n"
+            "raise SystemExit(4)  # the callee never answered\n"
         )
         caller = subprocess.run(
             [tandem, "run", "--app-id", "runcaller", "--dapr-http-port", "0", "--dapr-grpc-port", "0",
