@@ -7,6 +7,7 @@ pub mod args;
 pub mod args_render;
 pub mod error;
 pub mod grpc;
+pub mod hot_reload;
 pub mod http;
 pub mod invoke;
 pub mod loader;
@@ -129,12 +130,36 @@ impl Sidecar {
         let started = Instant::now();
         args.validate().map_err(anyhow::Error::msg)?;
         let max_body = args.max_body_bytes().map_err(anyhow::Error::msg)?;
-        let config = if args.config.is_empty() {
-            Configuration::default()
+        // Kubernetes mode: resources and Configuration come from the operator (and keep coming: hot reload).
+        let operator = if args.mode == Mode::Kubernetes && !args.control_plane_address.is_empty() {
+            let mut builder = crate::operator::client::OperatorClient::builder(&hot_reload::operator_url(
+                &args.control_plane_address,
+            ))
+            .namespace(&args.namespace);
+            if !args.config.is_empty() {
+                builder = builder.configuration(&args.config);
+            }
+            Some(builder.build().map_err(|e| anyhow::anyhow!("operator client: {e}"))?)
         } else {
-            loader::load_configuration(&args.config)?
+            None
         };
-        let resources = if args.resources_path.is_empty() {
+        let config = match &operator {
+            _ if args.config.is_empty() => Configuration::default(),
+            Some(op) => op
+                .configuration(&args.config)
+                .await
+                .map_err(|e| anyhow::anyhow!("loading Configuration {:?} from the operator: {e}", args.config))?,
+            None => loader::load_configuration(&args.config)?,
+        };
+        let mut baseline = None;
+        let mut resources = if let Some(op) = &operator {
+            let r = op
+                .resources(&args.app_id)
+                .await
+                .map_err(|e| anyhow::anyhow!("loading resources from the operator: {e}"))?;
+            baseline = Some(r.clone());
+            Resources::from(r)
+        } else if args.resources_path.is_empty() {
             Resources {
                 components: defaults.components.clone(),
                 ..Default::default()
@@ -142,6 +167,12 @@ impl Sidecar {
         } else {
             Resources::load(&args.resources_path, &args.app_id, &args.namespace)?
         };
+        if args.mode == Mode::Kubernetes && !resources.components.iter().any(|c| c.name() == "kubernetes") {
+            let mut builtin = hot_reload::builtin_kubernetes_secret_store();
+            // Outside a cluster (tests, local runs in kubernetes mode) there is no API to read Secrets from.
+            builtin.spec.ignore_errors = true;
+            resources.components.insert(0, builtin);
+        }
         let channel = AppChannel::from_args(&args);
         let probe = args.enable_app_health_check.then(|| HealthProbe {
             path: args.app_health_check_path.clone(),
@@ -326,6 +357,7 @@ impl Sidecar {
                 resolver: resolver.clone(),
                 me,
                 invoker,
+                operator: operator.zip(baseline),
             },
         ));
         let grace = Duration::from_secs(args.dapr_graceful_shutdown_seconds.max(0) as u64);
@@ -420,6 +452,15 @@ async fn initialise(
         }
     }
     rt.health.set_outbound_ready();
+    if let Some((client, baseline)) = registration.operator.clone() {
+        tokio::spawn(hot_reload::follow(
+            rt.clone(),
+            registration.invoker.clone(),
+            client,
+            baseline,
+            mode,
+        ));
+    }
     if let Some(channel) = &channel {
         channel.wait_until_listening(&rt.shutdown).await;
         if let Some(p) = probe {
@@ -443,6 +484,11 @@ struct Registration {
     resolver: Arc<dyn nameresolution::NameResolver>,
     me: nameresolution::Instance,
     invoker: Arc<invoke::Invoker>,
+    /// Kubernetes mode: the operator to follow for changes, from what was loaded at start.
+    operator: Option<(
+        crate::operator::client::OperatorClient,
+        crate::operator::client::SidecarResources,
+    )>,
 }
 
 /// Cancels `token` on SIGINT or SIGTERM.

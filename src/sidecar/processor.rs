@@ -56,6 +56,12 @@ pub async fn load_components(
     Ok(())
 }
 
+/// Initialises one component (again), as hot reload does; an actor state store replacing itself is fine.
+pub async fn load_component(rt: &Runtime, registry: &Registry, c: &Component, mode: Mode) -> Result<(), String> {
+    let mut actor_store = None;
+    init_one(rt, registry, c, mode, &mut actor_store).await
+}
+
 async fn init_one(
     rt: &Runtime,
     registry: &Registry,

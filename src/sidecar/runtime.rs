@@ -253,6 +253,16 @@ impl Runtime {
         self.components.write().expect("lock").push(info);
     }
 
+    /// Unregisters component `name` (if loaded) and closes it.
+    pub async fn remove_component(&self, name: &str) {
+        let state = self.state.write().expect("lock").remove(name);
+        self.secrets.write().expect("lock").remove(name);
+        self.components.write().expect("lock").retain(|c| c.name != name);
+        if let Some(entry) = state {
+            entry.store.close().await;
+        }
+    }
+
     pub fn secret_store(&self, name: &str) -> Option<Arc<dyn SecretStore>> {
         self.secrets.read().expect("lock").get(name).cloned()
     }
