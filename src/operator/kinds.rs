@@ -105,10 +105,14 @@ impl DaprResource {
         parsed.map_err(|e| format!("invalid {kind} {name:?}: {e}"))
     }
 
-    /// Converts a watched object, dropping the bookkeeping fields (`managedFields`, `resourceVersion`) that change
-    /// without the resource changing, so that equal resources compare equal.
+    /// Converts a watched object, dropping the bookkeeping fields (`managedFields`, `resourceVersion`, `status`) that
+    /// change without the resource changing, so that equal resources compare equal. `status` is the operator's own
+    /// verdict: were it kept, every status write would reach sidecars as an update and reload the component.
     pub fn from_dynamic(kind: DaprKind, obj: &DynamicObject) -> Result<Self, String> {
-        let value = serde_json::to_value(obj).map_err(|e| format!("cannot encode {kind}: {e}"))?;
+        let mut value = serde_json::to_value(obj).map_err(|e| format!("cannot encode {kind}: {e}"))?;
+        if let Some(fields) = value.as_object_mut() {
+            fields.remove("status");
+        }
         let mut res = DaprResource::from_json(kind, value)?;
         let meta = res.meta_mut();
         meta.managed_fields = None;
@@ -207,7 +211,10 @@ mod tests {
                 "spec": {"type": "state.in-memory", "version": "v1", "metadata": []}})
         };
         let a: DynamicObject = serde_json::from_value(doc("1")).unwrap();
-        let b: DynamicObject = serde_json::from_value(doc("2")).unwrap();
+        let mut b = doc("2");
+        b["status"] = json!({"observedGeneration": 1, "conditions": [{"type": "Ready", "status": "True",
+            "reason": "Valid", "message": "ok", "lastTransitionTime": "2024-01-01T00:00:00Z"}]});
+        let b: DynamicObject = serde_json::from_value(b).unwrap();
         let (a, b) = (
             DaprResource::from_dynamic(DaprKind::Component, &a).unwrap(),
             DaprResource::from_dynamic(DaprKind::Component, &b).unwrap(),
