@@ -156,8 +156,30 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
-/// Opens the database and brings its schema to Dapr's migration level 1.
+/// Opens the database and brings its schema to Dapr's migration level 1. Sidecars started together create the
+/// file together, and SQLite answers SQLITE_BUSY at once, without waiting for busyTimeout, when waiting could
+/// deadlock (e.g. two connections switching a new file to WAL): such failures are retried for a while.
 fn open(cfg: &SqliteConfig) -> rusqlite::Result<Connection> {
+    let deadline = std::time::Instant::now() + OPEN_TIMEOUT / 2;
+    let mut delay = Duration::from_millis(5);
+    loop {
+        match open_once(cfg) {
+            Err(e)
+                if matches!(
+                    e.sqlite_error_code(),
+                    Some(rusqlite::ErrorCode::DatabaseBusy | rusqlite::ErrorCode::DatabaseLocked)
+                ) && std::time::Instant::now() + delay < deadline =>
+            {
+                tracing::debug!("name resolution sqlite: {e}; retrying in {delay:?}");
+                std::thread::sleep(delay.mul_f64(rand::random_range(0.5..1.5)));
+                delay = (delay * 2).min(Duration::from_millis(200));
+            }
+            result => return result,
+        }
+    }
+}
+
+fn open_once(cfg: &SqliteConfig) -> rusqlite::Result<Connection> {
     let cs = &cfg.connection_string;
     let flags = OpenFlags::SQLITE_OPEN_READ_WRITE
         | OpenFlags::SQLITE_OPEN_CREATE

@@ -116,7 +116,27 @@ impl SqliteStore {
             ))?;
             Ok(conn)
         };
-        let conn = init(cs).map_err(|e| ComponentError::Init(format!("opening sqlite database {cs:?}: {e}")))?;
+        // Sidecars started together (`tandem run`) create the file together, and SQLite answers SQLITE_BUSY at
+        // once, without waiting for the busy timeout, when waiting could deadlock (e.g. two connections switching
+        // a new file to WAL): such failures are retried for a while.
+        let deadline = std::time::Instant::now() + Duration::from_secs(30);
+        let mut delay = Duration::from_millis(5);
+        let conn = loop {
+            match init(cs) {
+                Err(e)
+                    if matches!(
+                        e.sqlite_error_code(),
+                        Some(rusqlite::ErrorCode::DatabaseBusy | rusqlite::ErrorCode::DatabaseLocked)
+                    ) && std::time::Instant::now() + delay < deadline =>
+                {
+                    tracing::debug!("sqlite {cs:?}: {e}; retrying in {delay:?}");
+                    std::thread::sleep(delay.mul_f64(rand::random_range(0.5..1.5)));
+                    delay = (delay * 2).min(Duration::from_millis(200));
+                }
+                result => break result,
+            }
+        };
+        let conn = conn.map_err(|e| ComponentError::Init(format!("opening sqlite database {cs:?}: {e}")))?;
         Ok(SqliteStore {
             conn: Arc::new(Mutex::new(conn)),
             table: cfg.table_name.clone(),
