@@ -48,7 +48,7 @@ pub async fn follow(
         let event = match event {
             Ok(e) => e,
             Err(e) => {
-                tracing::warn!("operator watch: {e}; reconnecting");
+                tracing::warn!("operator watch: {e}");
                 continue;
             }
         };
