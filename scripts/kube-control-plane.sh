@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# Builds a real Kubernetes control plane (kube-apiserver, kube-controller-manager, kubectl; etcd from Debian) for
-# tests/python/test_real_apiserver.py, on a machine with no cluster, no Docker engine and no access to dl.k8s.io:
+# Builds a real Kubernetes (kube-apiserver, kube-controller-manager, kube-scheduler, kubelet, kube-proxy, kubectl;
+# etcd from Debian) for tests/python/test_real_apiserver.py and the one-node cluster of tests/e2e/local-node, on a machine with no cluster, no Docker engine and no access to dl.k8s.io:
 # everything comes from Debian's archive. The source is Debian bookworm's `kubernetes` source package (Kubernetes
 # 1.20.2 with its vendor/ tree), built with Debian's Go 1.19.
 #
@@ -13,8 +13,10 @@ BIN="${TANDEM_KUBE_BIN:-$HOME/.cache/tandem-kube/bin}"
 WORK="${TANDEM_KUBE_SRC:-$HOME/.cache/tandem-kube/src}"
 mkdir -p "$BIN" "$WORK"
 
-if [ -x "$BIN/kube-apiserver" ] && [ -x "$BIN/kube-controller-manager" ] && [ -x "$BIN/kubectl" ] \
-  && [ -x "$BIN/etcd" ]; then
+TOOLS="kube-apiserver kube-controller-manager kube-scheduler kubelet kube-proxy kubectl"
+built=1
+for t in $TOOLS etcd; do [ -x "$BIN/$t" ] || built=0; done
+if [ "$built" = 1 ]; then
   echo "already built: $BIN"
   exit 0
 fi
@@ -41,8 +43,8 @@ rm -f vendor/github.com/modern-go/reflect2/go.mod
 mkdir -p .go/src/k8s.io
 ln -sfn ../../.. .go/src/k8s.io/kubernetes
 GOPATH="$PWD/.go" CGO_ENABLED=0 HOME="$WORK/home" GOCACHE="$WORK/gocache" \
-  make WHAT="cmd/kube-apiserver cmd/kube-controller-manager cmd/kubectl"
+  make WHAT="$(for t in $TOOLS; do printf 'cmd/%s ' "$t"; done)"
 
-install -m 0755 _output/bin/kube-apiserver _output/bin/kube-controller-manager _output/bin/kubectl "$BIN/"
+for t in $TOOLS; do install -m 0755 "_output/bin/$t" "$BIN/"; done
 ln -sfn "$(command -v etcd)" "$BIN/etcd"
 echo "installed into $BIN"

@@ -1,4 +1,7 @@
-//! Logging: tracing to stderr, filtered by `--log-level` (or RUST_LOG), as JSON with `--log-as-json`.
+//! Logging: tracing to stderr, filtered by `--log-level` (or RUST_LOG), as JSON with `--log-as-json`. Colours
+//! only on a terminal (never in a container's log) and not with NO_COLOR set.
+
+use std::io::IsTerminal;
 
 use tracing_subscriber::EnvFilter;
 
@@ -11,7 +14,8 @@ pub fn init(level: &str, json: bool) {
         .unwrap_or_else(|_| EnvFilter::new(format!("{level},h2=warn,hyper=warn,tower=warn,redis=warn")));
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr);
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal() && std::env::var_os("NO_COLOR").is_none());
     let _ = if json {
         builder.json().flatten_event(true).try_init()
     } else {
