@@ -2,8 +2,7 @@
 # Stops what up.sh started (in reverse order) and removes its state: containers, cni0, iptables rules of
 # kube-proxy and the CNI, and $TANDEM_NODE_DIR.
 set -uo pipefail
-STATE="${TANDEM_NODE_DIR:-/tmp/tandem-node}"
-KUBE_BIN="${TANDEM_KUBE_BIN:-$HOME/.cache/tandem-kube/bin}"
+source "$(dirname "$0")/env.sh"
 cd "$STATE" 2>/dev/null || exit 0
 for name in kube-proxy kubelet cluster-dns; do
   [ -f "$name.pid" ] && kill "$(cat "$name.pid")" 2>/dev/null

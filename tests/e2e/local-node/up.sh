@@ -16,11 +16,7 @@
 # debootstrap (installed when missing).
 set -euo pipefail
 
-HERE="$(cd "$(dirname "$0")" && pwd)"
-REPO="$(cd "$HERE/../../.." && pwd)"
-STATE="${TANDEM_NODE_DIR:-/tmp/tandem-node}"
-KUBE_BIN="${TANDEM_KUBE_BIN:-$HOME/.cache/tandem-kube/bin}"
-IMAGES="${TANDEM_NODE_IMAGES:-$HOME/.cache/tandem-kube/images}"
+source "$(dirname "$0")/env.sh"
 TANDEM_BIN="${TANDEM_BIN:-${CARGO_TARGET_DIR:-$REPO/target}/release/tandem}"
 PYTHON="${PYTHON:-$REPO/.venv/bin/python}"
 POD_CIDR=10.244.0.0/24
