@@ -1,5 +1,6 @@
 //! Logging: tracing to stderr, filtered by `--log-level` (or RUST_LOG), as JSON with `--log-as-json`. Colours
-//! only on a terminal (never in a container's log) and not with NO_COLOR set.
+//! only on a terminal (never in a container's log) and not with NO_COLOR set. Lines that cannot be written are
+//! dropped.
 
 use std::io::IsTerminal;
 
@@ -15,6 +16,9 @@ pub fn init(level: &str, json: bool) {
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
+        // A failed write (stderr closed by whoever read it) must not be reported with eprintln!, which panics on
+        // a broken pipe: the panicking task would be the one that handles SIGTERM, and the process would hang.
+        .log_internal_errors(false)
         .with_ansi(std::io::stderr().is_terminal() && std::env::var_os("NO_COLOR").is_none());
     let _ = if json {
         builder.json().flatten_event(true).try_init()

@@ -15,7 +15,7 @@ import time
 import pytest
 import requests
 
-from conftest import REDIS_HOST, component, configuration, poll_until, unique
+from conftest import REDIS_HOST, component, configuration, free_port, poll_until, unique
 
 TOKEN = "http-api-token-1234"
 SECRETS = {"token": "t0k", "db": {"user": "admin", "password": "pw"}}
@@ -708,6 +708,34 @@ def test_sigterm_exits_zero_within_grace(fresh_sidecars):
     assert time.monotonic() - started < 7, "exits within the 5 s default grace period"
     with pytest.raises(requests.ConnectionError):
         requests.get(sc.url("/v1.0/healthz"), timeout=2)
+
+
+def test_sigterm_exits_when_nobody_reads_its_logs_any_more(tandem, tmp_path):
+    """The log reader went away (a closed pipe): logging fails, and SIGTERM must still stop the sidecar."""
+    http_port = free_port()
+    proc = subprocess.Popen(
+        [tandem, "sidecar", "--app-id", "orphan", "--dapr-http-port", str(http_port), "--dapr-grpc-port",
+         str(free_port()), "--dapr-internal-grpc-port", str(free_port()), "--metrics-port", str(free_port()),
+         "--resources-path", str(tmp_path), "--log-level", "debug"],
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env={**os.environ, "NO_COLOR": "1"},
+    )
+    try:
+        assert proc.stdout.readline(), "no log line"
+        proc.stdout.close()
+        def healthy() -> bool:
+            try:
+                return requests.get(f"http://127.0.0.1:{http_port}/v1.0/healthz", timeout=1).status_code == 204
+            except requests.RequestException:
+                return False
+
+        assert poll_until(healthy, timeout=10)
+        requests.get(f"http://127.0.0.1:{http_port}/v1.0/metadata", timeout=2)  # logs into the closed pipe
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=10) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
 
 
 APP = textwrap.dedent("""
