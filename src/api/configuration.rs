@@ -226,6 +226,34 @@ pub struct ApiLoggingSpec {
 }
 
 impl Configuration {
+    /// Dapr's load-time checks (secret scopes); the sidecar and the operator's validation both run them.
+    pub fn validate(&self) -> Result<(), String> {
+        let scopes = self
+            .spec
+            .secrets
+            .as_ref()
+            .map(|s| s.scopes.as_slice())
+            .unwrap_or_default();
+        for (i, s) in scopes.iter().enumerate() {
+            if !(s.default_access.is_empty()
+                || s.default_access.eq_ignore_ascii_case("allow")
+                || s.default_access.eq_ignore_ascii_case("deny"))
+            {
+                return Err(format!(
+                    "defaultAccess {} can be either allow or deny",
+                    s.default_access
+                ));
+            }
+            if scopes[..i].iter().any(|o| o.store_name == s.store_name) {
+                return Err(format!(
+                    "{} storeName is repeated in secrets configuration",
+                    s.store_name
+                ));
+            }
+        }
+        Ok(())
+    }
+
     /// The secret scope for `store`, if the configuration names one.
     pub fn secret_scope(&self, store: &str) -> Option<&SecretsScope> {
         self.spec

@@ -1,5 +1,6 @@
 //! Dapr resource types (group `dapr.io`): the shapes users write in YAML, served as CRDs.
 
+pub mod access_control;
 pub mod common;
 pub mod component;
 pub mod configuration;

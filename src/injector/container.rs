@@ -30,7 +30,7 @@ pub const TOKEN_VOLUME: &str = "tandem-identity-token";
 pub const TOKEN_MOUNT_PATH: &str = "/var/run/secrets/tandem.io";
 pub const TOKEN_FILE: &str = "token";
 /// Audience of the projected token: the operator's sidecar API checks it with a TokenReview.
-pub use crate::operator::client::TOKEN_AUDIENCE;
+pub use crate::control_plane::TOKEN_AUDIENCE;
 pub const TOKEN_EXPIRATION_SECONDS: i64 = 7200;
 /// Key read from the Secrets named by `dapr.io/api-token-secret` and `dapr.io/app-token-secret`.
 pub const TOKEN_SECRET_KEY: &str = "token";

@@ -10,8 +10,8 @@ use kube::runtime::events::{Recorder, Reporter};
 use kube::runtime::reflector::Store;
 
 use super::health::Metrics;
-use super::kinds::DaprKind;
 use crate::components::Registry;
+use crate::control_plane::kinds::DaprKind;
 
 /// The field manager of every server-side apply the operator makes.
 pub const FIELD_MANAGER: &str = "tandem-operator";

@@ -2,18 +2,15 @@
 //! is valid, and serves sidecars their resources. Reconcilers run on the elected leader only; the sidecar API
 //! on every replica.
 
-pub mod client;
 pub mod context;
 pub mod error;
 pub mod health;
-pub mod kinds;
 pub mod leader;
 pub mod resources;
 pub mod secrets;
 pub mod sidecar_api;
 pub mod status;
 pub mod validate;
-pub mod wire;
 pub mod workload;
 
 #[cfg(test)]
@@ -37,9 +34,9 @@ use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
+use crate::control_plane::{DaprKind, TOKEN_AUDIENCE};
 use context::Context;
 use health::{Metrics, Readiness};
-use kinds::DaprKind;
 use sidecar_api::{ApiState, ResourceCache};
 
 /// `tandem operator` flags.
@@ -61,7 +58,7 @@ pub struct OperatorArgs {
     #[arg(long, env = "TANDEM_TLS_KEY_FILE", requires = "tls_cert_file")]
     pub tls_key_file: Option<PathBuf>,
     /// Audience the sidecars' tokens must carry.
-    #[arg(long, default_value = wire::TOKEN_AUDIENCE)]
+    #[arg(long, default_value = TOKEN_AUDIENCE)]
     pub token_audience: String,
     /// Namespace of the leader-election Lease (the operator's own).
     #[arg(long, env = "POD_NAMESPACE", default_value = "default")]

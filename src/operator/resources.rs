@@ -17,8 +17,8 @@ use tracing::{Span, instrument};
 
 use super::context::{Context, FIELD_MANAGER};
 use super::error::Error;
-use super::kinds::{DaprKind, DaprResource};
 use super::{secrets, status, validate};
+use crate::control_plane::kinds::{DaprKind, DaprResource};
 
 /// How often a resource is re-validated without changes (Secrets it refers to may appear or go away).
 const RECHECK_READY: Duration = Duration::from_secs(300);

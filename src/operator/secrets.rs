@@ -6,9 +6,9 @@ use std::collections::BTreeMap;
 use k8s_openapi::api::core::v1::Secret;
 use kube::{Api, Client};
 
-use super::kinds::DaprResource;
 use crate::api::common::{Auth, NameValuePair};
 use crate::api::http_endpoint::TlsDocument;
+use crate::control_plane::kinds::DaprResource;
 
 /// The name of Dapr's built-in Kubernetes secret store.
 pub const KUBERNETES_STORE: &str = "kubernetes";
@@ -262,7 +262,7 @@ pub async fn resolve_with(client: &Client, mut res: DaprResource) -> Result<Dapr
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::operator::kinds::DaprKind;
+    use crate::control_plane::kinds::DaprKind;
     use serde_json::json;
 
     fn component(auth: Option<&str>) -> DaprResource {

@@ -5,8 +5,8 @@ use k8s_openapi::jiff::Timestamp;
 use kube::api::DynamicObject;
 use serde_json::{Value, json};
 
-use super::kinds::DaprKind;
 use super::validate::Verdict;
+use crate::control_plane::kinds::DaprKind;
 
 pub const READY: &str = "Ready";
 

@@ -2,10 +2,10 @@
 
 use std::collections::BTreeMap;
 
-use super::kinds::{DaprKind, DaprResource};
 use super::secrets::{self, SecretData};
 use crate::api::{Component, Configuration, HttpEndpoint, Resiliency, Subscription};
 use crate::components::Registry;
+use crate::control_plane::kinds::{DaprKind, DaprResource};
 
 /// Dapr's component categories (`[D] pkg/components/category.go`); `middleware` types read `middleware.http.*`.
 pub const CATEGORIES: [&str; 12] = [
@@ -214,14 +214,14 @@ fn check_http_endpoint(e: &HttpEndpoint) -> Result<Verdict, Verdict> {
 }
 
 fn check_configuration(c: &Configuration) -> Result<Verdict, Verdict> {
-    crate::sidecar::loader::validate_configuration(c).map_err(|m| Verdict::invalid("InvalidConfiguration", m))?;
-    crate::sidecar::acl::AccessControl::new(c.spec.access_control.as_ref())
+    c.validate().map_err(|m| Verdict::invalid("InvalidConfiguration", m))?;
+    crate::api::access_control::AccessControl::new(c.spec.access_control.as_ref())
         .map_err(|m| Verdict::invalid("InvalidAccessControl", format!("spec.accessControl: {m}")))?;
     Ok(Verdict::valid("configuration is valid"))
 }
 
 fn check_resiliency(r: &Resiliency) -> Result<Verdict, Verdict> {
-    crate::sidecar::resiliency::Resiliency::new(std::slice::from_ref(r))
+    crate::resiliency::Resiliency::new(std::slice::from_ref(r))
         .map_err(|e| Verdict::invalid("InvalidPolicy", e.to_string()))?;
     Ok(Verdict::valid("policies compile"))
 }

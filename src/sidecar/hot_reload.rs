@@ -12,7 +12,7 @@ use super::processor;
 use super::runtime::Runtime;
 use crate::api::Component;
 use crate::components::Registry;
-use crate::operator::client::{DaprResource, EventType, OperatorClient, SidecarResources};
+use crate::control_plane::operator_client::{DaprResource, EventType, OperatorClient, SidecarResources};
 
 /// The address as the client wants it: a bare `host:port` means plain HTTP.
 pub fn operator_url(address: &str) -> String {

@@ -6,16 +6,10 @@ use serde::Deserialize;
 use serde::de::DeserializeOwned;
 
 use crate::api::subscription::SubscriptionV1Alpha1;
-use crate::api::{Component, Configuration, HttpEndpoint, Resiliency, Subscription, in_scope};
+use crate::api::{Configuration, in_scope};
 
-/// Every resource that applies to this app, in file order.
-#[derive(Clone, Debug, Default)]
-pub struct Resources {
-    pub components: Vec<Component>,
-    pub subscriptions: Vec<Subscription>,
-    pub http_endpoints: Vec<HttpEndpoint>,
-    pub resiliencies: Vec<Resiliency>,
-}
+/// Every resource that applies to this app, in file order: the same shape the operator serves.
+pub use crate::control_plane::SidecarResources as Resources;
 
 #[derive(Debug, thiserror::Error)]
 pub enum LoadError {
@@ -32,101 +26,99 @@ pub enum LoadError {
     },
 }
 
-impl Resources {
-    /// Reads every `*.yaml`/`*.yml` file in each folder, keeping what is in scope for `app_id`/`namespace`.
-    pub fn load(paths: &[String], app_id: &str, namespace: &str) -> Result<Self, LoadError> {
-        let mut out = Resources::default();
-        let mut sources: Vec<(String, String)> = vec![]; // component name -> file
-        for dir in paths {
-            let dir = Path::new(dir);
-            let entries = std::fs::read_dir(dir).map_err(|e| LoadError::Read {
-                path: dir.into(),
+/// Reads every `*.yaml`/`*.yml` file in each folder, keeping what is in scope for `app_id`/`namespace`.
+pub fn load(paths: &[String], app_id: &str, namespace: &str) -> Result<Resources, LoadError> {
+    let mut out = Resources::default();
+    let mut sources: Vec<(String, String)> = vec![]; // component name -> file
+    for dir in paths {
+        let dir = Path::new(dir);
+        let entries = std::fs::read_dir(dir).map_err(|e| LoadError::Read {
+            path: dir.into(),
+            message: e.to_string(),
+        })?;
+        let mut files: Vec<PathBuf> = entries
+            .filter_map(|e| e.ok().map(|e| e.path()))
+            .filter(|p| p.is_file() && matches!(p.extension().and_then(|e| e.to_str()), Some("yaml" | "yml")))
+            .collect();
+        files.sort();
+        for path in files {
+            let text = std::fs::read_to_string(&path).map_err(|e| LoadError::Read {
+                path: path.clone(),
                 message: e.to_string(),
             })?;
-            let mut files: Vec<PathBuf> = entries
-                .filter_map(|e| e.ok().map(|e| e.path()))
-                .filter(|p| p.is_file() && matches!(p.extension().and_then(|e| e.to_str()), Some("yaml" | "yml")))
-                .collect();
-            files.sort();
-            for path in files {
-                let text = std::fs::read_to_string(&path).map_err(|e| LoadError::Read {
-                    path: path.clone(),
-                    message: e.to_string(),
-                })?;
-                let before = out.components.len();
-                out.parse(&text, &path)?;
-                for c in &out.components[before..] {
-                    sources.push((c.name().to_owned(), path.display().to_string()));
-                }
+            let before = out.components.len();
+            parse(&mut out, &text, &path)?;
+            for c in &out.components[before..] {
+                sources.push((c.name().to_owned(), path.display().to_string()));
             }
         }
-        out.retain_in_scope(app_id, namespace);
-        for (i, (name, file)) in sources.iter().enumerate() {
-            if let Some((_, first)) = sources[..i].iter().find(|(n, _)| n == name) {
-                if out.components.iter().filter(|c| c.name() == name).count() > 1 {
-                    return Err(LoadError::Duplicate {
-                        kind: "Component",
-                        name: name.clone(),
-                        first: first.clone(),
-                        second: file.clone(),
-                    });
-                }
-            }
-        }
-        Ok(out)
     }
+    retain_in_scope(&mut out, app_id, namespace);
+    for (i, (name, file)) in sources.iter().enumerate() {
+        if let Some((_, first)) = sources[..i].iter().find(|(n, _)| n == name) {
+            if out.components.iter().filter(|c| c.name() == name).count() > 1 {
+                return Err(LoadError::Duplicate {
+                    kind: "Component",
+                    name: name.clone(),
+                    first: first.clone(),
+                    second: file.clone(),
+                });
+            }
+        }
+    }
+    Ok(out)
+}
 
-    /// Parses one file's YAML documents, adding the Dapr resources it holds; other kinds are skipped.
-    pub fn parse(&mut self, text: &str, path: &Path) -> Result<(), LoadError> {
-        for (i, doc) in serde_yaml::Deserializer::from_str(text).enumerate() {
-            let invalid = |message: String| LoadError::Invalid {
-                path: path.into(),
-                message: format!("document {}: {message}", i + 1),
-            };
-            let value = serde_yaml::Value::deserialize(doc).map_err(|e| invalid(e.to_string()))?;
-            if value.is_null() {
-                continue;
-            }
-            let field = |k: &str| value.get(k).and_then(|v| v.as_str()).unwrap_or_default().to_owned();
-            let (api_version, kind) = (field("apiVersion"), field("kind"));
-            if !api_version.starts_with("dapr.io/") {
-                continue;
-            }
-            match (kind.as_str(), api_version.as_str()) {
-                ("Component", _) => self.components.push(typed(value, &kind).map_err(invalid)?),
-                ("Subscription", "dapr.io/v1alpha1") => {
-                    let v1: SubscriptionV1Alpha1 = typed(value, &kind).map_err(invalid)?;
-                    self.subscriptions.push(v1.into());
-                }
-                ("Subscription", _) => self.subscriptions.push(typed(value, &kind).map_err(invalid)?),
-                ("HTTPEndpoint", _) => self.http_endpoints.push(typed(value, &kind).map_err(invalid)?),
-                ("Resiliency", _) => self.resiliencies.push(typed(value, &kind).map_err(invalid)?),
-                _ => tracing::debug!(path = %path.display(), kind, "skipping resource kind"),
-            }
+/// Parses one file's YAML documents, adding the Dapr resources it holds; other kinds are skipped.
+pub fn parse(out: &mut Resources, text: &str, path: &Path) -> Result<(), LoadError> {
+    for (i, doc) in serde_yaml::Deserializer::from_str(text).enumerate() {
+        let invalid = |message: String| LoadError::Invalid {
+            path: path.into(),
+            message: format!("document {}: {message}", i + 1),
+        };
+        let value = serde_yaml::Value::deserialize(doc).map_err(|e| invalid(e.to_string()))?;
+        if value.is_null() {
+            continue;
         }
-        Ok(())
-    }
-
-    fn retain_in_scope(&mut self, app_id: &str, namespace: &str) {
-        let ns_ok =
-            |ns: &Option<String>| namespace.is_empty() || ns.as_deref().is_none_or(|n| n.is_empty() || n == namespace);
-        self.components.retain(|c| {
-            let keep = in_scope(&c.scopes, app_id) && ns_ok(&c.metadata.namespace);
-            if !keep {
-                tracing::info!(
-                    component = c.name(),
-                    "component is scoped to other apps; not loading it"
-                );
+        let field = |k: &str| value.get(k).and_then(|v| v.as_str()).unwrap_or_default().to_owned();
+        let (api_version, kind) = (field("apiVersion"), field("kind"));
+        if !api_version.starts_with("dapr.io/") {
+            continue;
+        }
+        match (kind.as_str(), api_version.as_str()) {
+            ("Component", _) => out.components.push(typed(value, &kind).map_err(invalid)?),
+            ("Subscription", "dapr.io/v1alpha1") => {
+                let v1: SubscriptionV1Alpha1 = typed(value, &kind).map_err(invalid)?;
+                out.subscriptions.push(v1.into());
             }
-            keep
-        });
-        self.subscriptions
-            .retain(|s| in_scope(&s.scopes, app_id) && ns_ok(&s.metadata.namespace));
-        self.http_endpoints
-            .retain(|e| in_scope(&e.scopes, app_id) && ns_ok(&e.metadata.namespace));
-        self.resiliencies
-            .retain(|r| in_scope(&r.scopes, app_id) && ns_ok(&r.metadata.namespace));
+            ("Subscription", _) => out.subscriptions.push(typed(value, &kind).map_err(invalid)?),
+            ("HTTPEndpoint", _) => out.http_endpoints.push(typed(value, &kind).map_err(invalid)?),
+            ("Resiliency", _) => out.resiliencies.push(typed(value, &kind).map_err(invalid)?),
+            _ => tracing::debug!(path = %path.display(), kind, "skipping resource kind"),
+        }
     }
+    Ok(())
+}
+
+fn retain_in_scope(out: &mut Resources, app_id: &str, namespace: &str) {
+    let ns_ok =
+        |ns: &Option<String>| namespace.is_empty() || ns.as_deref().is_none_or(|n| n.is_empty() || n == namespace);
+    out.components.retain(|c| {
+        let keep = in_scope(&c.scopes, app_id) && ns_ok(&c.metadata.namespace);
+        if !keep {
+            tracing::info!(
+                component = c.name(),
+                "component is scoped to other apps; not loading it"
+            );
+        }
+        keep
+    });
+    out.subscriptions
+        .retain(|s| in_scope(&s.scopes, app_id) && ns_ok(&s.metadata.namespace));
+    out.http_endpoints
+        .retain(|e| in_scope(&e.scopes, app_id) && ns_ok(&e.metadata.namespace));
+    out.resiliencies
+        .retain(|r| in_scope(&r.scopes, app_id) && ns_ok(&r.metadata.namespace));
 }
 
 fn typed<T: DeserializeOwned>(value: serde_yaml::Value, kind: &str) -> Result<T, String> {
@@ -154,7 +146,7 @@ pub fn load_configuration(path: &str) -> Result<Configuration, LoadError> {
         let value = serde_yaml::Value::deserialize(doc).map_err(|e| invalid(e.to_string()))?;
         if value.get("kind").and_then(|k| k.as_str()) == Some("Configuration") {
             let config: Configuration = typed(value, "Configuration").map_err(invalid)?;
-            validate_configuration(&config).map_err(|m| LoadError::Invalid {
+            config.validate().map_err(|m| LoadError::Invalid {
                 path: path.into(),
                 message: m,
             })?;
@@ -165,34 +157,6 @@ pub fn load_configuration(path: &str) -> Result<Configuration, LoadError> {
         path: path.into(),
         message: "no Configuration document (kind: Configuration) found".into(),
     })
-}
-
-/// Dapr's load-time checks on a Configuration.
-pub fn validate_configuration(config: &Configuration) -> Result<(), String> {
-    let scopes = config
-        .spec
-        .secrets
-        .as_ref()
-        .map(|s| s.scopes.as_slice())
-        .unwrap_or_default();
-    for (i, s) in scopes.iter().enumerate() {
-        if !(s.default_access.is_empty()
-            || s.default_access.eq_ignore_ascii_case("allow")
-            || s.default_access.eq_ignore_ascii_case("deny"))
-        {
-            return Err(format!(
-                "defaultAccess {} can be either allow or deny",
-                s.default_access
-            ));
-        }
-        if scopes[..i].iter().any(|o| o.store_name == s.store_name) {
-            return Err(format!(
-                "{} storeName is repeated in secrets configuration",
-                s.store_name
-            ));
-        }
-    }
-    Ok(())
 }
 
 #[cfg(test)]
@@ -248,7 +212,7 @@ scopes: [someone-else]
         let dir = tempfile::tempdir().unwrap();
         std::fs::write(dir.path().join("a.yaml"), MULTI).unwrap();
         std::fs::write(dir.path().join("notes.txt"), "not yaml: [").unwrap();
-        let r = Resources::load(&[dir.path().display().to_string()], "app1", "").unwrap();
+        let r = load(&[dir.path().display().to_string()], "app1", "").unwrap();
         assert_eq!(r.components.len(), 1);
         let c = &r.components[0];
         assert_eq!((c.name(), c.spec.type_.as_str()), ("statestore", "state.redis"));
@@ -260,7 +224,7 @@ scopes: [someone-else]
         assert_eq!(r.subscriptions.len(), 1);
         assert_eq!(r.subscriptions[0].spec.routes.default, "/orders");
 
-        let other = Resources::load(&[dir.path().display().to_string()], "app2", "").unwrap();
+        let other = load(&[dir.path().display().to_string()], "app2", "").unwrap();
         assert!(other.subscriptions.is_empty());
     }
 
@@ -269,7 +233,7 @@ scopes: [someone-else]
         let dir = tempfile::tempdir().unwrap();
         let bad = "apiVersion: dapr.io/v1alpha1\nkind: Component\nmetadata:\n  name: x\nspec:\n  version: v1\n";
         std::fs::write(dir.path().join("bad.yaml"), bad).unwrap();
-        let err = Resources::load(&[dir.path().display().to_string()], "a", "")
+        let err = load(&[dir.path().display().to_string()], "a", "")
             .unwrap_err()
             .to_string();
         assert!(err.contains("bad.yaml") && err.contains("type"), "{err}");
@@ -281,7 +245,7 @@ scopes: [someone-else]
         let one = "apiVersion: dapr.io/v1alpha1\nkind: Component\nmetadata:\n  name: s\nspec:\n  type: state.in-memory\n  version: v1\n";
         std::fs::write(dir.path().join("a.yaml"), one).unwrap();
         std::fs::write(dir.path().join("b.yml"), one).unwrap();
-        let err = Resources::load(&[dir.path().display().to_string()], "a", "")
+        let err = load(&[dir.path().display().to_string()], "a", "")
             .unwrap_err()
             .to_string();
         assert!(err.contains("duplicate definition of Component name s"), "{err}");

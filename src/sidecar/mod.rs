@@ -1,7 +1,6 @@
 //! `tandem sidecar`: the daprd equivalent. Wires the runtime core to the HTTP, gRPC, public and metrics servers,
 //! loads components, waits for the app, and drains on shutdown.
 
-pub mod acl;
 pub mod app_channel;
 pub mod args;
 pub mod args_render;
@@ -13,7 +12,7 @@ pub mod invoke;
 pub mod loader;
 pub mod metrics;
 pub mod processor;
-pub mod resiliency;
+
 pub mod runtime;
 
 use std::net::SocketAddr;
@@ -132,9 +131,9 @@ impl Sidecar {
         let max_body = args.max_body_bytes().map_err(anyhow::Error::msg)?;
         // Kubernetes mode: resources and Configuration come from the operator (and keep coming: hot reload).
         let operator = if args.mode == Mode::Kubernetes && !args.control_plane_address.is_empty() {
-            let mut builder = crate::operator::client::OperatorClient::builder(&hot_reload::operator_url(
-                &args.control_plane_address,
-            ))
+            let mut builder = crate::control_plane::operator_client::OperatorClient::builder(
+                &hot_reload::operator_url(&args.control_plane_address),
+            )
             .namespace(&args.namespace);
             if !args.config.is_empty() {
                 builder = builder.configuration(&args.config);
@@ -162,14 +161,14 @@ impl Sidecar {
                 .await
                 .map_err(|e| anyhow::anyhow!("loading resources from the operator: {e}"))?;
             baseline = Some(r.clone());
-            Resources::from(r)
+            r
         } else if args.resources_path.is_empty() {
             Resources {
                 components: defaults.components.clone(),
                 ..Default::default()
             }
         } else {
-            Resources::load(&args.resources_path, &args.app_id, &args.namespace)?
+            loader::load(&args.resources_path, &args.app_id, &args.namespace)?
         };
         if args.mode == Mode::Kubernetes && !resources.components.iter().any(|c| c.name() == "kubernetes") {
             let mut builtin = hot_reload::builtin_kubernetes_secret_store();
@@ -209,13 +208,15 @@ impl Sidecar {
                 .and_then(|l| l.api_logging.as_ref())
                 .is_some_and(|a| a.enabled)
         });
-        let (resiliency, resiliency_errors) = resiliency::Resiliency::new_lenient(&resources.resiliencies);
+        let (resiliency, resiliency_errors) = crate::resiliency::Resiliency::new_lenient(&resources.resiliencies);
         for e in resiliency_errors {
             tracing::error!("skipping Resiliency resource: {e}");
         }
         let resiliency = Arc::new(resiliency);
-        let acl =
-            Arc::new(acl::AccessControl::new(rt.config.spec.access_control.as_ref()).map_err(anyhow::Error::msg)?);
+        let acl = Arc::new(
+            crate::api::access_control::AccessControl::new(rt.config.spec.access_control.as_ref())
+                .map_err(anyhow::Error::msg)?,
+        );
 
         let addrs = &args.dapr_listen_addresses;
         let all = ["0.0.0.0".to_owned()];
@@ -490,8 +491,8 @@ struct Registration {
     invoker: Arc<invoke::Invoker>,
     /// Kubernetes mode: the operator to follow for changes, from what was loaded at start.
     operator: Option<(
-        crate::operator::client::OperatorClient,
-        crate::operator::client::SidecarResources,
+        crate::control_plane::operator_client::OperatorClient,
+        crate::control_plane::operator_client::SidecarResources,
     )>,
 }
 

@@ -468,8 +468,7 @@ fn samples_are_valid_tandem_resources_and_annotated_apps() {
     let mut loaded = tandem::sidecar::loader::Resources::default();
     for doc in &docs {
         if doc["apiVersion"].as_str().unwrap().starts_with("dapr.io/") {
-            loaded
-                .parse(&serde_yaml::to_string(doc).unwrap(), Path::new("sample"))
+            tandem::sidecar::loader::parse(&mut loaded, &serde_yaml::to_string(doc).unwrap(), Path::new("sample"))
                 .unwrap();
         }
     }

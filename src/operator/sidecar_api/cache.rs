@@ -10,9 +10,9 @@ use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Client, ResourceExt};
 use tokio::sync::broadcast;
 
+use crate::control_plane::kinds::{DaprKind, DaprResource};
+use crate::control_plane::wire::EventType;
 use crate::operator::health::{Readiness, ReadyFlag};
-use crate::operator::kinds::{DaprKind, DaprResource};
-use crate::operator::wire::EventType;
 
 /// Namespace, kind, name: objects of one namespace sit next to each other.
 type Key = (String, DaprKind, String);

@@ -14,9 +14,9 @@ use tracing::{Instrument, instrument};
 
 use super::cache::Change;
 use super::{ApiError, ApiState, Caller};
-use crate::operator::kinds::{DaprKind, DaprResource};
+use crate::control_plane::kinds::{DaprKind, DaprResource};
+use crate::control_plane::wire::{EventType, ResourceEvent, SidecarResources, heartbeat_line};
 use crate::operator::secrets;
-use crate::operator::wire::{EventType, ResourceEvent, SidecarResources, heartbeat_line};
 
 #[derive(Debug, Deserialize)]
 pub struct AppQuery {

@@ -1,7 +1,7 @@
 //! The sidecar API: where sidecars in Kubernetes mode load their Components, Subscriptions, HTTPEndpoints,
 //! Resiliencies and Configuration from, and watch them change. Served by every operator replica; callers are
 //! authenticated by their ServiceAccount token and see only their own namespace. The JSON is in
-//! [`crate::operator::wire`].
+//! [`crate::control_plane::wire`].
 
 pub mod auth;
 pub mod cache;
@@ -24,7 +24,7 @@ pub use auth::{Authenticator, Caller};
 pub use cache::ResourceCache;
 pub use tls::load_server_config;
 
-use super::wire::ErrorBody;
+use crate::control_plane::wire::ErrorBody;
 
 /// How often an idle watch stream carries a heartbeat line.
 pub const HEARTBEAT: Duration = Duration::from_secs(15);

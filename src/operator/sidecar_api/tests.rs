@@ -16,11 +16,11 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
 use super::*;
-use crate::operator::client::{ClientError, OperatorClient};
+use crate::control_plane::kinds::{DaprKind, DaprResource};
+use crate::control_plane::operator_client::{ClientError, OperatorClient};
+use crate::control_plane::wire::{EventType, ResourceEvent};
 use crate::operator::fixtures::json_response;
 use crate::operator::health::Readiness;
-use crate::operator::kinds::{DaprKind, DaprResource};
-use crate::operator::wire::{EventType, ResourceEvent};
 
 /// Answers like an API server: TokenReviews by token, the `checkout-abc` pod, the `redis` Secret of `shop`.
 async fn fake_apiserver(
@@ -160,7 +160,9 @@ impl Harness {
     fn client_with(
         &self,
         token: &str,
-        f: impl FnOnce(crate::operator::client::OperatorClientBuilder) -> crate::operator::client::OperatorClientBuilder,
+        f: impl FnOnce(
+            crate::control_plane::operator_client::OperatorClientBuilder,
+        ) -> crate::control_plane::operator_client::OperatorClientBuilder,
     ) -> OperatorClient {
         let path = self.dir.path().join(token);
         std::fs::write(&path, format!("{token}\n")).unwrap();

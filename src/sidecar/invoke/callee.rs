@@ -18,7 +18,7 @@ use hyper_util::client::legacy::connect::HttpConnector;
 
 use super::headers::{self, CALLER_APP_ID, CALLER_NAMESPACE, MODE};
 use super::{grpc_error_response, http_status_from_code};
-use crate::sidecar::acl::{AccessControl, CallerIdentity};
+use crate::api::access_control::{AccessControl, CallerIdentity};
 use crate::sidecar::app_channel::{AppChannel, AppProtocol};
 use crate::sidecar::error::ApiError;
 

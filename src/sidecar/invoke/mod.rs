@@ -23,8 +23,8 @@ pub use callee::{Callee, Mode};
 use target::Target;
 
 use crate::components::nameresolution::{NameResolver, ResolveRequest};
+use crate::resiliency::{PolicyError, Resiliency, Retryable, Status};
 use crate::sidecar::error::ApiError;
-use crate::sidecar::resiliency::{PolicyError, Resiliency, Retryable, Status};
 
 /// Bodies up to this size are kept so a call can be retried; larger ones stream once.
 const REPLAYABLE_BODY: usize = 1 << 20;

@@ -1,9 +1,9 @@
 //! The client sidecars in Kubernetes mode use to load their resources from the operator and follow changes.
 //!
 //! ```no_run
-//! # async fn demo() -> Result<(), tandem::operator::client::ClientError> {
+//! # async fn demo() -> Result<(), tandem::control_plane::operator_client::ClientError> {
 //! use futures::StreamExt;
-//! use tandem::operator::client::OperatorClient;
+//! use tandem::control_plane::operator_client::OperatorClient;
 //!
 //! let client = OperatorClient::builder("https://tandem-api.tandem-system.svc:443")
 //!     .root_ca_file("/var/run/secrets/tandem.io/ca.crt")?

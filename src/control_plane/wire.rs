@@ -52,17 +52,6 @@ impl SidecarResources {
     }
 }
 
-impl From<SidecarResources> for crate::sidecar::loader::Resources {
-    fn from(r: SidecarResources) -> Self {
-        crate::sidecar::loader::Resources {
-            components: r.components,
-            subscriptions: r.subscriptions,
-            http_endpoints: r.http_endpoints,
-            resiliencies: r.resiliencies,
-        }
-    }
-}
-
 /// What happened to a resource, as seen by one app: scope changes arrive as `Deleted`/`Created`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "UPPERCASE")]

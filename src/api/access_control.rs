@@ -515,5 +515,5 @@ fn glob_match(text: &[u8], pattern: &[u8]) -> bool {
 }
 
 #[cfg(test)]
-#[path = "acl_tests.rs"]
+#[path = "access_control_tests.rs"]
 mod tests;
