@@ -70,6 +70,13 @@ pub struct SecretKeyRef {
     pub key: Option<String>,
 }
 
+impl SecretKeyRef {
+    /// The key to read within the secret: `key` when set, else the secret's `name` (Dapr's rule).
+    pub fn key_or_name(&self) -> &str {
+        self.key.as_deref().filter(|k| !k.is_empty()).unwrap_or(&self.name)
+    }
+}
+
 /// Which secret store resolves the `secretKeyRef`s of a resource.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase")]

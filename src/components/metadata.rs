@@ -15,6 +15,10 @@ pub struct Metadata {
     pub app_id: String,
     pub namespace: String,
     properties: BTreeMap<String, (String, String)>,
+    /// Structured settings beside the name/value pairs: name resolution's `configuration` (JSON).
+    pub configuration: serde_json::Value,
+    /// This sidecar as other sidecars reach it, for name resolution (which registers it).
+    pub sidecar: Option<super::nameresolution::Instance>,
 }
 
 impl Metadata {
@@ -28,6 +32,8 @@ impl Metadata {
             app_id: app_id.into(),
             namespace: namespace.into(),
             properties,
+            configuration: serde_json::Value::Null,
+            sidecar: None,
         }
     }
 

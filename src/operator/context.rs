@@ -21,7 +21,7 @@ pub struct Context {
     pub metrics: Arc<Metrics>,
     pub recorder: Recorder,
     /// Component types tandem implements.
-    pub registry: Registry,
+    pub registry: Arc<Registry>,
     /// Services labelled `dapr.io/enabled=true`, to find the ones a workload no longer needs.
     pub services: Store<Service>,
     /// The `Ready` condition last written per object uid: the transition source when status cannot be stored.

@@ -90,11 +90,7 @@ pub fn kubernetes_refs(res: &DaprResource) -> Vec<KubeSecretRef> {
                         refs.push(KubeSecretRef {
                             field: format!("spec.clientTLS.{field}"),
                             secret: r.name.clone(),
-                            key: r
-                                .key
-                                .clone()
-                                .filter(|k| !k.is_empty())
-                                .unwrap_or_else(|| r.name.clone()),
+                            key: r.key_or_name().to_owned(),
                         });
                     }
                 }
@@ -111,11 +107,7 @@ fn pairs(list: &[NameValuePair], at: &str, refs: &mut Vec<KubeSecretRef>) {
             refs.push(KubeSecretRef {
                 field: format!("{at}[{}]", p.name),
                 secret: r.name.clone(),
-                key: r
-                    .key
-                    .clone()
-                    .filter(|k| !k.is_empty())
-                    .unwrap_or_else(|| r.name.clone()),
+                key: r.key_or_name().to_owned(),
             });
         }
     }

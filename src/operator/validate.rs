@@ -4,24 +4,8 @@ use std::collections::BTreeMap;
 
 use super::secrets::{self, SecretData};
 use crate::api::{Component, Configuration, HttpEndpoint, Resiliency, Subscription};
-use crate::components::Registry;
+use crate::components::{Kind, Registry};
 use crate::control_plane::kinds::{DaprKind, DaprResource};
-
-/// Dapr's component categories (`[D] pkg/components/category.go`); `middleware` types read `middleware.http.*`.
-pub const CATEGORIES: [&str; 12] = [
-    "bindings",
-    "pubsub",
-    "secretstores",
-    "state",
-    "workflow",
-    "workflowbackend",
-    "middleware",
-    "configuration",
-    "crypto",
-    "lock",
-    "nameresolution",
-    "conversation",
-];
 
 /// The outcome of validating one resource: the `Ready` condition's status, reason and message.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -89,17 +73,17 @@ pub fn unparsable(kind: DaprKind, error: &str) -> Verdict {
 
 fn check_component(c: &Component, registry: &Registry) -> Result<Verdict, Verdict> {
     let type_ = c.spec.type_.trim();
-    let category = type_.split('.').next().unwrap_or_default();
-    if type_.is_empty() || !type_.contains('.') || !CATEGORIES.contains(&category) {
+    let Some(kind) = Kind::of_type(type_) else {
         return Err(Verdict::invalid(
             "UnknownCategory",
             format!(
                 "spec.type {type_:?} does not start with a Dapr component category; expected <category>.<name> \
                  with category one of: {}",
-                CATEGORIES.join(", ")
+                Kind::categories()
             ),
         ));
-    }
+    };
+    let category = kind.category();
     let mut seen: BTreeMap<String, &str> = BTreeMap::new();
     for m in &c.spec.metadata {
         if m.name.trim().is_empty() {
@@ -118,11 +102,7 @@ fn check_component(c: &Component, registry: &Registry) -> Result<Verdict, Verdic
             ));
         }
     }
-    let implemented: Vec<String> = registry
-        .registered()
-        .into_iter()
-        .filter(|t| t.split('.').next() == Some(category))
-        .collect();
+    let implemented = registry.registered_of(kind);
     if implemented.is_empty() {
         return Ok(Verdict::valid(format!(
             "{type_}/{} is a Dapr {category} component; tandem has no {category} components yet, so only its \
@@ -130,7 +110,7 @@ fn check_component(c: &Component, registry: &Registry) -> Result<Verdict, Verdic
             c.version()
         )));
     }
-    match registry.factory(type_, c.version()) {
+    match registry.lookup(type_, c.version()) {
         Ok(_) => Ok(Verdict::valid(format!("{type_}/{} is available", c.version()))),
         Err(_) => Err(Verdict::invalid(
             "UnknownType",

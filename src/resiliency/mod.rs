@@ -1,11 +1,15 @@
-//! Dapr resiliency for service invocation: compiles Resiliency resources into per-app policies (named targets,
-//! then the `DefaultApp*Policy` / `Default*Policy` fallbacks) and runs operations under them.
+//! Dapr resiliency: compiles Resiliency resources into policies for service invocation (per app: named targets,
+//! then the `DefaultApp*Policy` / `Default*Policy` fallbacks) and for components (per component and direction,
+//! then `Default<Kind>Component<Direction>*Policy`, `DefaultComponent<Direction>*Policy`,
+//! `DefaultComponent*Policy`, `Default*Policy`), and runs operations under them. Component policies wrap the
+//! component's trait object ([`layers`]), not code inside each backend.
 //!
 //! How Dapr layers it for a call to app X (and how callers should): the outer policy is
 //! [`Resiliency::app_policy`]`(X)`, when there is one; inside it, each attempt that reaches the remote sidecar
 //! runs under [`Resiliency::builtin_service_retry`] unless [`Resiliency::has_app_target`]`(X)`.
 
 mod breaker;
+pub mod layers;
 mod policy;
 mod retry;
 
@@ -19,6 +23,7 @@ pub use policy::{Policy, PolicyError, Retryable, Status, builtin_retry};
 pub use retry::{Backoff, Exponential, Retry, StatusMatch};
 
 use crate::api::resiliency::TargetPolicy;
+use crate::components::Kind;
 
 /// The retry policy name that overrides Dapr's built-in service-invocation retries.
 pub const BUILTIN_SERVICE_RETRIES: &str = "DaprBuiltInServiceRetries";
@@ -193,11 +198,44 @@ impl AppPolicy {
     }
 }
 
+/// The policies of one component direction, resolved from their names.
+#[derive(Clone, Debug)]
+struct ComponentPolicy {
+    timeout: Option<Duration>,
+    retry: Option<Arc<Retry>>,
+    /// The breaker's policy name and settings.
+    breaker: Option<(String, Arc<BreakerSettings>)>,
+}
+
 /// A target's policy names, as written.
 #[derive(Clone, Debug)]
 struct Target {
     resource: String,
     names: TargetPolicy,
+}
+
+/// Which way a component call goes: from the app to the component, or from the component into the app
+/// (pub/sub deliveries, input bindings).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Direction {
+    Outbound,
+    Inbound,
+}
+
+impl Direction {
+    fn as_str(self) -> &'static str {
+        match self {
+            Direction::Outbound => "Outbound",
+            Direction::Inbound => "Inbound",
+        }
+    }
+
+    fn field(self) -> &'static str {
+        match self {
+            Direction::Outbound => "outbound",
+            Direction::Inbound => "inbound",
+        }
+    }
 }
 
 /// Every Resiliency resource for this app, compiled.
@@ -207,6 +245,10 @@ pub struct Resiliency {
     retries: HashMap<String, Arc<Retry>>,
     breakers: HashMap<String, Arc<BreakerSettings>>,
     apps: HashMap<String, Arc<AppPolicy>>,
+    /// Component targets: the policies of each direction, resolved; a target without a direction has `None`.
+    components: HashMap<String, [Option<ComponentPolicy>; 2]>,
+    /// Circuit breakers of components, by (component, direction): kept when a component is rebuilt.
+    component_breakers: Mutex<HashMap<(String, Direction), Arc<CircuitBreaker>>>,
     /// Policies for apps without a target, made on first use so their breakers persist.
     default_apps: Mutex<HashMap<String, Arc<AppPolicy>>>,
     builtin_service: Arc<Retry>,
@@ -242,6 +284,8 @@ impl Resiliency {
         let mut retries = HashMap::new();
         let mut breakers = HashMap::new();
         let mut targets: BTreeMap<String, Target> = BTreeMap::new();
+        let mut component_targets: BTreeMap<String, (String, crate::api::resiliency::ComponentTargets)> =
+            BTreeMap::new();
         for res in resources {
             let name = res.metadata.name.clone().unwrap_or_default();
             let err = |field: String, message: String| ResiliencyError {
@@ -285,6 +329,9 @@ impl Resiliency {
             timeouts.extend(t);
             retries.extend(r);
             breakers.extend(b);
+            for (component, names) in &res.spec.targets.components {
+                component_targets.insert(component.clone(), (name.clone(), names.clone()));
+            }
             for (app, names) in &res.spec.targets.apps {
                 targets.insert(
                     app.clone(),
@@ -311,6 +358,8 @@ impl Resiliency {
             retries,
             breakers,
             apps: HashMap::new(),
+            components: HashMap::new(),
+            component_breakers: Mutex::default(),
             default_apps: Mutex::default(),
             builtin_service,
         };
@@ -318,48 +367,74 @@ impl Resiliency {
             let policy = this.app_target(&app, &target, &mut errors);
             this.apps.insert(app, Arc::new(policy));
         }
+        for (component, (resource, t)) in component_targets {
+            let mut resolve = |direction: Direction, names: Option<&TargetPolicy>| {
+                names.map(|names| {
+                    let at = format!("spec.targets.components.{component}.{}", direction.field());
+                    this.resolve_names(names, &resource, &at, &mut errors)
+                })
+            };
+            let policies = [
+                resolve(Direction::Outbound, t.outbound.as_ref()),
+                resolve(Direction::Inbound, t.inbound.as_ref()),
+            ];
+            this.components.insert(component, policies);
+        }
         (this, errors)
     }
 
-    fn app_target(&self, app: &str, target: &Target, errors: &mut Vec<ResiliencyError>) -> AppPolicy {
+    /// The policies `names` names, noting the ones that are not defined.
+    fn resolve_names(
+        &self,
+        names: &TargetPolicy,
+        resource: &str,
+        at: &str,
+        errors: &mut Vec<ResiliencyError>,
+    ) -> ComponentPolicy {
         let mut missing = |kind: &str, field: &str, name: &str| {
             errors.push(ResiliencyError {
-                resource: target.resource.clone(),
-                field: format!("spec.targets.apps.{app}.{field}"),
+                resource: resource.to_owned(),
+                field: format!("{at}.{field}"),
                 message: format!("no {kind} policy named {name:?} is defined"),
             });
         };
-        let names = &target.names;
-        let timeout = names.timeout.as_deref().filter(|n| !n.is_empty()).and_then(|n| {
-            let t = self.timeouts.get(n).copied();
+        let named = |n: &Option<String>| n.as_deref().filter(|n| !n.is_empty()).map(str::to_owned);
+        let timeout = named(&names.timeout).and_then(|n| {
+            let t = self.timeouts.get(&n).copied();
             if t.is_none() {
-                missing("timeout", "timeout", n);
+                missing("timeout", "timeout", &n);
             }
             t
         });
-        let retry = names.retry.as_deref().filter(|n| !n.is_empty()).and_then(|n| {
-            let r = self.retries.get(n).cloned();
+        let retry = named(&names.retry).and_then(|n| {
+            let r = self.retries.get(&n).cloned();
             if r.is_none() {
-                missing("retry", "retry", n);
+                missing("retry", "retry", &n);
             }
             r
         });
-        let breaker = names
-            .circuit_breaker
-            .as_deref()
-            .filter(|n| !n.is_empty())
-            .and_then(|n| {
-                let b = self.breakers.get(n).cloned();
-                if b.is_none() {
-                    missing("circuit breaker", "circuitBreaker", n);
-                }
-                b
-            });
-        let cache_size = match names.circuit_breaker_cache_size {
+        let breaker = named(&names.circuit_breaker).and_then(|n| {
+            let b = self.breakers.get(&n).cloned();
+            if b.is_none() {
+                missing("circuit breaker", "circuitBreaker", &n);
+            }
+            b.map(|b| (n, b))
+        });
+        ComponentPolicy {
+            timeout: timeout.filter(|t| !t.is_zero()),
+            retry,
+            breaker,
+        }
+    }
+
+    fn app_target(&self, app: &str, target: &Target, errors: &mut Vec<ResiliencyError>) -> AppPolicy {
+        let at = format!("spec.targets.apps.{app}");
+        let p = self.resolve_names(&target.names, &target.resource, &at, errors);
+        let cache_size = match target.names.circuit_breaker_cache_size {
             Some(n) if n > 0 => usize::try_from(n).unwrap_or(usize::MAX),
             _ => DEFAULT_BREAKER_CACHE,
         };
-        AppPolicy::new(app, timeout.filter(|t| !t.is_zero()), retry, breaker, cache_size)
+        AppPolicy::new(app, p.timeout, p.retry, p.breaker.map(|(_, b)| b), cache_size)
     }
 
     /// True when a Resiliency target names this app (then Dapr's built-in retries do not apply to it).
@@ -391,6 +466,67 @@ impl Resiliency {
             ))
         });
         Some(policy.clone())
+    }
+
+    /// The policy for calls to component `name` (of `kind`) going `direction`: its target's policies when a
+    /// target names the component (only those it names for that direction), else Dapr's default component
+    /// policies, else `None`.
+    pub fn component_policy(&self, name: &str, kind: Kind, direction: Direction) -> Option<Policy> {
+        let slot = match direction {
+            Direction::Outbound => 0,
+            Direction::Inbound => 1,
+        };
+        let policy = match self.components.get(name) {
+            Some(target) => target[slot].clone()?,
+            None => self.default_component_policy(kind, direction)?,
+        };
+        if policy.timeout.is_none() && policy.retry.is_none() && policy.breaker.is_none() {
+            return None;
+        }
+        let breaker = policy.breaker.map(|(_, settings)| {
+            let mut cache = self.component_breakers.lock().unwrap_or_else(|p| p.into_inner());
+            cache
+                .entry((name.to_owned(), direction))
+                .or_insert_with(|| Arc::new(CircuitBreaker::new(format!("component[{name}]"), settings)))
+                .clone()
+        });
+        let label = match direction {
+            Direction::Outbound => "output",
+            Direction::Inbound => "input",
+        };
+        Some(Policy::new(
+            format!("component[{name}] {label}"),
+            policy.timeout,
+            policy.retry,
+            breaker,
+        ))
+    }
+
+    /// Outbound policy of component `name`: see [`Resiliency::component_policy`].
+    pub fn component_outbound(&self, name: &str, kind: Kind) -> Option<Policy> {
+        self.component_policy(name, kind, Direction::Outbound)
+    }
+
+    /// Dapr's default component policies, most specific first: `Default<Kind>Component<Direction><Policy>`,
+    /// `DefaultComponent<Direction><Policy>`, `DefaultComponent<Policy>`, then `Default<Policy>`.
+    fn default_component_policy(&self, kind: Kind, direction: Direction) -> Option<ComponentPolicy> {
+        let kind_name = kind.resiliency_name()?;
+        let dir = direction.as_str();
+        let levels = [
+            format!("{kind_name}Component{dir}"),
+            format!("Component{dir}"),
+            "Component".to_owned(),
+            String::new(),
+        ];
+        let find = |policy: &'static str| levels.iter().map(move |l| format!("Default{l}{policy}Policy"));
+        let timeout = find("Timeout").find_map(|n| self.timeouts.get(&n).copied());
+        let retry = find("Retry").find_map(|n| self.retries.get(&n).cloned());
+        let breaker = find("CircuitBreaker").find_map(|n| self.breakers.get(&n).cloned().map(|b| (n, b)));
+        Some(ComponentPolicy {
+            timeout: timeout.filter(|t| !t.is_zero()),
+            retry,
+            breaker,
+        })
     }
 
     /// Dapr's built-in service-invocation retry (3 retries 1s apart on unreachable targets), or the

@@ -8,11 +8,13 @@ use std::time::Duration;
 use super::breaker::{CircuitBreaker, Rejection};
 use super::retry::Retry;
 
-/// The status of a failed call: an app's HTTP response status or a gRPC status code.
+/// The status of a failed call: an app's HTTP response status or a gRPC status code, or a failure that carries
+/// no status (some keys of a component's bulk operation failed), which is retried like an error.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Status {
     Http(u16),
     Grpc(tonic::Code),
+    Failed,
 }
 
 impl Status {
@@ -44,6 +46,11 @@ pub trait Retryable {
     }
     /// True for failures to reach the target at all.
     fn is_transport(&self) -> bool {
+        false
+    }
+    /// True for definitive answers that trying again cannot change (an etag mismatch): never retried, and not
+    /// counted against the circuit breaker.
+    fn is_permanent(&self) -> bool {
         false
     }
 }
@@ -198,7 +205,8 @@ impl Policy {
                 Some(Err(e)) => Outcome::Error(e),
             };
             if let Some(ticket) = ticket {
-                ticket.settle(matches!(outcome, Outcome::Success(_)));
+                let permanent = matches!(&outcome, Outcome::Error(e) if e.is_permanent());
+                ticket.settle(permanent || matches!(outcome, Outcome::Success(_)));
             }
             let retry_wanted = match &outcome {
                 Outcome::Success(_) => false,
@@ -241,6 +249,9 @@ impl Policy {
         let Some(retry) = &self.retry else {
             return false;
         };
+        if e.is_permanent() {
+            return false;
+        }
         match self.scope {
             RetryScope::Transient => {
                 e.is_transport()

@@ -74,6 +74,7 @@ impl StatusMatch {
         let (code, list, valid) = match status {
             Status::Http(c) => (i32::from(c), &self.http, HTTP_CODES),
             Status::Grpc(c) => (c as i32, &self.grpc, GRPC_CODES),
+            Status::Failed => return true,
         };
         if code < valid.0 || code > valid.1 {
             return false;

@@ -1,20 +1,28 @@
-//! The channel to the user's app: a pooled keep-alive HTTP client or a gRPC AppCallback client, readiness
-//! (waiting for the app port) and optional health probing.
+//! The channel to the user's app: every call the sidecar makes to the app goes through here. It decides HTTP or
+//! gRPC (`AppCallback`) by the app protocol and applies, in one place, what every call needs: app health
+//! (`--enable-app-health-check`), the `--app-max-concurrency` limit, `APP_API_TOKEN` as `dapr-api-token`, and
+//! the caller's trace context (`traceparent`/`tracestate` travel as headers, or as metadata to `AppCallback`).
+//! It also waits for the app to listen and probes its health.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use axum::body::Body;
+use axum::http::{HeaderMap, HeaderValue, Request, Response, StatusCode, Uri, Version};
+use dapr::dapr::proto::common::v1 as common;
+use dapr::dapr::proto::runtime::v1::app_callback_client::AppCallbackClient;
 use dapr::dapr::proto::runtime::v1::app_callback_health_check_client::AppCallbackHealthCheckClient;
+use http_body_util::BodyExt;
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
-use tokio::sync::Semaphore;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio_util::sync::CancellationToken;
 use tonic::transport::{Channel, Endpoint};
 
 use super::args::Args;
+use super::net::{self as headers, h2c_client, http_status_from_code, source_chain};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum AppProtocol {
@@ -31,22 +39,38 @@ pub struct HealthProbe {
     pub threshold: u32,
 }
 
+/// Why a call did not reach the app.
+#[derive(Debug, thiserror::Error)]
+pub enum AppCallError {
+    /// Dapr's `ErrAppUnhealthy`: the health probe marked the app unhealthy.
+    #[error("app is not in a healthy state")]
+    Unhealthy,
+    #[error("{0}")]
+    Failed(String),
+}
+
 pub struct AppChannel {
     pub port: u16,
     pub protocol: AppProtocol,
     pub address: String,
+    /// Pooled keep-alive HTTP/1.1 client for HTTP apps.
     http: Client<HttpConnector, Body>,
+    /// HTTP/2 (h2c) client for gRPC calls forwarded to a gRPC app as they are.
+    h2: Client<HttpConnector, Body>,
+    /// `AppCallback` and health checks of a gRPC app.
     grpc: Channel,
     /// Sent to the app as `dapr-api-token` (APP_API_TOKEN).
-    pub token: Option<String>,
+    token: Option<HeaderValue>,
     healthy: AtomicBool,
     /// `--app-max-concurrency` permits.
-    pub concurrency: Option<Arc<Semaphore>>,
+    concurrency: Option<Arc<Semaphore>>,
+    /// The largest request body read whole (an HTTP-style call to a gRPC app), `--max-body-size`.
+    max_body: usize,
 }
 
 impl AppChannel {
     /// The channel `args` describe, or `None` without `--app-port`.
-    pub fn from_args(args: &Args) -> Option<Arc<Self>> {
+    pub fn from_args(args: &Args, max_body: usize) -> Option<Arc<Self>> {
         let port = args.app_port.filter(|p| *p > 0)?;
         let protocol = if args.app_protocol == "grpc" {
             AppProtocol::Grpc
@@ -68,28 +92,153 @@ impl AppChannel {
             .ok()
             .filter(|c| *c > 0)
             .map(|c| Arc::new(Semaphore::new(c)));
+        let token = args
+            .app_token
+            .as_deref()
+            .filter(|t| !t.is_empty())
+            .and_then(|t| HeaderValue::from_str(t).ok());
         Some(Arc::new(AppChannel {
             port,
             protocol,
             address,
             http,
+            h2: h2c_client(),
             grpc,
-            token: args.app_token.clone().filter(|t| !t.is_empty()),
+            token,
             healthy: AtomicBool::new(true),
             concurrency,
+            max_body,
         }))
-    }
-
-    pub fn http_client(&self) -> &Client<HttpConnector, Body> {
-        &self.http
-    }
-
-    pub fn grpc_channel(&self) -> Channel {
-        self.grpc.clone()
     }
 
     pub fn is_healthy(&self) -> bool {
         self.healthy.load(Ordering::Acquire)
+    }
+
+    /// What every call to the app goes through: refused while the app is unhealthy, then a concurrency permit
+    /// (held until the returned guard drops), and the app token set.
+    async fn admit(
+        &self,
+        headers: &mut HeaderMap,
+        check_health: bool,
+    ) -> Result<Option<OwnedSemaphorePermit>, AppCallError> {
+        if check_health && !self.is_healthy() {
+            return Err(AppCallError::Unhealthy);
+        }
+        let permit = match &self.concurrency {
+            Some(s) => s.clone().acquire_owned().await.ok(),
+            None => None,
+        };
+        headers.remove("dapr-api-token");
+        if let Some(token) = &self.token {
+            headers.insert("dapr-api-token", token.clone());
+        }
+        Ok(permit)
+    }
+
+    /// An HTTP-style method call (service invocation): forwarded over HTTP/1.1 to an HTTP app, or as
+    /// `AppCallback.OnInvoke` to a gRPC app. The app's status, headers and body come back as they are.
+    pub async fn invoke_method(&self, mut req: Request<Body>) -> Result<Response<Body>, AppCallError> {
+        let _permit = self.admit(req.headers_mut(), true).await?;
+        match self.protocol {
+            AppProtocol::Http => self.forward(&self.http, req, Version::HTTP_11).await,
+            AppProtocol::Grpc => Ok(self.on_invoke(req).await),
+        }
+    }
+
+    /// A gRPC call forwarded to the app's gRPC server as it is (proxied gRPC), streaming both ways, trailers
+    /// included.
+    pub async fn forward_grpc(&self, mut req: Request<Body>) -> Result<Response<Body>, AppCallError> {
+        let _permit = self.admit(req.headers_mut(), false).await?;
+        self.forward(&self.h2, req, Version::HTTP_2).await
+    }
+
+    /// Sends the request to the app as it is, streaming both ways.
+    async fn forward(
+        &self,
+        client: &Client<HttpConnector, Body>,
+        mut req: Request<Body>,
+        version: Version,
+    ) -> Result<Response<Body>, AppCallError> {
+        let pq = req.uri().path_and_query().map(|p| p.as_str()).unwrap_or("/");
+        let uri: Uri = format!("http://{}:{}{pq}", self.address, self.port)
+            .parse()
+            .map_err(|e| AppCallError::Failed(format!("{e}")))?;
+        *req.uri_mut() = uri;
+        *req.version_mut() = version;
+        let resp = client
+            .request(req)
+            .await
+            .map_err(|e| AppCallError::Failed(format!("{e}: {}", source_chain(&e))))?;
+        let (mut parts, body) = resp.into_parts();
+        headers::strip_hop_by_hop(&mut parts.headers);
+        Ok(Response::from_parts(parts, Body::new(body)))
+    }
+
+    /// An HTTP-style call to a gRPC app: `AppCallback.OnInvoke`, with the request headers (trace context and
+    /// token included) as metadata. A gRPC error from the app becomes the HTTP status Dapr maps it to.
+    async fn on_invoke(&self, req: Request<Body>) -> Response<Body> {
+        let (parts, body) = req.into_parts();
+        let data = match http_body_util::Limited::new(body, self.max_body).collect().await {
+            Ok(c) => c.to_bytes(),
+            Err(e) => {
+                return axum::response::IntoResponse::into_response(crate::sidecar::error::ApiError::body_read(e));
+            }
+        };
+        let verb = common::http_extension::Verb::from_str_name(parts.method.as_str())
+            .unwrap_or(common::http_extension::Verb::Post);
+        let content_type = headers::get(&parts.headers, "content-type")
+            .unwrap_or_default()
+            .to_owned();
+        let message = common::InvokeRequest {
+            method: parts.uri.path().trim_start_matches('/').to_owned(),
+            data: Some(prost_types::Any {
+                type_url: String::new(),
+                value: data.to_vec(),
+            }),
+            content_type,
+            http_extension: Some(common::HttpExtension {
+                verb: verb as i32,
+                querystring: parts.uri.query().unwrap_or_default().to_owned(),
+            }),
+        };
+        let mut request = tonic::Request::new(message);
+        for (name, value) in parts.headers.iter() {
+            if matches!(name.as_str(), "content-type" | "content-length" | "te") {
+                continue;
+            }
+            if let (Ok(k), Ok(v)) = (
+                tonic::metadata::MetadataKey::from_bytes(name.as_str().as_bytes()),
+                tonic::metadata::MetadataValue::try_from(value.as_bytes()),
+            ) {
+                request.metadata_mut().insert(k, v);
+            }
+        }
+        let mut client = AppCallbackClient::new(self.grpc.clone());
+        match client.on_invoke(request).await {
+            Ok(resp) => {
+                let r = resp.into_inner();
+                let mut out = Response::new(Body::from(r.data.map(|a| a.value).unwrap_or_default()));
+                if let Ok(ct) = HeaderValue::from_str(if r.content_type.is_empty() {
+                    "application/json"
+                } else {
+                    &r.content_type
+                }) {
+                    out.headers_mut().insert("content-type", ct);
+                }
+                out
+            }
+            Err(status) => {
+                let code = http_status_from_code(status.code());
+                let body =
+                    serde_json::json!({ "code": status.code() as i32, "message": status.message(), "details": [] });
+                let mut out = Response::new(Body::from(body.to_string()));
+                *out.status_mut() = StatusCode::from_u16(code).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+                out.headers_mut()
+                    .insert("content-type", HeaderValue::from_static("application/json"));
+                out
+            }
+        }
     }
 
     /// Waits until the app accepts TCP connections on its port (or shutdown begins).
@@ -119,9 +268,9 @@ impl AppChannel {
             match self.protocol {
                 AppProtocol::Http => {
                     let uri = format!("http://{}:{}{}", self.address, self.port, probe.path);
-                    let mut req = http::Request::get(uri).body(Body::empty()).ok()?;
+                    let mut req = Request::get(uri).body(Body::empty()).ok()?;
                     if let Some(t) = &self.token {
-                        req.headers_mut().insert("dapr-api-token", t.parse().ok()?);
+                        req.headers_mut().insert("dapr-api-token", t.clone());
                     }
                     let resp = self.http.request(req).await.ok()?;
                     Some(resp.status().is_success())
@@ -130,7 +279,8 @@ impl AppChannel {
                     let mut client = AppCallbackHealthCheckClient::new(self.grpc.clone());
                     let mut req = tonic::Request::new(());
                     if let Some(t) = &self.token {
-                        req.metadata_mut().insert("dapr-api-token", t.parse().ok()?);
+                        req.metadata_mut()
+                            .insert("dapr-api-token", t.to_str().ok()?.parse().ok()?);
                     }
                     Some(client.health_check(req).await.is_ok())
                 }

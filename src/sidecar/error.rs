@@ -30,6 +30,8 @@ pub struct ErrorExtras {
     pub resource: Option<(&'static str, String)>,
     /// BadRequest field violation: (field, description).
     pub bad_field: Option<(String, String)>,
+    /// More ErrorInfo metadata (gRPC), e.g. the `http.code` of an authentication failure.
+    pub info: Vec<(String, String)>,
 }
 
 impl std::fmt::Display for ApiError {
@@ -74,6 +76,18 @@ impl ApiError {
     pub fn with_reason(mut self, reason: &'static str) -> Self {
         self.reason = Some(reason);
         self
+    }
+
+    // Authentication (gRPC; the HTTP API answers a plain-text 401).
+    /// Dapr's answer to a missing or wrong `dapr-api-token` on the gRPC API.
+    pub fn unauthenticated(detail: &str) -> Self {
+        let mut e =
+            Self::new(401, Code::Unauthenticated, "ERR_UNAUTHENTICATED", "Unauthorized").with_reason("Unauthorized");
+        e.extras_mut().info = vec![
+            ("http.code".to_owned(), "401".to_owned()),
+            ("http.error_message".to_owned(), detail.to_owned()),
+        ];
+        e
     }
 
     // Generic.
@@ -126,6 +140,15 @@ impl ApiError {
             Code::Internal,
             "ERR_DIRECT_INVOKE",
             format!("failed to invoke, id: {id}, err: {err}"),
+        )
+    }
+    /// A gRPC call on the sidecar's port that names no app to proxy it to.
+    pub fn proxy_no_app_id() -> Self {
+        Self::new(
+            404,
+            Code::Unknown,
+            "ERR_DIRECT_INVOKE",
+            "failed to proxy request: required metadata dapr-callee-app-id or dapr-app-id not found",
         )
     }
     pub fn invoke_no_method() -> Self {

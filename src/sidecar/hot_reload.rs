@@ -1,17 +1,16 @@
 //! Kubernetes mode: resources come from the tandem operator's sidecar API, and changes stream in and are applied
-//! without a restart — components are closed and initialised again in place, subscriptions and HTTPEndpoints
-//! replaced. Configuration and Resiliency changes are logged: like Dapr, they need a restart to apply.
+//! without a restart. A changed component is built beside the running one and swapped in once ready (the old
+//! one keeps serving meanwhile, and stays when the new one fails); subscriptions and HTTPEndpoints are replaced.
+//! Configuration and Resiliency changes are logged: like Dapr, they need a restart to apply.
 
 use std::sync::Arc;
 
 use futures::StreamExt;
 
-use super::Mode;
-use super::invoke::Invoker;
-use super::processor;
+use super::components::ComponentLoader;
+use super::components::loader::Applied;
 use super::runtime::Runtime;
 use crate::api::Component;
-use crate::components::Registry;
 use crate::control_plane::operator_client::{DaprResource, EventType, OperatorClient, SidecarResources};
 
 /// The address as the client wants it: a bare `host:port` means plain HTTP.
@@ -29,14 +28,7 @@ pub fn builtin_kubernetes_secret_store() -> Component {
 }
 
 /// Applies the operator's changes to the running sidecar until the stream ends (it only ends on shutdown).
-pub async fn follow(
-    rt: Arc<Runtime>,
-    invoker: Arc<Invoker>,
-    client: OperatorClient,
-    baseline: SidecarResources,
-    mode: Mode,
-) {
-    let registry = Registry::builtin();
+pub async fn follow(rt: Arc<Runtime>, loader: ComponentLoader, client: OperatorClient, baseline: SidecarResources) {
     let mut current = baseline.clone();
     let mut events = Box::pin(client.watch_from(&rt.app_id, baseline));
     loop {
@@ -57,13 +49,17 @@ pub async fn follow(
             DaprResource::Component(c) => {
                 let name = c.name().to_owned();
                 current.components.retain(|x| x.name() != name);
-                rt.remove_component(&name).await;
                 if deleted {
-                    tracing::info!(component = %name, "component deleted; closed it");
+                    loader.remove(&name);
+                    tracing::info!(component = %name, "component deleted; closing it once its requests are done");
                 } else {
-                    match processor::load_component(&rt, &registry, &c, mode).await {
-                        Ok(()) => tracing::info!(component = %name, "component (re)loaded"),
-                        Err(e) => tracing::error!(component = %name, "reloading component failed: {e}"),
+                    match loader.apply(&c).await {
+                        Ok(Applied::Loaded) => tracing::info!(component = %name, "component (re)loaded"),
+                        Ok(Applied::Unchanged) => tracing::debug!(component = %name, "component unchanged"),
+                        Err(e) => tracing::error!(
+                            component = %name,
+                            "reloading component failed: {e}; the running one keeps serving"
+                        ),
                     }
                     current.components.push(c);
                 }
@@ -74,7 +70,7 @@ pub async fn follow(
                 if !deleted {
                     current.subscriptions.push(s);
                 }
-                rt.set_subscriptions(current.subscriptions.clone());
+                rt.metadata.set_subscriptions(current.subscriptions.clone());
             }
             DaprResource::HttpEndpoint(e) => {
                 let name = e.metadata.name.clone();
@@ -82,10 +78,8 @@ pub async fn follow(
                 if !deleted {
                     current.http_endpoints.push(e);
                 }
-                rt.set_http_endpoints(current.http_endpoints.clone());
-                match processor::resolve_endpoints(&rt, &current.http_endpoints, mode).await {
-                    Ok(endpoints) => invoker.set_endpoints(endpoints),
-                    Err(err) => tracing::error!("reloading HTTPEndpoints failed: {err}"),
+                if let Err(err) = rt.invoker.endpoints().load(&rt.secrets, &current.http_endpoints).await {
+                    tracing::error!("reloading HTTPEndpoints failed: {err}; the running ones keep serving");
                 }
             }
             DaprResource::Configuration(c) => tracing::warn!(

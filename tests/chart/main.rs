@@ -465,10 +465,10 @@ fn samples_are_valid_tandem_resources_and_annotated_apps() {
     for file in strings(&kustomization["resources"]) {
         docs.extend(documents(&fs::read_to_string(dir.join(file)).unwrap(), file));
     }
-    let mut loaded = tandem::sidecar::loader::Resources::default();
+    let mut loaded = tandem::sidecar::resources::Resources::default();
     for doc in &docs {
         if doc["apiVersion"].as_str().unwrap().starts_with("dapr.io/") {
-            tandem::sidecar::loader::parse(&mut loaded, &serde_yaml::to_string(doc).unwrap(), Path::new("sample"))
+            tandem::sidecar::resources::parse(&mut loaded, &serde_yaml::to_string(doc).unwrap(), Path::new("sample"))
                 .unwrap();
         }
     }

@@ -6,15 +6,16 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
-use tandem::api::{Component, Configuration};
+use tandem::api::Component;
 use tandem::components::Registry;
 use tandem::components::state::Concurrency;
 use tandem::sidecar::Mode;
-use tandem::sidecar::processor::load_components;
-use tandem::sidecar::runtime::{AppConnection, DeleteItem, Runtime, SaveItem, TxOp};
+use tandem::sidecar::components::{ComponentLoader, ComponentTable};
+use tandem::sidecar::secrets::Secrets;
+use tandem::sidecar::state::{DeleteItem, SaveItem, State, TxOp};
 
-/// A runtime for a fresh app id holding one state store `s` of the given backend.
-async fn runtime(backend: &str, app_id: &str, dir: &tempfile::TempDir) -> Arc<Runtime> {
+/// The state API of a fresh app id holding one state store `s` of the given backend.
+async fn runtime(backend: &str, app_id: &str, dir: &tempfile::TempDir) -> State {
     let db = dir.path().join("state.db");
     let component = match backend {
         "memory" => Component::new("s", "state.in-memory", &[]),
@@ -22,16 +23,13 @@ async fn runtime(backend: &str, app_id: &str, dir: &tempfile::TempDir) -> Arc<Ru
         "redis" => Component::new("s", "state.redis", &[("redisHost", "127.0.0.1:6379")]),
         other => panic!("unknown backend {other}"),
     };
-    let rt = Arc::new(Runtime::new(
-        app_id,
-        "",
-        Configuration::default(),
-        AppConnection::default(),
-    ));
-    load_components(&rt, &Registry::builtin(), &[component], Mode::Standalone)
+    let table = Arc::new(ComponentTable::default());
+    let secrets = Secrets::new(table.clone(), Arc::default(), app_id, "", Mode::Standalone);
+    ComponentLoader::new(Registry::builtin(), table.clone(), secrets, Arc::default(), app_id, "")
+        .load_all(&[component])
         .await
         .unwrap_or_else(|e| panic!("{backend} store failed to start (is the server running?): {e}"));
-    rt
+    State::new(table, app_id)
 }
 
 fn unique(prefix: &str) -> String {
@@ -60,7 +58,7 @@ fn delete(key: &str, etag: Option<&str>) -> DeleteItem {
 }
 
 struct Ctx {
-    rt: Arc<Runtime>,
+    rt: State,
     _dir: tempfile::TempDir,
     backend: &'static str,
 }
@@ -72,7 +70,7 @@ async fn ctx(backend: &'static str) -> Ctx {
 }
 
 async fn etag_of(c: &Ctx, key: &str) -> String {
-    c.rt.get_state("s", key)
+    c.rt.get("s", key)
         .await
         .unwrap()
         .expect("item exists")
@@ -81,14 +79,14 @@ async fn etag_of(c: &Ctx, key: &str) -> String {
 }
 
 async fn set_get_roundtrip(c: Ctx) {
-    c.rt.save_state("s", &[item("a", r#"{"x":1}"#)]).await.unwrap();
-    let got = c.rt.get_state("s", "a").await.unwrap().unwrap();
+    c.rt.save("s", &[item("a", r#"{"x":1}"#)]).await.unwrap();
+    let got = c.rt.get("s", "a").await.unwrap().unwrap();
     assert_eq!(got.data, Bytes::from_static(br#"{"x":1}"#));
     let first = got.etag.clone().expect("etag");
-    c.rt.save_state("s", &[item("a", "2")]).await.unwrap();
+    c.rt.save("s", &[item("a", "2")]).await.unwrap();
     let second = etag_of(&c, "a").await;
     assert_ne!(first, second, "{}: etag must change on every write", c.backend);
-    assert!(c.rt.get_state("s", "missing").await.unwrap().is_none());
+    assert!(c.rt.get("s", "missing").await.unwrap().is_none());
 }
 
 async fn binary_values_roundtrip(c: Ctx) {
@@ -98,18 +96,15 @@ async fn binary_values_roundtrip(c: Ctx) {
         value: bytes.clone(),
         ..Default::default()
     };
-    c.rt.save_state("s", &[it]).await.unwrap();
-    assert_eq!(c.rt.get_state("s", "bin").await.unwrap().unwrap().data, bytes);
+    c.rt.save("s", &[it]).await.unwrap();
+    assert_eq!(c.rt.get("s", "bin").await.unwrap().unwrap().data, bytes);
 }
 
 async fn etag_rules(c: Ctx) {
-    c.rt.save_state("s", &[item("k", "1")]).await.unwrap();
+    c.rt.save("s", &[item("k", "1")]).await.unwrap();
     let etag = etag_of(&c, "k").await;
-    c.rt.save_state("s", &[with_etag(item("k", "2"), &etag)]).await.unwrap();
-    let stale =
-        c.rt.save_state("s", &[with_etag(item("k", "3"), &etag)])
-            .await
-            .unwrap_err();
+    c.rt.save("s", &[with_etag(item("k", "2"), &etag)]).await.unwrap();
+    let stale = c.rt.save("s", &[with_etag(item("k", "3"), &etag)]).await.unwrap_err();
     assert_eq!(
         (stale.status, stale.code),
         (409, "ERR_STATE_SAVE"),
@@ -117,7 +112,7 @@ async fn etag_rules(c: Ctx) {
         c.backend
     );
     let invalid =
-        c.rt.save_state("s", &[with_etag(item("k", "3"), "not-a-version")])
+        c.rt.save("s", &[with_etag(item("k", "3"), "not-a-version")])
             .await
             .unwrap_err();
     // Redis etags are version numbers, so a malformed one is invalid (400); the other stores, like Dapr's,
@@ -129,17 +124,14 @@ async fn etag_rules(c: Ctx) {
         "{}: {invalid}",
         c.backend
     );
-    let on_missing =
-        c.rt.save_state("s", &[with_etag(item("nope", "3"), "1")])
-            .await
-            .unwrap_err();
+    let on_missing = c.rt.save("s", &[with_etag(item("nope", "3"), "1")]).await.unwrap_err();
     assert_eq!(
         on_missing.status, 409,
         "{}: an etag on a missing key conflicts",
         c.backend
     );
     assert_eq!(
-        c.rt.get_state("s", "k").await.unwrap().unwrap().data,
+        c.rt.get("s", "k").await.unwrap().unwrap().data,
         Bytes::from_static(b"2")
     );
 }
@@ -149,45 +141,45 @@ async fn first_write(c: Ctx) {
         concurrency: Concurrency::FirstWrite,
         ..item(k, v)
     };
-    c.rt.save_state("s", &[fw("f", "1")]).await.unwrap();
-    let err = c.rt.save_state("s", &[fw("f", "2")]).await.unwrap_err();
+    c.rt.save("s", &[fw("f", "1")]).await.unwrap();
+    let err = c.rt.save("s", &[fw("f", "2")]).await.unwrap_err();
     assert_eq!(
         err.status, 409,
         "{}: first-write without etag may only create",
         c.backend
     );
     let etag = etag_of(&c, "f").await;
-    c.rt.save_state("s", &[with_etag(fw("f", "3"), &etag)]).await.unwrap();
+    c.rt.save("s", &[with_etag(fw("f", "3"), &etag)]).await.unwrap();
     let last = SaveItem {
         concurrency: Concurrency::LastWrite,
         ..item("f", "4")
     };
-    c.rt.save_state("s", &[last]).await.unwrap();
+    c.rt.save("s", &[last]).await.unwrap();
     assert_eq!(
-        c.rt.get_state("s", "f").await.unwrap().unwrap().data,
+        c.rt.get("s", "f").await.unwrap().unwrap().data,
         Bytes::from_static(b"4")
     );
 }
 
 async fn delete_rules(c: Ctx) {
-    c.rt.save_state("s", &[item("d", "1")]).await.unwrap();
-    let err = c.rt.delete_state("s", &delete("d", Some("12345"))).await.unwrap_err();
+    c.rt.save("s", &[item("d", "1")]).await.unwrap();
+    let err = c.rt.delete("s", &delete("d", Some("12345"))).await.unwrap_err();
     assert_eq!((err.status, err.code), (409, "ERR_STATE_DELETE"), "{}", c.backend);
     let etag = etag_of(&c, "d").await;
-    c.rt.delete_state("s", &delete("d", Some(&etag))).await.unwrap();
-    assert!(c.rt.get_state("s", "d").await.unwrap().is_none());
-    c.rt.delete_state("s", &delete("never-existed", None)).await.unwrap();
-    c.rt.save_state("s", &[item("b1", "1"), item("b2", "2")]).await.unwrap();
-    c.rt.delete_bulk_state("s", &[delete("b1", None), delete("b2", None)])
+    c.rt.delete("s", &delete("d", Some(&etag))).await.unwrap();
+    assert!(c.rt.get("s", "d").await.unwrap().is_none());
+    c.rt.delete("s", &delete("never-existed", None)).await.unwrap();
+    c.rt.save("s", &[item("b1", "1"), item("b2", "2")]).await.unwrap();
+    c.rt.bulk_delete("s", &[delete("b1", None), delete("b2", None)])
         .await
         .unwrap();
-    assert!(c.rt.get_state("s", "b2").await.unwrap().is_none());
+    assert!(c.rt.get("s", "b2").await.unwrap().is_none());
 }
 
 async fn bulk_get(c: Ctx) {
-    c.rt.save_state("s", &[item("x", "1"), item("y", "2")]).await.unwrap();
+    c.rt.save("s", &[item("x", "1"), item("y", "2")]).await.unwrap();
     let keys = vec!["y".to_owned(), "missing".to_owned(), "x".to_owned()];
-    let got = c.rt.get_bulk_state("s", &keys, 2).await.unwrap();
+    let got = c.rt.bulk_get("s", &keys, 2).await.unwrap();
     let summary: Vec<(&str, Option<&[u8]>)> = got
         .iter()
         .map(|b| (b.key.as_str(), b.item.as_ref().map(|i| &i.data[..])))
@@ -201,11 +193,11 @@ async fn bulk_get(c: Ctx) {
 }
 
 async fn transactions_are_all_or_nothing(c: Ctx) {
-    c.rt.save_state("s", &[item("t1", "1"), item("t2", "2")]).await.unwrap();
+    c.rt.save("s", &[item("t1", "1"), item("t2", "2")]).await.unwrap();
     let ok = [TxOp::Upsert(item("t3", "3")), TxOp::Delete(delete("t1", None))];
     c.rt.transact("s", &ok).await.unwrap();
-    assert!(c.rt.get_state("s", "t1").await.unwrap().is_none());
-    assert!(c.rt.get_state("s", "t3").await.unwrap().is_some());
+    assert!(c.rt.get("s", "t1").await.unwrap().is_none());
+    assert!(c.rt.get("s", "t3").await.unwrap().is_some());
     let failing = [
         TxOp::Upsert(item("t4", "4")),
         TxOp::Delete(delete("t2", None)),
@@ -214,16 +206,16 @@ async fn transactions_are_all_or_nothing(c: Ctx) {
     let err = c.rt.transact("s", &failing).await.unwrap_err();
     assert_eq!((err.status, err.code), (500, "ERR_STATE_TRANSACTION"), "{}", c.backend);
     assert!(
-        c.rt.get_state("s", "t4").await.unwrap().is_none(),
+        c.rt.get("s", "t4").await.unwrap().is_none(),
         "{}: nothing of a failed transaction applies",
         c.backend
     );
-    assert!(c.rt.get_state("s", "t2").await.unwrap().is_some(), "{}", c.backend);
+    assert!(c.rt.get("s", "t2").await.unwrap().is_some(), "{}", c.backend);
 }
 
 async fn ttl(c: Ctx) {
     let md = |t: &str| BTreeMap::from([("ttlInSeconds".to_owned(), t.to_owned())]);
-    c.rt.save_state(
+    c.rt.save(
         "s",
         &[SaveItem {
             metadata: md("1"),
@@ -232,7 +224,7 @@ async fn ttl(c: Ctx) {
     )
     .await
     .unwrap();
-    c.rt.save_state(
+    c.rt.save(
         "s",
         &[SaveItem {
             metadata: md("-1"),
@@ -241,32 +233,25 @@ async fn ttl(c: Ctx) {
     )
     .await
     .unwrap();
-    let got = c.rt.get_state("s", "ttl").await.unwrap().unwrap();
+    let got = c.rt.get("s", "ttl").await.unwrap().unwrap();
     assert!(
         got.expires_at.is_some(),
         "{}: items with a TTL report when they expire",
         c.backend
     );
-    assert!(
-        c.rt.get_state("s", "forever")
-            .await
-            .unwrap()
-            .unwrap()
-            .expires_at
-            .is_none()
-    );
+    assert!(c.rt.get("s", "forever").await.unwrap().unwrap().expires_at.is_none());
     let mut gone = false;
     for _ in 0..40 {
         tokio::time::sleep(Duration::from_millis(100)).await;
-        if c.rt.get_state("s", "ttl").await.unwrap().is_none() {
+        if c.rt.get("s", "ttl").await.unwrap().is_none() {
             gone = true;
             break;
         }
     }
     assert!(gone, "{}: an item with ttlInSeconds=1 must expire", c.backend);
-    assert!(c.rt.get_state("s", "forever").await.unwrap().is_some());
+    assert!(c.rt.get("s", "forever").await.unwrap().is_some());
     // Rewriting without a TTL removes the expiry.
-    c.rt.save_state(
+    c.rt.save(
         "s",
         &[SaveItem {
             metadata: md("100"),
@@ -275,31 +260,27 @@ async fn ttl(c: Ctx) {
     )
     .await
     .unwrap();
-    c.rt.save_state("s", &[item("re", "2")]).await.unwrap();
+    c.rt.save("s", &[item("re", "2")]).await.unwrap();
     assert!(
-        c.rt.get_state("s", "re").await.unwrap().unwrap().expires_at.is_none(),
+        c.rt.get("s", "re").await.unwrap().unwrap().expires_at.is_none(),
         "{}",
         c.backend
     );
 }
 
 async fn apps_do_not_see_each_others_keys(c: Ctx) {
-    c.rt.save_state("s", &[item("shared-name", "mine")]).await.unwrap();
+    c.rt.save("s", &[item("shared-name", "mine")]).await.unwrap();
     let other = runtime(c.backend, &unique("other"), &c._dir).await;
-    assert!(
-        other.get_state("s", "shared-name").await.unwrap().is_none(),
-        "{}",
-        c.backend
-    );
+    assert!(other.get("s", "shared-name").await.unwrap().is_none(), "{}", c.backend);
 }
 
 async fn optimistic_concurrency_under_contention(c: Ctx) {
-    c.rt.save_state("s", &[item("race", "0")]).await.unwrap();
+    c.rt.save("s", &[item("race", "0")]).await.unwrap();
     let etag = etag_of(&c, "race").await;
     let writes = (0..8).map(|i| {
         let rt = c.rt.clone();
         let it = with_etag(item("race", &i.to_string()), &etag);
-        tokio::spawn(async move { rt.save_state("s", &[it]).await })
+        tokio::spawn(async move { rt.save("s", &[it]).await })
     });
     let results = futures::future::join_all(writes).await;
     let won = results.into_iter().filter(|r| matches!(r, Ok(Ok(())))).count();
@@ -318,10 +299,10 @@ async fn query(c: Ctx) {
         ("4", r#"{"person":{"org":"Dev Ops","id":1042},"state":"WA"}"#),
     ];
     let items: Vec<SaveItem> = people.iter().map(|(k, v)| item(k, v)).collect();
-    c.rt.save_state("s", &items).await.unwrap();
+    c.rt.save("s", &items).await.unwrap();
     let q =
         br#"{"filter":{"EQ":{"person.org":"Dev Ops"}},"sort":[{"key":"person.id","order":"DESC"}],"page":{"limit":1}}"#;
-    let page = c.rt.query_state("s", q).await.unwrap();
+    let page = c.rt.query("s", q).await.unwrap();
     assert_eq!(
         page.results.iter().map(|r| r.key.as_str()).collect::<Vec<_>>(),
         ["4"],
@@ -333,14 +314,14 @@ async fn query(c: Ctx) {
     let q2 = format!(
         r#"{{"filter":{{"EQ":{{"person.org":"Dev Ops"}}}},"sort":[{{"key":"person.id","order":"DESC"}}],"page":{{"limit":1,"token":"{token}"}}}}"#
     );
-    let next = c.rt.query_state("s", q2.as_bytes()).await.unwrap();
+    let next = c.rt.query("s", q2.as_bytes()).await.unwrap();
     assert_eq!(next.results.iter().map(|r| r.key.as_str()).collect::<Vec<_>>(), ["1"]);
-    let err = c.rt.query_state("s", b"{not json").await.unwrap_err();
+    let err = c.rt.query("s", b"{not json").await.unwrap_err();
     assert_eq!((err.status, err.code), (500, "ERR_STATE_QUERY"));
 }
 
 async fn query_unsupported(c: Ctx) {
-    let err = c.rt.query_state("s", b"{}").await.unwrap_err();
+    let err = c.rt.query("s", b"{}").await.unwrap_err();
     assert!(
         err.message.contains("redis-json server support is required"),
         "{}",

@@ -305,11 +305,18 @@ def test_proxy_forwards_cuts_and_restores(redis_prefix):
             assert poll_until(lambda: proxy.live_connections() == 1, timeout=5)
             assert proxy.cut() == 1 and proxy.is_cut
             held.settimeout(5)
-            assert held.recv(64) == b"", "a live connection is closed by the cut"
+            try:
+                closed = held.recv(64) == b""  # EOF ...
+            except ConnectionResetError:
+                closed = True  # ... or a reset, depending on timing: both mean the connection is gone
+            assert closed, "a live connection is closed by the cut"
         finally:
             held.close()
-        with pytest.raises(OSError):
-            ping()  # reset (or closed) at once while cut
+        try:
+            answer = ping()
+        except OSError:
+            answer = None  # reset at once while cut ...
+        assert answer in (None, b""), answer  # ... or at least closed without an answer
         assert proxy.refused >= 1
         proxy.restore()
         assert not proxy.is_cut and proxy.restores == 1

@@ -15,6 +15,8 @@ import re
 import signal
 import sqlite3
 import subprocess
+import threading
+import time
 import uuid
 from pathlib import Path
 from typing import Iterator
@@ -442,3 +444,190 @@ def test_changes_elsewhere_do_not_reach_the_sidecar(web, operator, apiserver):
     loaded = components_of(web)
     assert "foreign" not in loaded and "billing-only" not in loaded, loaded
     assert web.proc.poll() is None, "the sidecar kept running through every change"
+
+
+# --------------------------------------------------------------------------------------------------------
+# Hot reload: a changed component is swapped in only once it is ready; the old one serves until then and stays
+# when the new one cannot be built
+# --------------------------------------------------------------------------------------------------------
+
+TRAFFIC_WORKERS = 3
+# Requests (saves and reads) that must overlap the reload windows for the no-loss claim to mean something.
+MIN_REQUESTS_DURING_RELOADS = 20
+# Hard stop for the traffic threads, should the test never get to stop them.
+TRAFFIC_LIMIT = 60.0
+
+
+def reloaded_line(name: str) -> str:
+    return rf"component \(re\)loaded component={re.escape(name)}$"
+
+
+def reload_failed_line(name: str) -> str:
+    return rf"reloading component failed: (.*) component={re.escape(name)}$"
+
+
+def log_lines(sc, pattern: str) -> list[str]:
+    return re.findall(pattern, sc.stderr(), re.M)
+
+
+def current_component(apiserver: FakeApiServer, name: str) -> dict:
+    """Component `name` of NS as it is now in the API server, without its status (to be changed and re-applied)."""
+    obj = apiserver.get("Component", NS, name)
+    assert obj is not None, f"Component {name} is not in the API server"
+    doc = {"apiVersion": obj["apiVersion"], "kind": obj["kind"],
+           "metadata": {"name": name, "namespace": NS}, "spec": obj["spec"]}
+    if "scopes" in obj:
+        doc["scopes"] = obj["scopes"]
+    return doc
+
+
+def with_metadata(doc: dict, name: str, value: str) -> dict:
+    """`doc` with metadata item `name` set to `value` (added or replaced), everything else kept."""
+    doc = {**doc, "spec": {**doc["spec"]}}
+    items = [m for m in doc["spec"].get("metadata") or [] if m.get("name") != name]
+    doc["spec"]["metadata"] = items + [{"name": name, "value": value}]
+    return doc
+
+
+class Traffic:
+    """Worker threads that each save a fresh key in `store` and read it back, until stopped. Every request is
+    recorded as (op, started, ended, ok, detail), monotonic times, so a test can count what overlapped a window."""
+
+    def __init__(self, sc, store: str, workers: int = TRAFFIC_WORKERS):
+        self.sc, self.store = sc, store
+        self.records: list[tuple[str, float, float, bool, str]] = []
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self._threads = [threading.Thread(target=self._run, args=(w,), name=f"traffic-{store}-{w}", daemon=True)
+                         for w in range(workers)]
+
+    def start(self) -> "Traffic":
+        for t in self._threads:
+            t.start()
+        return self
+
+    def stop(self) -> None:
+        self._stop.set()
+        for t in self._threads:
+            t.join(timeout=10)
+        alive = [t.name for t in self._threads if t.is_alive()]
+        assert not alive, f"traffic threads did not stop: {alive}"
+
+    def completed(self) -> int:
+        with self._lock:
+            return len(self.records)
+
+    def failures(self) -> list[tuple[str, float, float, bool, str]]:
+        with self._lock:
+            return [r for r in self.records if not r[3]]
+
+    def overlapping(self, start: float, end: float) -> int:
+        with self._lock:
+            return sum(1 for _, began, ended, _, _ in self.records if began <= end and ended >= start)
+
+    def _record(self, op: str, began: float, ok: bool, detail: str) -> None:
+        with self._lock:
+            self.records.append((op, began, time.monotonic(), ok, detail))
+
+    def _run(self, worker: int) -> None:
+        deadline = time.monotonic() + TRAFFIC_LIMIT
+        url = self.sc.url(f"/v1.0/state/{self.store}")
+        with requests.Session() as http:
+            i = 0
+            while not self._stop.is_set() and time.monotonic() < deadline:
+                key, value = f"traffic-{worker}-{i}-{uuid.uuid4().hex[:6]}", {"worker": worker, "i": i}
+                i += 1
+                began = time.monotonic()
+                try:
+                    r = http.post(url, json=[{"key": key, "value": value}], timeout=5)
+                    ok, detail = r.status_code == 204, f"{r.status_code} {r.text}"
+                except requests.RequestException as e:
+                    ok, detail = False, repr(e)
+                self._record("save " + key, began, ok, detail)
+                if not ok:
+                    continue
+                began = time.monotonic()
+                try:
+                    r = http.get(f"{url}/{key}", timeout=5)
+                    ok = r.status_code == 200 and r.json() == value
+                    detail = f"{r.status_code} {r.text}"
+                except (requests.RequestException, ValueError) as e:
+                    ok, detail = False, repr(e)
+                self._record("read " + key, began, ok, detail)
+
+
+def test_hot_reload_during_traffic_loses_no_request(web, operator, apiserver):
+    # Re-apply orders as it is now (an earlier test switched it to keyPrefix=name) and change busyTimeout only:
+    # a real reload, and keys written before it stay visible after it.
+    base = current_component(apiserver, "orders")
+    pattern = reloaded_line("orders")
+    traffic = Traffic(web, "orders").start()
+    windows: list[tuple[float, float]] = []
+    try:
+        wait_for(lambda: traffic.completed() >= 20, "traffic running before the reloads", web, operator)
+        for busy in ("3s", "4s", "5s"):
+            before = len(log_lines(web, pattern))
+            began = time.monotonic()
+            apiserver.apply(with_metadata(base, "busyTimeout", busy))
+            wait_for(lambda: len(log_lines(web, pattern)) > before, f"orders reloaded with busyTimeout={busy}",
+                     web, operator)
+            windows.append((began, time.monotonic()))
+        after = traffic.completed()
+        wait_for(lambda: traffic.completed() >= after + 20, "traffic running after the reloads", web, operator)
+    finally:
+        traffic.stop()
+    failures = traffic.failures()
+    during = sum(traffic.overlapping(a, b) for a, b in windows)
+    assert not failures, (f"{len(failures)} of {traffic.completed()} requests ({during} during the reloads) failed; "
+                          f"first ones: {failures[:3]}\nsidecar stderr:\n{web.stderr()[-4000:]}")
+    assert during >= MIN_REQUESTS_DURING_RELOADS, f"only {during} requests overlapped the reloads"
+    assert roundtrip(web, "orders")
+
+
+def test_hot_reload_keeps_the_old_component_when_the_new_one_fails(web, operator, apiserver):
+    # An in-memory store: its data survives only if the very instance that holds it keeps serving.
+    good = component("ledger", "state.in-memory")
+    apiserver.apply(good)
+    wait_for(lambda: components_of(web).get("ledger") == "state.in-memory", "ledger loaded", web, operator)
+    key, value = f"kept-{uuid.uuid4().hex[:6]}", {"balance": 42}
+    assert save(web, "ledger", key, value).status_code == 204
+
+    variants = [
+        # No such component type: the operator's validation rejects it too.
+        ("unknown type", component("ledger", "state.nope"), "state.nope"),
+        # A known type whose initialisation fails: the database directory cannot be created.
+        ("failing initialisation",
+         component("ledger", "state.sqlite", [{"name": "connectionString", "value": "/proc/nope/ledger.db"}]),
+         "/proc/nope"),
+    ]
+    failed = reload_failed_line("ledger")
+    try:
+        for what, bad, why in variants:
+            before = len(log_lines(web, failed))
+            apiserver.apply(bad)
+            wait_for(lambda: len(log_lines(web, failed)) > before, f"ledger reload failing ({what})", web, operator)
+            reason = log_lines(web, failed)[-1]
+            assert why in reason, f"{what}: {reason}"
+            if bad["spec"]["type"] == "state.nope":
+                wait_for(lambda: (ready_condition(apiserver, "ledger") or {}).get("reason") == "UnknownType",
+                         "operator marking ledger UnknownType", operator=operator)
+                assert ready_condition(apiserver, "ledger")["status"] == "False"
+
+            # The old instance still serves: its data, new writes, and its place in the metadata.
+            r = load(web, "ledger", key)
+            assert r.status_code == 200 and r.json() == value, f"{what}: {r.status_code} {r.text}"
+            key2, value2 = f"after-{uuid.uuid4().hex[:6]}", {"what": what}
+            r = save(web, "ledger", key2, value2)
+            assert r.status_code == 204, f"{what}: {r.status_code} {r.text}"
+            assert load(web, "ledger", key2).json() == value2
+            assert components_of(web).get("ledger") == "state.in-memory", what
+            assert web.proc.poll() is None
+    finally:
+        # A good spec again, so that nothing after this test meets a broken ledger.
+        reloads = len(log_lines(web, reloaded_line("ledger")))
+        apiserver.apply(good)
+        restored = poll_until(lambda: len(log_lines(web, reloaded_line("ledger"))) > reloads,
+                              timeout=HOT_RELOAD_TIMEOUT)
+    assert restored, f"ledger not reloaded from the good spec\nsidecar stderr:\n{web.stderr()[-4000:]}"
+    assert components_of(web).get("ledger") == "state.in-memory"
+    assert roundtrip(web, "ledger")

@@ -168,6 +168,14 @@ impl fmt::Debug for KubernetesResolver {
     }
 }
 
+/// `nameresolution.kubernetes`: DNS names of the `<app-id>-dapr` headless Services.
+pub async fn build(
+    md: crate::components::Metadata,
+) -> Result<std::sync::Arc<dyn NameResolver>, crate::components::ComponentError> {
+    let cfg = Configuration::from_value(&md.configuration)?;
+    Ok(std::sync::Arc::new(KubernetesResolver::new(&cfg)?))
+}
+
 impl KubernetesResolver {
     pub fn new(c: &Configuration) -> Result<Self, ResolveError> {
         Self::with_config(KubernetesConfig::from_configuration(c)?)

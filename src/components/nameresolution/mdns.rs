@@ -159,6 +159,14 @@ impl fmt::Debug for MdnsResolver {
     }
 }
 
+/// `nameresolution.mdns`: announces this sidecar and browses for others on the local network.
+pub async fn build(
+    md: crate::components::Metadata,
+) -> Result<Arc<dyn NameResolver>, crate::components::ComponentError> {
+    let cfg = Configuration::from_value(&md.configuration)?;
+    Ok(Arc::new(MdnsResolver::new(&cfg, super::sidecar_of(&md)?)?))
+}
+
 impl MdnsResolver {
     /// Starts the mDNS daemon and the background browse; `local` must be registrable.
     pub fn new(c: &Configuration, local: &Instance) -> Result<Self, ResolveError> {

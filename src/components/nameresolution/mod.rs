@@ -16,8 +16,7 @@ use rand::seq::IndexedRandom;
 
 pub use config::Configuration;
 
-/// The resolvers `build` knows, as written in `spec.nameResolution.component`.
-pub const KNOWN_COMPONENTS: &[&str] = &["kubernetes", "mdns", "sqlite"];
+use super::{ComponentError, ComponentKind, Kind, Metadata, Registry};
 
 /// What a sidecar asks: the sidecars of `app_id` in `namespace`, reached on `port` (the caller's own internal gRPC port, as Dapr does).
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
@@ -148,43 +147,81 @@ pub fn default_component(kubernetes_mode: bool) -> &'static str {
     if kubernetes_mode { "kubernetes" } else { "mdns" }
 }
 
-/// Builds the resolver named by `spec.nameResolution` (`component`, `version`, `configuration`).
+/// Builds the resolver named by `spec.nameResolution` (`component`, `version`, `configuration`) from the
+/// built-in registry, where name resolution is registered as `nameresolution.<component>` like any other kind.
 ///
 /// `local` is this sidecar; resolvers that register check it here so a bad setup fails at startup,
 /// but only advertise it when `register` is called.
-pub fn build(
+pub async fn build(
     component: &str,
     version: &str,
     configuration: &serde_json::Value,
     local: &Instance,
-) -> BoxFuture<'static, Result<Arc<dyn NameResolver>, ResolveError>> {
-    let raw = component.trim().to_owned();
-    let component = raw.to_ascii_lowercase();
-    let component = component
-        .strip_prefix("nameresolution.")
-        .unwrap_or(&component)
-        .to_owned();
+) -> Result<crate::components::Instance, ResolveError> {
+    build_with(&Registry::builtin(), component, version, configuration, local).await
+}
+
+/// [`build`] from `registry`.
+pub async fn build_with(
+    registry: &Registry,
+    component: &str,
+    version: &str,
+    configuration: &serde_json::Value,
+    local: &Instance,
+) -> Result<crate::components::Instance, ResolveError> {
+    let raw = component.trim();
+    let name = raw.to_ascii_lowercase();
+    let name = name.strip_prefix("nameresolution.").unwrap_or(&name);
     let version = version.trim().to_ascii_lowercase();
-    let configuration = configuration.clone();
-    let local = local.clone();
-    Box::pin(async move {
-        let unknown = || ResolveError::UnknownComponent {
-            component: raw.clone(),
-            version: version.clone(),
-            known: KNOWN_COMPONENTS.join(", "),
-        };
-        if !KNOWN_COMPONENTS.contains(&component.as_str()) || !(version.is_empty() || version == "v1") {
-            return Err(unknown());
-        }
-        let cfg = Configuration::from_value(&configuration)?;
-        let resolver: Arc<dyn NameResolver> = match component.as_str() {
-            "kubernetes" => Arc::new(kubernetes::KubernetesResolver::new(&cfg)?),
-            "sqlite" => Arc::new(sqlite::SqliteResolver::build(&cfg, &local).await?),
-            "mdns" => Arc::new(mdns::MdnsResolver::new(&cfg, &local)?),
-            _ => return Err(unknown()),
-        };
-        Ok(resolver)
+    let type_ = format!("nameresolution.{name}");
+    let lookup = if version.is_empty() { "v1" } else { version.as_str() };
+    if registry.lookup(&type_, lookup).is_err() {
+        let known: Vec<String> = registry
+            .registered_of(Kind::NameResolution)
+            .iter()
+            .filter_map(|t| {
+                t.strip_prefix("nameresolution.")?
+                    .strip_suffix("/v1")
+                    .map(str::to_owned)
+            })
+            .collect();
+        return Err(ResolveError::UnknownComponent {
+            component: raw.to_owned(),
+            version,
+            known: known.join(", "),
+        });
+    }
+    let mut md = Metadata::new(raw, &local.app_id, &local.namespace, []);
+    md.configuration = configuration.clone();
+    md.sidecar = Some(local.clone());
+    registry.build(&type_, lookup, md).await.map_err(|e| match e {
+        ComponentError::InvalidMetadata { field, message } => ResolveError::Config { field, message },
+        other => ResolveError::Backend(other.to_string()),
     })
+}
+
+/// The sidecar a registering resolver is built for (`Metadata::sidecar`).
+fn sidecar_of(md: &Metadata) -> Result<&Instance, ResolveError> {
+    md.sidecar
+        .as_ref()
+        .ok_or_else(|| ResolveError::Backend("name resolution needs the sidecar's own address to register".into()))
+}
+
+impl From<ResolveError> for ComponentError {
+    fn from(e: ResolveError) -> Self {
+        match e {
+            ResolveError::Config { field, message } => ComponentError::InvalidMetadata { field, message },
+            other => ComponentError::Init(other.to_string()),
+        }
+    }
+}
+
+impl ComponentKind for dyn NameResolver {
+    const KIND: Kind = Kind::NameResolution;
+
+    fn close(resolver: Arc<Self>) -> BoxFuture<'static, ()> {
+        Box::pin(async move { resolver.close().await })
+    }
 }
 
 /// One address out of `addrs`, chosen at random as Dapr does, so calls spread over every instance.

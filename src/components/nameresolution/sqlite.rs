@@ -5,13 +5,12 @@
 
 use std::fmt;
 use std::net::SocketAddr;
-use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, Weak};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use async_trait::async_trait;
-use rusqlite::{Connection, OpenFlags, OptionalExtension, TransactionBehavior, params};
+use rusqlite::{Connection, OptionalExtension, TransactionBehavior, params};
 use tokio::task::JoinHandle;
 
 use super::{AddressCache, Configuration, Instance, NameResolver, ResolveError, ResolveRequest};
@@ -102,8 +101,7 @@ impl SqliteConfig {
     }
 
     fn is_in_memory(&self) -> bool {
-        let cs = &self.connection_string;
-        cs == ":memory:" || cs.contains("mode=memory")
+        crate::components::sqlite::is_in_memory(&self.connection_string)
     }
 }
 
@@ -156,40 +154,14 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
-/// Opens the database and brings its schema to Dapr's migration level 1. Sidecars started together create the
-/// file together, and SQLite answers SQLITE_BUSY at once, without waiting for busyTimeout, when waiting could
-/// deadlock (e.g. two connections switching a new file to WAL): such failures are retried for a while.
+/// Opens the database and brings its schema to Dapr's migration level 1, retrying while other sidecars hold
+/// the new file's lock.
 fn open(cfg: &SqliteConfig) -> rusqlite::Result<Connection> {
-    let deadline = std::time::Instant::now() + OPEN_TIMEOUT / 2;
-    let mut delay = Duration::from_millis(5);
-    loop {
-        match open_once(cfg) {
-            Err(e)
-                if matches!(
-                    e.sqlite_error_code(),
-                    Some(rusqlite::ErrorCode::DatabaseBusy | rusqlite::ErrorCode::DatabaseLocked)
-                ) && std::time::Instant::now() + delay < deadline =>
-            {
-                tracing::debug!("name resolution sqlite: {e}; retrying in {delay:?}");
-                std::thread::sleep(delay.mul_f64(rand::random_range(0.5..1.5)));
-                delay = (delay * 2).min(Duration::from_millis(200));
-            }
-            result => return result,
-        }
-    }
+    crate::components::sqlite::open_with_busy_retry("name resolution sqlite", OPEN_TIMEOUT / 2, || open_once(cfg))
 }
 
 fn open_once(cfg: &SqliteConfig) -> rusqlite::Result<Connection> {
-    let cs = &cfg.connection_string;
-    let flags = OpenFlags::SQLITE_OPEN_READ_WRITE
-        | OpenFlags::SQLITE_OPEN_CREATE
-        | OpenFlags::SQLITE_OPEN_URI
-        | OpenFlags::SQLITE_OPEN_NO_MUTEX;
-    let mut conn = Connection::open_with_flags(cs, flags)?;
-    conn.busy_timeout(cfg.busy_timeout)?;
-    if !cfg.disable_wal && !cfg.is_in_memory() {
-        conn.query_row("PRAGMA journal_mode=WAL", [], |_| Ok(()))?;
-    }
+    let mut conn = crate::components::sqlite::connect(&cfg.connection_string, cfg.busy_timeout, !cfg.disable_wal)?;
     let tx = conn.transaction_with_behavior(TransactionBehavior::Exclusive)?;
     let (hosts, meta) = (&cfg.table_name, &cfg.metadata_table_name);
     tx.execute_batch(&format!(
@@ -224,6 +196,14 @@ fn open_once(cfg: &SqliteConfig) -> rusqlite::Result<Connection> {
     Ok(conn)
 }
 
+/// `nameresolution.sqlite`: registrations in a SQLite file shared by the sidecars of one host.
+pub async fn build(
+    md: crate::components::Metadata,
+) -> Result<Arc<dyn NameResolver>, crate::components::ComponentError> {
+    let cfg = Configuration::from_value(&md.configuration)?;
+    Ok(Arc::new(SqliteResolver::build(&cfg, super::sidecar_of(&md)?).await?))
+}
+
 impl SqliteResolver {
     /// Opens (creating if needed) the database and starts the stale-row sweep; `local` must be registrable.
     pub async fn build(c: &Configuration, local: &Instance) -> Result<Self, ResolveError> {
@@ -238,14 +218,11 @@ impl SqliteResolver {
                 "name resolution sqlite uses an in-memory database: only this process sees its registrations; \
                  set connectionString to a file path shared by every sidecar on the host"
             );
-        } else if let Some(dir) = Path::new(&cfg.connection_string)
-            .parent()
-            .filter(|d| !d.as_os_str().is_empty() && !cfg.connection_string.starts_with("file:"))
-        {
-            std::fs::create_dir_all(dir).map_err(|e| {
+        } else {
+            crate::components::sqlite::create_parent_dir(&cfg.connection_string).map_err(|e| {
                 ResolveError::Backend(format!(
-                    "name resolution sqlite: cannot create directory {} for connectionString: {e}",
-                    dir.display()
+                    "name resolution sqlite: cannot create the folder of connectionString {:?}: {e}",
+                    cfg.connection_string
                 ))
             })?;
         }

@@ -8,6 +8,8 @@ use std::collections::BTreeMap;
 
 use async_trait::async_trait;
 
+use super::{ComponentKind, Kind};
+
 /// One secret: its keys and values (most secrets have a single key, the secret's own name).
 pub type Secret = BTreeMap<String, String>;
 
@@ -30,4 +32,12 @@ pub trait SecretStore: Send + Sync {
 
     /// Every secret the store holds.
     async fn bulk_get(&self, metadata: &BTreeMap<String, String>) -> Result<BTreeMap<String, Secret>, SecretError>;
+}
+
+impl ComponentKind for dyn SecretStore {
+    const KIND: Kind = Kind::SecretStore;
+
+    fn capabilities(store: &Self) -> Vec<String> {
+        store.features().iter().map(|f| f.to_string()).collect()
+    }
 }

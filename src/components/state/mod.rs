@@ -7,9 +7,14 @@ pub mod sqlite;
 
 use std::time::SystemTime;
 
+use std::sync::Arc;
+
 use async_trait::async_trait;
 use bytes::Bytes;
 use futures::StreamExt;
+use futures::future::BoxFuture;
+
+use super::{ComponentKind, Kind};
 
 pub use query::{Query, QueryItem, QueryResponse};
 
@@ -160,6 +165,30 @@ pub trait StateStore: Send + Sync {
     async fn close(&self) {}
 }
 
+impl ComponentKind for dyn StateStore {
+    const KIND: Kind = Kind::State;
+
+    fn capabilities(store: &Self) -> Vec<String> {
+        capabilities(store.features())
+    }
+
+    fn close(store: Arc<Self>) -> BoxFuture<'static, ()> {
+        Box::pin(async move { store.close().await })
+    }
+}
+
+/// Capabilities a state store reports: its features, plus `ACTOR` when it has both etags and transactions (as Dapr does).
+pub fn capabilities(features: &[Feature]) -> Vec<String> {
+    let mut caps: Vec<String> = features.iter().map(|f| f.as_str().to_owned()).collect();
+    if features.contains(&Feature::Etag)
+        && features.contains(&Feature::Transactional)
+        && !features.contains(&Feature::Actor)
+    {
+        caps.push(Feature::Actor.as_str().to_owned());
+    }
+    caps
+}
+
 /// Dapr's etag rules, shared by every backend: a given etag must equal the current one; first-write without
 /// an etag only creates. Any etag the store did not issue is a mismatch (stores whose etags have a format,
 /// like Redis versions, answer `EtagInvalid` for a malformed one before calling this).
@@ -195,6 +224,15 @@ pub fn expiry(ttl: Option<i64>) -> Option<SystemTime> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn actor_capability_follows_etag_and_transactions() {
+        assert_eq!(
+            capabilities(&[Feature::Etag, Feature::Transactional]),
+            ["ETAG", "TRANSACTIONAL", "ACTOR"]
+        );
+        assert_eq!(capabilities(&[Feature::Etag]), ["ETAG"]);
+    }
 
     #[test]
     fn etag_rules() {

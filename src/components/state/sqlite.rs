@@ -1,18 +1,17 @@
 //! `state.sqlite`: an embedded file database (the local default), with etags, TTL, transactions and queries.
 
-use std::path::Path;
 use std::sync::{Arc, Mutex, Weak};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use async_trait::async_trait;
 use bytes::Bytes;
-use rusqlite::{Connection, OpenFlags, OptionalExtension, params};
+use rusqlite::{Connection, OptionalExtension, params};
 
 use super::{
     DeleteRequest, Feature, Query, QueryItem, QueryResponse, SetRequest, StateError, StateItem, StateStore,
     TransactionOp,
 };
-use crate::components::{ComponentError, Metadata};
+use crate::components::{ComponentError, Metadata, sqlite};
 
 /// Typed `state.sqlite` metadata (Dapr's names).
 #[derive(Clone, Debug)]
@@ -84,21 +83,11 @@ fn db_err(e: rusqlite::Error) -> StateError {
 impl SqliteStore {
     pub fn open(cfg: &SqliteConfig) -> Result<Self, ComponentError> {
         let cs = &cfg.connection_string;
-        if !cs.starts_with("file:") && cs != ":memory:" {
-            if let Some(dir) = Path::new(cs).parent().filter(|d| !d.as_os_str().is_empty()) {
-                std::fs::create_dir_all(dir)
-                    .map_err(|e| ComponentError::Init(format!("creating {}: {e}", dir.display())))?;
-            }
-        }
-        let flags = OpenFlags::SQLITE_OPEN_READ_WRITE
-            | OpenFlags::SQLITE_OPEN_CREATE
-            | OpenFlags::SQLITE_OPEN_URI
-            | OpenFlags::SQLITE_OPEN_NO_MUTEX;
-        let init = |cs: &str| -> rusqlite::Result<Connection> {
-            let conn = Connection::open_with_flags(cs, flags)?;
-            conn.busy_timeout(cfg.busy_timeout)?;
-            if !cfg.disable_wal && cs != ":memory:" {
-                conn.query_row("PRAGMA journal_mode=WAL", [], |_| Ok(()))?;
+        sqlite::create_parent_dir(cs)
+            .map_err(|e| ComponentError::Init(format!("creating the folder of {cs:?}: {e}")))?;
+        let init = || -> rusqlite::Result<Connection> {
+            let conn = sqlite::connect(cs, cfg.busy_timeout, !cfg.disable_wal)?;
+            if !cfg.disable_wal && !sqlite::is_in_memory(cs) {
                 // With WAL, NORMAL sync keeps the database consistent and loses at most the last commits on
                 // power loss (not on a process crash); it avoids an fsync per write.
                 conn.execute_batch("PRAGMA synchronous=NORMAL")?;
@@ -116,26 +105,7 @@ impl SqliteStore {
             ))?;
             Ok(conn)
         };
-        // Sidecars started together (`tandem run`) create the file together, and SQLite answers SQLITE_BUSY at
-        // once, without waiting for the busy timeout, when waiting could deadlock (e.g. two connections switching
-        // a new file to WAL): such failures are retried for a while.
-        let deadline = std::time::Instant::now() + Duration::from_secs(30);
-        let mut delay = Duration::from_millis(5);
-        let conn = loop {
-            match init(cs) {
-                Err(e)
-                    if matches!(
-                        e.sqlite_error_code(),
-                        Some(rusqlite::ErrorCode::DatabaseBusy | rusqlite::ErrorCode::DatabaseLocked)
-                    ) && std::time::Instant::now() + delay < deadline =>
-                {
-                    tracing::debug!("sqlite {cs:?}: {e}; retrying in {delay:?}");
-                    std::thread::sleep(delay.mul_f64(rand::random_range(0.5..1.5)));
-                    delay = (delay * 2).min(Duration::from_millis(200));
-                }
-                result => break result,
-            }
-        };
+        let conn = sqlite::open_with_busy_retry(&format!("sqlite {cs:?}"), Duration::from_secs(30), init);
         let conn = conn.map_err(|e| ComponentError::Init(format!("opening sqlite database {cs:?}: {e}")))?;
         Ok(SqliteStore {
             conn: Arc::new(Mutex::new(conn)),

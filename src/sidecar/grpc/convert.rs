@@ -8,7 +8,8 @@ use dapr::dapr::proto::runtime::v1 as rt;
 
 use crate::components::state::{Concurrency, StateError};
 use crate::sidecar::error::ApiError;
-use crate::sidecar::runtime::{DeleteItem, MetadataSnapshot, SaveItem};
+use crate::sidecar::metadata::MetadataSnapshot;
+use crate::sidecar::state::{DeleteItem, SaveItem};
 
 pub fn metadata(m: HashMap<String, String>) -> BTreeMap<String, String> {
     m.into_iter().collect()

@@ -7,13 +7,14 @@ use tonic::{Request, Response, Status};
 
 use super::DaprApi;
 use super::convert;
-use crate::sidecar::runtime::{TxOp, item_metadata};
+use crate::sidecar::error::ApiError;
+use crate::sidecar::state::{DeleteItem, TxOp, item_metadata};
 
 type Reply<T> = Result<Response<T>, Status>;
 
 pub async fn get_state(api: &DaprApi, req: Request<rt::GetStateRequest>) -> Reply<rt::GetStateResponse> {
     let r = req.into_inner();
-    let item = api.rt.get_state(&r.store_name, &r.key).await?;
+    let item = api.rt.state.get(&r.store_name, &r.key).await?;
     Ok(Response::new(match item {
         None => rt::GetStateResponse::default(),
         Some(item) => rt::GetStateResponse {
@@ -27,11 +28,11 @@ pub async fn get_state(api: &DaprApi, req: Request<rt::GetStateRequest>) -> Repl
 pub async fn get_bulk_state(api: &DaprApi, req: Request<rt::GetBulkStateRequest>) -> Reply<rt::GetBulkStateResponse> {
     let r = req.into_inner();
     if r.keys.is_empty() {
-        api.rt.state_store(&r.store_name)?;
+        api.rt.state.store(&r.store_name)?;
         return Ok(Response::new(rt::GetBulkStateResponse::default()));
     }
     let parallelism = usize::try_from(r.parallelism).unwrap_or(0).clamp(1, 100);
-    let items = api.rt.get_bulk_state(&r.store_name, &r.keys, parallelism).await?;
+    let items = api.rt.state.bulk_get(&r.store_name, &r.keys, parallelism).await?;
     let items = items
         .into_iter()
         .map(|b| match b.item {
@@ -54,7 +55,7 @@ pub async fn get_bulk_state(api: &DaprApi, req: Request<rt::GetBulkStateRequest>
 
 pub async fn save_state(api: &DaprApi, req: Request<rt::SaveStateRequest>) -> Reply<()> {
     let r = req.into_inner();
-    api.rt.state_store(&r.store_name)?;
+    api.rt.state.store(&r.store_name)?;
     if r.states.is_empty() {
         return Ok(Response::new(()));
     }
@@ -63,32 +64,32 @@ pub async fn save_state(api: &DaprApi, req: Request<rt::SaveStateRequest>) -> Re
         .into_iter()
         .map(convert::save_item)
         .collect::<Result<Vec<_>, _>>()?;
-    api.rt.save_state(&r.store_name, &items).await?;
+    api.rt.state.save(&r.store_name, &items).await?;
     Ok(Response::new(()))
 }
 
 pub async fn delete_state(api: &DaprApi, req: Request<rt::DeleteStateRequest>) -> Reply<()> {
     let r = req.into_inner();
-    let item = crate::sidecar::runtime::DeleteItem {
+    let item = DeleteItem {
         concurrency: convert::concurrency(r.options.as_ref()),
         key: r.key,
         etag: r.etag.map(|e| e.value),
         metadata: convert::metadata(r.metadata),
     };
-    api.rt.delete_state(&r.store_name, &item).await?;
+    api.rt.state.delete(&r.store_name, &item).await?;
     Ok(Response::new(()))
 }
 
 pub async fn delete_bulk_state(api: &DaprApi, req: Request<rt::DeleteBulkStateRequest>) -> Reply<()> {
     let r = req.into_inner();
     let items: Vec<_> = r.states.into_iter().map(convert::delete_item).collect();
-    api.rt.delete_bulk_state(&r.store_name, &items).await?;
+    api.rt.state.bulk_delete(&r.store_name, &items).await?;
     Ok(Response::new(()))
 }
 
 pub async fn execute_state_transaction(api: &DaprApi, req: Request<rt::ExecuteStateTransactionRequest>) -> Reply<()> {
     let r = req.into_inner();
-    api.rt.state_store(&r.store_name)?;
+    api.rt.state.store(&r.store_name)?;
     let mut ops = Vec::with_capacity(r.operations.len());
     for op in r.operations {
         let mut item = op.request.unwrap_or_default();
@@ -99,17 +100,17 @@ pub async fn execute_state_transaction(api: &DaprApi, req: Request<rt::ExecuteSt
             "upsert" => TxOp::Upsert(convert::save_item(item)?),
             "delete" => TxOp::Delete(convert::delete_item(item)),
             other => {
-                return Err(crate::sidecar::error::ApiError::unsupported_operation(other).into());
+                return Err(ApiError::unsupported_operation(other).into());
             }
         });
     }
-    api.rt.transact(&r.store_name, &ops).await?;
+    api.rt.state.transact(&r.store_name, &ops).await?;
     Ok(Response::new(()))
 }
 
 pub async fn query_state_alpha1(api: &DaprApi, req: Request<rt::QueryStateRequest>) -> Reply<rt::QueryStateResponse> {
     let r = req.into_inner();
-    let resp = api.rt.query_state(&r.store_name, r.query.as_bytes()).await?;
+    let resp = api.rt.state.query(&r.store_name, r.query.as_bytes()).await?;
     Ok(Response::new(rt::QueryStateResponse {
         results: resp
             .results
@@ -130,7 +131,8 @@ pub async fn get_secret(api: &DaprApi, req: Request<rt::GetSecretRequest>) -> Re
     let r = req.into_inner();
     let secret = api
         .rt
-        .get_secret(&r.store_name, &r.key, &convert::metadata(r.metadata))
+        .secrets
+        .get(&r.store_name, &r.key, &convert::metadata(r.metadata))
         .await?;
     Ok(Response::new(rt::GetSecretResponse {
         data: secret.into_iter().collect(),
@@ -144,7 +146,8 @@ pub async fn get_bulk_secret(
     let r = req.into_inner();
     let all = api
         .rt
-        .get_bulk_secret(&r.store_name, &convert::metadata(r.metadata))
+        .secrets
+        .bulk(&r.store_name, &convert::metadata(r.metadata))
         .await?;
     let data = all
         .into_iter()
@@ -161,12 +164,12 @@ pub async fn get_bulk_secret(
 }
 
 pub async fn get_metadata(api: &DaprApi, _req: Request<rt::GetMetadataRequest>) -> Reply<rt::GetMetadataResponse> {
-    Ok(Response::new(convert::metadata_response(api.rt.metadata())))
+    Ok(Response::new(convert::metadata_response(api.rt.metadata.snapshot())))
 }
 
 pub async fn set_metadata(api: &DaprApi, req: Request<rt::SetMetadataRequest>) -> Reply<()> {
     let r = req.into_inner();
-    api.rt.set_metadata(&r.key, &r.value);
+    api.rt.metadata.set(&r.key, &r.value).map_err(ApiError::metadata_set)?;
     Ok(Response::new(()))
 }
 
@@ -175,13 +178,10 @@ pub async fn invoke_service(
     req: Request<rt::InvokeServiceRequest>,
 ) -> Reply<dapr::dapr::proto::common::v1::InvokeResponse> {
     let r = req.into_inner();
-    let Some(invoker) = &api.invoker else {
-        return Err(Status::internal("invoke API is not ready"));
-    };
     let message = r
         .message
-        .ok_or_else(|| Status::invalid_argument("InvokeServiceRequest.message is required"))?;
-    let resp = crate::sidecar::invoke::grpc::invoke_service(invoker, &r.id, message, api.max_body).await?;
+        .ok_or_else(|| ApiError::bad_request("InvokeServiceRequest.message is required"))?;
+    let resp = super::invoke::invoke_service(&api.rt.invoker, &r.id, message, api.max_body).await?;
     Ok(Response::new(resp))
 }
 

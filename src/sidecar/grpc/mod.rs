@@ -3,6 +3,7 @@
 
 mod convert;
 mod handlers;
+pub mod invoke;
 mod service;
 
 use std::sync::Arc;
@@ -13,38 +14,32 @@ use futures::future::BoxFuture;
 use tonic::Status;
 use tonic_types::{ErrorDetails, StatusExt};
 
-use super::error::ApiError;
-use super::invoke::{self, Invoker, grpc::ProxyState};
-use super::metrics::{Metrics, grpc_code_name};
-use super::runtime::Runtime;
 use axum::extract::ConnectInfo;
 use std::net::SocketAddr;
+
+use super::error::ApiError;
+use super::metrics::{Metrics, grpc_code_name};
+use super::runtime::Runtime;
+use invoke::ProxyState;
 
 /// The Dapr gRPC service over the runtime.
 pub struct DaprApi {
     pub rt: Arc<Runtime>,
-    pub invoker: Option<Arc<Invoker>>,
     pub max_body: usize,
 }
 
 /// The gRPC API: the `Dapr` service, with any other gRPC call proxied to the app named by `dapr-app-id`.
-pub fn router(
-    rt: Arc<Runtime>,
-    invoker: Arc<Invoker>,
-    api_token: Option<Arc<str>>,
-    max_body: usize,
-    metrics: Arc<Metrics>,
-) -> axum::Router {
+pub fn router(rt: Arc<Runtime>, api_token: Option<Arc<str>>, max_body: usize, metrics: Arc<Metrics>) -> axum::Router {
     let proxy = ProxyState {
-        invoker: invoker.clone(),
+        invoker: rt.invoker.clone(),
         api_token: api_token.clone(),
     };
-    tonic::service::Routes::new(dapr_service(rt, Some(invoker), api_token, max_body))
+    tonic::service::Routes::new(dapr_service(rt, api_token, max_body))
         .into_axum_router()
         .fallback(
             move |ConnectInfo(peer): ConnectInfo<SocketAddr>, req: axum::extract::Request| {
                 let proxy = proxy.clone();
-                async move { invoke::grpc::proxy(proxy, peer, req).await }
+                async move { invoke::proxy(proxy, peer, req).await }
             },
         )
         .layer(MetricsLayer(metrics))
@@ -56,7 +51,12 @@ impl From<ApiError> for Status {
             return Status::new(e.grpc, e.message);
         };
         let mut details = ErrorDetails::new();
-        details.set_error_info(reason, "dapr.io", std::collections::HashMap::new());
+        let info: std::collections::HashMap<String, String> = e
+            .extras
+            .as_deref()
+            .map(|x| x.info.iter().cloned().collect())
+            .unwrap_or_default();
+        details.set_error_info(reason, "dapr.io", info);
         if let Some(extras) = e.extras.as_deref() {
             if let Some((kind, name)) = &extras.resource {
                 details.set_resource_info(*kind, name.as_str(), "", "");
@@ -69,37 +69,37 @@ impl From<ApiError> for Status {
     }
 }
 
-/// Dapr's answer to a missing or wrong `dapr-api-token`.
-fn unauthenticated(detail: &str) -> Status {
-    let metadata = [
-        ("http.code".to_owned(), "401".to_owned()),
-        ("http.error_message".to_owned(), detail.to_owned()),
-    ];
-    Status::with_error_details(
-        tonic::Code::Unauthenticated,
-        "Unauthorized",
-        ErrorDetails::with_error_info("Unauthorized", "dapr.io", std::collections::HashMap::from(metadata)),
-    )
+impl ApiError {
+    /// The error as a trailers-only gRPC response, for gRPC calls answered outside the tonic service (proxied
+    /// calls, the internal port): the same status and details `From<ApiError> for Status` gives.
+    pub fn into_grpc_response(self) -> axum::response::Response {
+        let (parts, ()) = Status::from(self).into_http::<()>().into_parts();
+        axum::response::Response::from_parts(parts, axum::body::Body::empty())
+    }
+}
+
+/// With `DAPR_API_TOKEN` set, every gRPC call (the Dapr service and proxied calls) must carry it.
+fn check_token(expected: Option<&str>, given: Option<&str>) -> Result<(), ApiError> {
+    match (expected, given) {
+        (None, _) => Ok(()),
+        (Some(t), Some(g)) if t == g => Ok(()),
+        (Some(_), Some(_)) => Err(ApiError::unauthenticated("authentication error: api token mismatch")),
+        (Some(_), None) => Err(ApiError::unauthenticated("missing api token in request metadata")),
+    }
 }
 
 /// The `Dapr` service, checking `dapr-api-token` when a token is configured, with messages up to `max_body` bytes.
 pub fn dapr_service(
     rt: Arc<Runtime>,
-    invoker: Option<Arc<Invoker>>,
     api_token: Option<Arc<str>>,
     max_body: usize,
 ) -> tonic::service::interceptor::InterceptedService<DaprServer<DaprApi>, impl tonic::service::Interceptor + Clone> {
     let check = move |req: tonic::Request<()>| -> Result<tonic::Request<()>, Status> {
-        if let Some(token) = &api_token {
-            match req.metadata().get("dapr-api-token").and_then(|v| v.to_str().ok()) {
-                Some(given) if given == token.as_ref() => {}
-                Some(_) => return Err(unauthenticated("authentication error: api token mismatch")),
-                None => return Err(unauthenticated("missing api token in request metadata")),
-            }
-        }
+        let given = req.metadata().get("dapr-api-token").and_then(|v| v.to_str().ok());
+        check_token(api_token.as_deref(), given)?;
         Ok(req)
     };
-    let server = DaprServer::new(DaprApi { rt, invoker, max_body })
+    let server = DaprServer::new(DaprApi { rt, max_body })
         .max_decoding_message_size(max_body)
         .max_encoding_message_size(max_body);
     tonic::service::interceptor::InterceptedService::new(server, check)

@@ -20,10 +20,12 @@ pub async fn invoke(
         Err(TargetError::NoMethod) => return ApiError::invoke_no_method().into_response(),
         Err(_) => return ApiError::no_app_id().into_response(),
     };
-    let Some(invoker) = &st.invoker else {
-        return ApiError::direct_invoke(&target, "invoke API is not ready").into_response();
-    };
-    match invoker.invoke(&target, &method, req, Mode::Http, Some(peer)).await {
+    match st
+        .rt
+        .invoker
+        .invoke(&target, &method, req, Mode::Http, Some(peer))
+        .await
+    {
         Ok(resp) => resp,
         Err(e) => e.into_response(),
     }

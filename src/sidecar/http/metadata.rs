@@ -10,7 +10,7 @@ use serde::Serialize;
 
 use super::{ApiState, DaprPath, json_response, query_param, read_body};
 use crate::sidecar::error::{ApiError, ApiResult};
-use crate::sidecar::runtime::MetadataSnapshot;
+use crate::sidecar::metadata::MetadataSnapshot;
 
 pub async fn healthz(State(st): State<ApiState>, Query(params): Query<Vec<(String, String)>>) -> ApiResult<StatusCode> {
     if !st.rt.health.ready() {
@@ -33,7 +33,10 @@ pub async fn healthz_outbound(State(st): State<ApiState>) -> ApiResult<StatusCod
 pub async fn put_metadata(State(st): State<ApiState>, path: DaprPath, body: Body) -> ApiResult<StatusCode> {
     let key = path.store().to_owned();
     let bytes = read_body(body, st.max_body).await.map_err(ApiError::body_read)?;
-    st.rt.set_metadata(&key, &String::from_utf8_lossy(&bytes));
+    st.rt
+        .metadata
+        .set(&key, &String::from_utf8_lossy(&bytes))
+        .map_err(ApiError::metadata_set)?;
     Ok(StatusCode::NO_CONTENT)
 }
 
@@ -199,6 +202,6 @@ fn to_json(m: &MetadataSnapshot) -> MetadataJson<'_> {
 }
 
 pub async fn get_metadata(State(st): State<ApiState>) -> Response {
-    let snapshot = st.rt.metadata();
+    let snapshot = st.rt.metadata.snapshot();
     json_response(StatusCode::OK, to_json(&snapshot))
 }

@@ -28,8 +28,6 @@ pub struct ApiState {
     pub api_token: Option<Arc<str>>,
     pub metrics: Arc<Metrics>,
     pub api_logging: bool,
-    /// Service invocation (absent in tests that exercise other APIs only).
-    pub invoker: Option<Arc<crate::sidecar::invoke::Invoker>>,
 }
 
 impl IntoResponse for ApiError {

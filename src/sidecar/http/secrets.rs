@@ -14,7 +14,7 @@ pub async fn get(
     Query(params): Query<Vec<(String, String)>>,
 ) -> ApiResult<Response> {
     let (store, key) = (path.store().to_owned(), path.key(&uri));
-    let secret = st.rt.get_secret(&store, &key, &query_metadata(&params)).await?;
+    let secret = st.rt.secrets.get(&store, &key, &query_metadata(&params)).await?;
     Ok(json_response(StatusCode::OK, secret))
 }
 
@@ -24,6 +24,6 @@ pub async fn bulk(
     Query(params): Query<Vec<(String, String)>>,
 ) -> ApiResult<Response> {
     let store = path.store().to_owned();
-    let all = st.rt.get_bulk_secret(&store, &query_metadata(&params)).await?;
+    let all = st.rt.secrets.bulk(&store, &query_metadata(&params)).await?;
     Ok(json_response(StatusCode::OK, all))
 }

@@ -12,7 +12,7 @@ use serde_json::value::RawValue;
 use super::{ApiState, DaprPath, json_data, json_response, query_metadata, query_param, read_body};
 use crate::components::state::{Concurrency, StateError};
 use crate::sidecar::error::{ApiError, ApiResult};
-use crate::sidecar::runtime::{DeleteItem, SaveItem, TxOp, item_metadata};
+use crate::sidecar::state::{DeleteItem, SaveItem, TxOp, item_metadata};
 
 type Params = Query<Vec<(String, String)>>;
 
@@ -107,7 +107,7 @@ pub async fn save(
     body: Body,
 ) -> ApiResult<StatusCode> {
     let store = path.store().to_owned();
-    st.rt.state_store(&store)?;
+    st.rt.state.store(&store)?;
     let items: Vec<HttpItem> = json_body(&st, body).await?;
     let md = query_metadata(&params);
     let items = items
@@ -115,7 +115,7 @@ pub async fn save(
         .map(|i| i.into_save(&store, &md))
         .collect::<ApiResult<Vec<_>>>()?;
     if !items.is_empty() {
-        st.rt.save_state(&store, &items).await?;
+        st.rt.state.save(&store, &items).await?;
     }
     Ok(StatusCode::NO_CONTENT)
 }
@@ -127,7 +127,7 @@ pub async fn get(
     Query(_params): Params,
 ) -> ApiResult<Response> {
     let (store, key) = (path.store().to_owned(), path.key(&uri));
-    let Some(item) = st.rt.get_state(&store, &key).await? else {
+    let Some(item) = st.rt.state.get(&store, &key).await? else {
         return Ok(StatusCode::NO_CONTENT.into_response());
     };
     let mut headers = HeaderMap::new();
@@ -161,7 +161,7 @@ pub async fn delete(
         concurrency,
         metadata: query_metadata(&params),
     };
-    st.rt.delete_state(&store, &item).await?;
+    st.rt.state.delete(&store, &item).await?;
     Ok(StatusCode::NO_CONTENT)
 }
 
@@ -188,10 +188,10 @@ struct BulkGetItem {
 
 pub async fn bulk_get(State(st): State<ApiState>, path: DaprPath, body: Body) -> ApiResult<Response> {
     let store = path.store().to_owned();
-    st.rt.state_store(&store)?;
+    st.rt.state.store(&store)?;
     let req: BulkGetRequest = json_body(&st, body).await?;
     let parallelism = usize::try_from(req.parallelism).unwrap_or(0).clamp(1, 100);
-    let items = st.rt.get_bulk_state(&store, &req.keys, parallelism).await?;
+    let items = st.rt.state.bulk_get(&store, &req.keys, parallelism).await?;
     let out: Vec<BulkGetItem> = items
         .into_iter()
         .map(|b| match (b.item, b.error) {
@@ -242,7 +242,7 @@ pub async fn transaction(
     body: Body,
 ) -> ApiResult<StatusCode> {
     let store = path.store().to_owned();
-    st.rt.state_store(&store)?;
+    st.rt.state.store(&store)?;
     let req: TransactionRequest = json_body(&st, body).await?;
     let mut md = req.metadata;
     md.extend(query_metadata(&params));
@@ -257,7 +257,7 @@ pub async fn transaction(
             other => return Err(ApiError::unsupported_operation(other)),
         });
     }
-    st.rt.transact(&store, &ops).await?;
+    st.rt.state.transact(&store, &ops).await?;
     Ok(StatusCode::NO_CONTENT)
 }
 
@@ -278,9 +278,9 @@ struct QueryBody {
 
 pub async fn query(State(st): State<ApiState>, path: DaprPath, body: Body) -> ApiResult<Response> {
     let store = path.store().to_owned();
-    st.rt.state_store(&store)?;
+    st.rt.state.store(&store)?;
     let bytes = read_body(body, st.max_body).await.map_err(ApiError::body_read)?;
-    let resp = st.rt.query_state(&store, &bytes).await?;
+    let resp = st.rt.state.query(&store, &bytes).await?;
     if resp.results.is_empty() {
         return Ok(StatusCode::NO_CONTENT.into_response());
     }

@@ -9,15 +9,9 @@
 use std::sync::Arc;
 
 use axum::body::Body;
-use axum::http::{HeaderValue, Request, Response, StatusCode, Uri};
-use dapr::dapr::proto::common::v1 as common;
-use dapr::dapr::proto::runtime::v1::app_callback_client::AppCallbackClient;
-use http_body_util::BodyExt;
-use hyper_util::client::legacy::Client;
-use hyper_util::client::legacy::connect::HttpConnector;
+use axum::http::{Request, Response};
 
 use super::headers::{self, CALLER_APP_ID, CALLER_NAMESPACE, MODE};
-use super::{grpc_error_response, http_status_from_code};
 use crate::api::access_control::{AccessControl, CallerIdentity};
 use crate::sidecar::app_channel::{AppChannel, AppProtocol};
 use crate::sidecar::error::ApiError;
@@ -25,10 +19,7 @@ use crate::sidecar::error::ApiError;
 pub struct Callee {
     pub app_id: String,
     pub app: Option<Arc<AppChannel>>,
-    /// h2c client for gRPC calls forwarded to the app.
-    pub app_h2: Client<HttpConnector, Body>,
     pub acl: Arc<AccessControl>,
-    pub max_body: usize,
 }
 
 /// Which kind of call arrived.
@@ -47,10 +38,11 @@ impl Mode {
     }
 }
 
+/// The error in the protocol of the call: Dapr's JSON body for HTTP, a gRPC status for gRPC.
 fn error_response(mode: Mode, e: ApiError) -> Response<Body> {
     match mode {
         Mode::Http => axum::response::IntoResponse::into_response(e),
-        Mode::Grpc => grpc_error_response(e.grpc, &e.message),
+        Mode::Grpc => e.into_grpc_response(),
     }
 }
 
@@ -98,113 +90,20 @@ impl Callee {
             );
             return error_response(mode, ApiError::permission_denied(&self.app_id, &message));
         }
-        let _permit = match &app.concurrency {
-            Some(s) => s.clone().acquire_owned().await.ok(),
-            None => None,
-        };
         headers::strip_internal(req.headers_mut());
-        if let Some(token) = app.token.as_deref().and_then(|t| HeaderValue::from_str(t).ok()) {
-            req.headers_mut().insert("dapr-api-token", token);
-        }
-        let result = match (mode, app.protocol) {
-            (Mode::Grpc, _) => self.forward(&self.app_h2, &app, req, axum::http::Version::HTTP_2).await,
-            (Mode::Http, AppProtocol::Http) => {
-                self.forward(app.http_client(), &app, req, axum::http::Version::HTTP_11)
-                    .await
-            }
-            (Mode::Http, AppProtocol::Grpc) => return self.on_invoke(&app, req).await,
+        let result = match mode {
+            Mode::Grpc => app.forward_grpc(req).await,
+            Mode::Http => app.invoke_method(req).await,
         };
         match result {
             Ok(resp) => resp,
+            Err(e @ crate::sidecar::app_channel::AppCallError::Unhealthy) => {
+                error_response(mode, ApiError::direct_invoke(&self.app_id, &e.to_string()))
+            }
             Err(e) => error_response(
                 mode,
                 ApiError::direct_invoke(&self.app_id, &format!("error invoking app channel: {e}")),
             ),
-        }
-    }
-
-    /// Forwards the request to the app as it is, streaming both ways.
-    async fn forward(
-        &self,
-        client: &Client<HttpConnector, Body>,
-        app: &AppChannel,
-        mut req: Request<Body>,
-        version: axum::http::Version,
-    ) -> Result<Response<Body>, String> {
-        let pq = req.uri().path_and_query().map(|p| p.as_str()).unwrap_or("/");
-        let uri: Uri = format!("http://{}:{}{pq}", app.address, app.port)
-            .parse()
-            .map_err(|e| format!("{e}"))?;
-        *req.uri_mut() = uri;
-        *req.version_mut() = version;
-        let resp = client
-            .request(req)
-            .await
-            .map_err(|e| format!("{e}: {}", super::source_chain(&e)))?;
-        let (mut parts, body) = resp.into_parts();
-        headers::strip_hop_by_hop(&mut parts.headers);
-        Ok(Response::from_parts(parts, Body::new(body)))
-    }
-
-    /// An HTTP-style call to a gRPC app: `AppCallback.OnInvoke`.
-    async fn on_invoke(&self, app: &AppChannel, req: Request<Body>) -> Response<Body> {
-        let (parts, body) = req.into_parts();
-        let data = match http_body_util::Limited::new(body, self.max_body).collect().await {
-            Ok(c) => c.to_bytes(),
-            Err(e) => return error_response(Mode::Http, ApiError::body_read(e)),
-        };
-        let verb = common::http_extension::Verb::from_str_name(parts.method.as_str())
-            .unwrap_or(common::http_extension::Verb::Post);
-        let content_type = headers::get(&parts.headers, "content-type")
-            .unwrap_or_default()
-            .to_owned();
-        let message = common::InvokeRequest {
-            method: parts.uri.path().trim_start_matches('/').to_owned(),
-            data: Some(prost_types::Any {
-                type_url: String::new(),
-                value: data.to_vec(),
-            }),
-            content_type,
-            http_extension: Some(common::HttpExtension {
-                verb: verb as i32,
-                querystring: parts.uri.query().unwrap_or_default().to_owned(),
-            }),
-        };
-        let mut request = tonic::Request::new(message);
-        for (name, value) in parts.headers.iter() {
-            if let (Ok(k), Ok(v)) = (
-                tonic::metadata::MetadataKey::from_bytes(name.as_str().as_bytes()),
-                tonic::metadata::MetadataValue::try_from(value.as_bytes()),
-            ) {
-                if !matches!(name.as_str(), "content-type" | "content-length" | "te") {
-                    request.metadata_mut().insert(k, v);
-                }
-            }
-        }
-        let mut client = AppCallbackClient::new(app.grpc_channel());
-        match client.on_invoke(request).await {
-            Ok(resp) => {
-                let r = resp.into_inner();
-                let mut out = Response::new(Body::from(r.data.map(|a| a.value).unwrap_or_default()));
-                if let Ok(ct) = HeaderValue::from_str(if r.content_type.is_empty() {
-                    "application/json"
-                } else {
-                    &r.content_type
-                }) {
-                    out.headers_mut().insert("content-type", ct);
-                }
-                out
-            }
-            Err(status) => {
-                let code = http_status_from_code(status.code());
-                let body =
-                    serde_json::json!({ "code": status.code() as i32, "message": status.message(), "details": [] });
-                let mut out = Response::new(Body::from(body.to_string()));
-                *out.status_mut() = StatusCode::from_u16(code).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
-                out.headers_mut()
-                    .insert("content-type", HeaderValue::from_static("application/json"));
-                out
-            }
         }
     }
 }

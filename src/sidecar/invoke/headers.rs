@@ -5,6 +5,8 @@ use std::net::SocketAddr;
 
 use axum::http::{HeaderMap, HeaderName, HeaderValue};
 
+pub use crate::sidecar::net::{get, strip_hop_by_hop};
+
 pub const CALLER_APP_ID: &str = "dapr-caller-app-id";
 pub const CALLER_NAMESPACE: &str = "dapr-caller-namespace";
 pub const CALLEE_APP_ID: &str = "dapr-callee-app-id";
@@ -14,45 +16,6 @@ pub const MODE: &str = "tandem-invoke";
 pub const CALLER_TRUST_DOMAIN: &str = "tandem-caller-trust-domain";
 /// Internal: the namespace the caller asked for.
 pub const CALLEE_NAMESPACE: &str = "tandem-callee-namespace";
-
-/// Headers that belong to one connection (RFC 7230 §6.1) and are never forwarded.
-const HOP_BY_HOP: &[&str] = &[
-    "connection",
-    "keep-alive",
-    "proxy-connection",
-    "proxy-authenticate",
-    "proxy-authorization",
-    "te",
-    "trailer",
-    "transfer-encoding",
-    "upgrade",
-];
-
-/// Removes hop-by-hop headers, including those the `Connection` header names.
-pub fn strip_hop_by_hop(h: &mut HeaderMap) {
-    let named: Vec<String> = h
-        .get_all("connection")
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(',').map(|s| s.trim().to_ascii_lowercase()))
-        .filter(|s| !s.is_empty())
-        .collect();
-    // A message with both framings is framed by Transfer-Encoding (RFC 7230 §3.3.3); the length is not its own.
-    if h.contains_key("transfer-encoding") {
-        h.remove("content-length");
-    }
-    // HTTP/2 keeps one TE value, `trailers`, which gRPC requires.
-    let te_trailers = h
-        .get_all("te")
-        .iter()
-        .any(|v| v.to_str().is_ok_and(|v| v.contains("trailers")));
-    for name in HOP_BY_HOP.iter().copied().chain(named.iter().map(String::as_str)) {
-        h.remove(name);
-    }
-    if te_trailers {
-        h.insert("te", HeaderValue::from_static("trailers"));
-    }
-}
 
 /// What the caller sidecar adds before sending an invocation to another sidecar: identity headers (caller-supplied
 /// copies are replaced) and forwarding headers.
@@ -111,11 +74,6 @@ fn set(h: &mut HeaderMap, name: &'static str, value: &str) {
     if let Ok(v) = HeaderValue::from_str(value) {
         h.insert(HeaderName::from_static(name), v);
     }
-}
-
-/// The first value of header `name` as text.
-pub fn get<'a>(h: &'a HeaderMap, name: &str) -> Option<&'a str> {
-    h.get(name).and_then(|v| v.to_str().ok())
 }
 
 #[cfg(test)]

@@ -2,14 +2,13 @@
 //! call over tandem's sidecar-to-sidecar HTTP/2 protocol (see `callee`), with bodies streamed both ways.
 
 pub mod callee;
-pub mod grpc;
+pub mod endpoints;
 pub mod headers;
 pub mod target;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::time::Duration;
 
 use axum::body::Body;
 use axum::http::{HeaderMap, HeaderName, HeaderValue, Request, Response, Uri};
@@ -17,9 +16,10 @@ use bytes::Bytes;
 use http_body_util::BodyExt;
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::rt::TokioExecutor;
 
+use crate::sidecar::net::{h2c_client, source_chain};
 pub use callee::{Callee, Mode};
+use endpoints::{Endpoints, HttpsClient, https_client};
 use target::Target;
 
 use crate::components::nameresolution::{NameResolver, ResolveRequest};
@@ -29,72 +29,6 @@ use crate::sidecar::error::ApiError;
 /// Bodies up to this size are kept so a call can be retried; larger ones stream once.
 const REPLAYABLE_BODY: usize = 1 << 20;
 
-/// A non-Dapr HTTP endpoint (HTTPEndpoint resource) with its headers resolved.
-#[derive(Clone, Debug)]
-pub struct Endpoint {
-    pub base_url: String,
-    pub headers: Vec<(HeaderName, HeaderValue)>,
-    /// A client with the endpoint's `clientTLS` (root CA, client certificate); `None`: the shared client.
-    pub client: Option<HttpsClient>,
-}
-
-/// PEM documents of an HTTPEndpoint's `clientTLS`.
-#[derive(Clone, Debug, Default)]
-pub struct ClientTlsPem {
-    pub root_ca: Option<String>,
-    pub certificate: Option<String>,
-    pub private_key: Option<String>,
-}
-
-/// A client trusting `root_ca` (instead of the public roots) and presenting the client certificate, if given.
-pub fn tls_client(tls: &ClientTlsPem) -> Result<HttpsClient, String> {
-    use rustls::pki_types::pem::PemObject;
-    use rustls::pki_types::{CertificateDer, PrivateKeyDer};
-    let mut roots = rustls::RootCertStore::empty();
-    match &tls.root_ca {
-        Some(pem) => {
-            for cert in CertificateDer::pem_slice_iter(pem.as_bytes()) {
-                let cert = cert.map_err(|e| format!("clientTLS.rootCA is not PEM certificates: {e}"))?;
-                roots.add(cert).map_err(|e| format!("clientTLS.rootCA: {e}"))?;
-            }
-            if roots.is_empty() {
-                return Err("clientTLS.rootCA holds no certificate".into());
-            }
-        }
-        None => roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned()),
-    }
-    let builder = rustls::ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
-        .with_safe_default_protocol_versions()
-        .map_err(|e| e.to_string())?
-        .with_root_certificates(roots);
-    let config = match (&tls.certificate, &tls.private_key) {
-        (Some(cert), Some(key)) => {
-            let certs = CertificateDer::pem_slice_iter(cert.as_bytes())
-                .collect::<Result<Vec<_>, _>>()
-                .map_err(|e| format!("clientTLS.certificate is not PEM: {e}"))?;
-            let key = PrivateKeyDer::from_pem_slice(key.as_bytes())
-                .map_err(|e| format!("clientTLS.privateKey is not a PEM private key: {e}"))?;
-            builder
-                .with_client_auth_cert(certs, key)
-                .map_err(|e| format!("clientTLS certificate/key: {e}"))?
-        }
-        (None, None) => builder.with_no_client_auth(),
-        _ => return Err("clientTLS needs both certificate and privateKey, or neither".into()),
-    };
-    let mut http = HttpConnector::new();
-    http.enforce_http(false);
-    http.set_nodelay(true);
-    let connector = hyper_rustls::HttpsConnectorBuilder::new()
-        .with_tls_config(config)
-        .https_or_http()
-        .enable_http1()
-        .enable_http2()
-        .wrap_connector(http);
-    Ok(Client::builder(TokioExecutor::new()).build(connector))
-}
-
-type HttpsClient = Client<hyper_rustls::HttpsConnector<HttpConnector>, Body>;
-
 pub struct Invoker {
     pub app_id: String,
     pub namespace: String,
@@ -103,36 +37,12 @@ pub struct Invoker {
     resolver: Arc<dyn NameResolver>,
     internal: Client<HttpConnector, Body>,
     external: HttpsClient,
-    endpoints: std::sync::RwLock<std::collections::HashMap<String, Endpoint>>,
+    endpoints: Arc<Endpoints>,
     /// Calls to this app itself skip the network.
     local: Arc<Callee>,
     next: AtomicUsize,
     trust_domain: String,
     resiliency: Arc<Resiliency>,
-}
-
-/// An HTTP/2-only (h2c) client for sidecar-to-sidecar and app gRPC traffic.
-pub fn h2c_client() -> Client<HttpConnector, Body> {
-    let mut connector = HttpConnector::new();
-    connector.set_nodelay(true);
-    Client::builder(TokioExecutor::new())
-        .http2_only(true)
-        .http2_adaptive_window(true)
-        .pool_idle_timeout(Duration::from_secs(90))
-        .build(connector)
-}
-
-fn https_client() -> HttpsClient {
-    let mut http = HttpConnector::new();
-    http.enforce_http(false);
-    http.set_nodelay(true);
-    let connector = hyper_rustls::HttpsConnectorBuilder::new()
-        .with_webpki_roots()
-        .https_or_http()
-        .enable_http1()
-        .enable_http2()
-        .wrap_connector(http);
-    Client::builder(TokioExecutor::new()).build(connector)
 }
 
 impl Invoker {
@@ -150,7 +60,7 @@ impl Invoker {
             resolver,
             internal: h2c_client(),
             external: https_client(),
-            endpoints: Default::default(),
+            endpoints: Arc::default(),
             local,
             next: AtomicUsize::new(0),
             trust_domain: "public".into(),
@@ -170,8 +80,14 @@ impl Invoker {
         self
     }
 
-    pub fn set_endpoints(&self, endpoints: std::collections::HashMap<String, Endpoint>) {
-        *self.endpoints.write().expect("lock") = endpoints;
+    /// The name resolver calls to other apps go through.
+    pub fn resolver(&self) -> &Arc<dyn NameResolver> {
+        &self.resolver
+    }
+
+    /// The HTTPEndpoints this invoker calls by name.
+    pub fn endpoints(&self) -> &Arc<Endpoints> {
+        &self.endpoints
     }
 
     /// Invokes `method` on `target` (an app id, `app.namespace`, HTTPEndpoint name or URL). The request's method,
@@ -195,8 +111,7 @@ impl Invoker {
                     .map_err(|e| fail(&e));
             }
             Target::Name(name) => {
-                let endpoint = self.endpoints.read().expect("lock").get(&name).cloned();
-                if let Some(ep) = endpoint {
+                if let Some(ep) = self.endpoints.get(&name) {
                     let client = ep.client.as_ref().unwrap_or(&self.external);
                     return self
                         .external(client, &ep.base_url, &path, req, &ep.headers)
@@ -382,61 +297,5 @@ async fn replayable(headers: &HeaderMap, body: Body) -> Result<Replay, String> {
         )),
         None if !chunked && http_body::Body::is_end_stream(&body) => Ok(Replay::Buffered(Bytes::new())),
         _ => Ok(Replay::Streaming(std::sync::Mutex::new(Some(body)))),
-    }
-}
-
-pub(crate) fn source_chain(e: &dyn std::error::Error) -> String {
-    let mut out = vec![];
-    let mut cur = e.source();
-    while let Some(s) = cur {
-        out.push(s.to_string());
-        cur = s.source();
-    }
-    out.join(": ")
-}
-
-/// A gRPC error as a trailers-only HTTP/2 response.
-pub fn grpc_error_response(code: tonic::Code, message: &str) -> Response<Body> {
-    let status = tonic::Status::new(code, message);
-    let (parts, ()) = status.into_http::<()>().into_parts();
-    Response::from_parts(parts, Body::empty())
-}
-
-/// Dapr's gRPC code → HTTP status mapping.
-pub fn http_status_from_code(code: tonic::Code) -> u16 {
-    use tonic::Code::*;
-    match code {
-        Ok => 200,
-        Cancelled => 408,
-        InvalidArgument | FailedPrecondition | OutOfRange => 400,
-        DeadlineExceeded => 504,
-        NotFound => 404,
-        AlreadyExists | Aborted => 409,
-        PermissionDenied => 403,
-        Unauthenticated => 401,
-        ResourceExhausted => 429,
-        Unimplemented => 501,
-        Unavailable => 503,
-        Unknown | Internal | DataLoss => 500,
-    }
-}
-
-/// Dapr's HTTP status → gRPC code mapping (grpc's http-grpc-status-mapping).
-pub fn code_from_http_status(status: u16) -> tonic::Code {
-    use tonic::Code;
-    match status {
-        200..=299 => Code::Ok,
-        408 => Code::Cancelled,
-        500 => Code::Unknown,
-        400 => Code::Internal,
-        504 => Code::DeadlineExceeded,
-        404 => Code::NotFound,
-        409 => Code::AlreadyExists,
-        403 => Code::PermissionDenied,
-        401 => Code::Unauthenticated,
-        429 => Code::ResourceExhausted,
-        501 => Code::Unimplemented,
-        503 => Code::Unavailable,
-        _ => Code::Unknown,
     }
 }

@@ -1,6 +1,7 @@
 //! Tests of the sqlite resolver: several sidecars sharing one database file.
 
 use super::*;
+use std::path::Path;
 use std::time::Instant;
 
 use serde_json::json;
@@ -19,7 +20,11 @@ fn instance(app: &str, ip: &str) -> Instance {
 }
 
 async fn start(cfg: &serde_json::Value, me: &Instance) -> Arc<dyn NameResolver> {
-    let r = build("sqlite", "v1", cfg, me).await.unwrap();
+    let r = build("sqlite", "v1", cfg, me)
+        .await
+        .unwrap()
+        .get::<dyn NameResolver>()
+        .unwrap();
     r.register(me).await.unwrap();
     r
 }

@@ -1,4 +1,4 @@
-//! Service invocation from the gRPC API: `Dapr.InvokeService`, and proxying of any other gRPC call that carries
+//! Service invocation from the gRPC API (an adapter over the invocation block): `Dapr.InvokeService`, and proxying of any other gRPC call that carries
 //! `dapr-app-id` metadata to that app's gRPC server (streaming RPCs included).
 
 use std::sync::Arc;
@@ -9,7 +9,9 @@ use axum::http::{HeaderValue, Response};
 use dapr::dapr::proto::common::v1 as common;
 use http_body_util::BodyExt;
 
-use super::{Invoker, Mode, code_from_http_status, grpc_error_response, headers};
+use crate::sidecar::error::ApiError;
+use crate::sidecar::invoke::{Invoker, Mode, headers};
+use crate::sidecar::net::code_from_http_status;
 
 /// State of the gRPC proxy fallback.
 #[derive(Clone)]
@@ -20,24 +22,19 @@ pub struct ProxyState {
 
 /// Any gRPC call the Dapr service does not know: forwarded to the app named by `dapr-app-id`.
 pub async fn proxy(st: ProxyState, peer: std::net::SocketAddr, req: Request) -> Response<Body> {
-    if let Some(token) = &st.api_token {
-        if headers::get(req.headers(), "dapr-api-token") != Some(token.as_ref()) {
-            return grpc_error_response(tonic::Code::Unauthenticated, "Unauthorized");
-        }
+    if let Err(e) = super::check_token(st.api_token.as_deref(), headers::get(req.headers(), "dapr-api-token")) {
+        return e.into_grpc_response();
     }
     let target = headers::get(req.headers(), "dapr-app-id")
         .or_else(|| headers::get(req.headers(), headers::CALLEE_APP_ID))
         .map(str::to_owned);
     let Some(target) = target else {
-        return grpc_error_response(
-            tonic::Code::Unknown,
-            "failed to proxy request: required metadata dapr-callee-app-id or dapr-app-id not found",
-        );
+        return ApiError::proxy_no_app_id().into_grpc_response();
     };
     let method = req.uri().path().to_owned();
     match st.invoker.invoke(&target, &method, req, Mode::Grpc, Some(peer)).await {
         Ok(resp) => resp,
-        Err(e) => grpc_error_response(e.grpc, &e.message),
+        Err(e) => e.into_grpc_response(),
     }
 }
 
@@ -75,7 +72,7 @@ pub async fn invoke_service(
     let req = req
         .header("content-length", data.len())
         .body(Body::from(data))
-        .map_err(|e| tonic::Status::invalid_argument(e.to_string()))?;
+        .map_err(ApiError::bad_request)?;
     let resp = invoker
         .invoke(id, &message.method, req, Mode::Http, None)
         .await
@@ -87,11 +84,20 @@ pub async fn invoke_service(
     let body = http_body_util::Limited::new(resp.into_body(), max_body)
         .collect()
         .await
-        .map_err(|e| tonic::Status::resource_exhausted(format!("reading the app's response: {e}")))?
+        .map_err(|e| {
+            ApiError::new(
+                500,
+                tonic::Code::ResourceExhausted,
+                "ERR_DIRECT_INVOKE",
+                format!("reading the app's response: {e}"),
+            )
+        })?
         .to_bytes();
     if !(200..300).contains(&status) {
         let code = code_from_http_status(status);
-        return Err(tonic::Status::new(code, String::from_utf8_lossy(&body).into_owned()));
+        // The app's own answer, passed on with the gRPC code Dapr maps its HTTP status to.
+        let message = String::from_utf8_lossy(&body).into_owned();
+        return Err(ApiError::new(status, code, "ERR_DIRECT_INVOKE", message).into());
     }
     Ok(common::InvokeResponse {
         data: Some(prost_types::Any {

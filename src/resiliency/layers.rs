@@ -1,0 +1,301 @@
+//! Resiliency layers: a component's trait object wrapped so every operation runs under its policy (timeout,
+//! retries, circuit breaker), whatever the backend. A kind gets its layer here; kinds without one are used as
+//! they are (and a warning says so).
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use async_trait::async_trait;
+
+use super::{Policy, PolicyError, Retryable, Status};
+use crate::components::Instance;
+use crate::components::Kind;
+use crate::components::secretstores::{Secret, SecretError, SecretStore};
+use crate::components::state::{
+    DeleteRequest, Feature, Query, QueryResponse, SetRequest, StateError, StateItem, StateStore, TransactionOp,
+};
+
+/// `instance` with its outbound policy applied to every operation.
+pub fn outbound(instance: Instance, policy: Policy) -> Instance {
+    match instance.kind() {
+        Kind::State => instance.map::<dyn StateStore>(|inner| Arc::new(ResilientState { inner, policy })),
+        Kind::SecretStore => instance.map::<dyn SecretStore>(|inner| Arc::new(ResilientSecrets { inner, policy })),
+        other => {
+            tracing::warn!(kind = %other, policy = %policy.name(), "resiliency policies do not apply to {other} components yet");
+            instance
+        }
+    }
+}
+
+/// A policy's failure as the component's own error: the operation's error, or Dapr's words for a timeout or
+/// an open breaker.
+fn flatten<E: std::fmt::Display>(e: PolicyError<E>, wrap: impl FnOnce(String) -> E) -> E {
+    match e {
+        PolicyError::Op(e) => e,
+        PolicyError::Timeout(d) => wrap(format!("timeout after {d:?}: context deadline exceeded")),
+        other => wrap(other.to_string()),
+    }
+}
+
+impl Retryable for StateError {
+    fn is_permanent(&self) -> bool {
+        matches!(
+            self,
+            StateError::EtagMismatch(_) | StateError::EtagInvalid(_) | StateError::NotSupported(_)
+        )
+    }
+}
+
+impl Retryable for SecretError {
+    fn is_permanent(&self) -> bool {
+        matches!(self, SecretError::NotFound(_))
+    }
+}
+
+fn every_response_succeeds<T>(_: &T) -> Option<Status> {
+    None
+}
+
+/// A state store whose every operation runs under a policy.
+struct ResilientState {
+    inner: Arc<dyn StateStore>,
+    policy: Policy,
+}
+
+impl ResilientState {
+    async fn run<T, F, Fut>(&self, op: F) -> Result<T, StateError>
+    where
+        F: FnMut() -> Fut,
+        Fut: std::future::Future<Output = Result<T, StateError>>,
+    {
+        self.policy
+            .run(every_response_succeeds, op)
+            .await
+            .map_err(|e| flatten(e, StateError::Backend))
+    }
+}
+
+#[async_trait]
+impl StateStore for ResilientState {
+    fn features(&self) -> &'static [Feature] {
+        self.inner.features()
+    }
+
+    async fn get(&self, key: &str) -> Result<Option<StateItem>, StateError> {
+        self.run(|| self.inner.get(key)).await
+    }
+
+    async fn set(&self, req: &SetRequest) -> Result<(), StateError> {
+        self.run(|| self.inner.set(req)).await
+    }
+
+    async fn delete(&self, req: &DeleteRequest) -> Result<(), StateError> {
+        self.run(|| self.inner.delete(req)).await
+    }
+
+    /// The whole bulk runs again while some key failed with a retryable error; what the last try answered is
+    /// the answer.
+    async fn bulk_get(&self, keys: &[String], parallelism: usize) -> Vec<Result<Option<StateItem>, StateError>> {
+        let classify = |items: &Vec<Result<Option<StateItem>, StateError>>| {
+            items
+                .iter()
+                .any(|i| i.as_ref().is_err_and(|e| !e.is_permanent()))
+                .then_some(Status::Failed)
+        };
+        let op = || async { Ok::<_, StateError>(self.inner.bulk_get(keys, parallelism).await) };
+        match self.policy.run(classify, op).await {
+            Ok(items) => items,
+            Err(e) => {
+                let e = flatten(e, StateError::Backend);
+                keys.iter().map(|_| Err(StateError::Backend(e.to_string()))).collect()
+            }
+        }
+    }
+
+    async fn transact(&self, ops: &[TransactionOp]) -> Result<(), StateError> {
+        self.run(|| self.inner.transact(ops)).await
+    }
+
+    async fn query(&self, prefix: &str, query: &Query) -> Result<QueryResponse, StateError> {
+        self.run(|| self.inner.query(prefix, query)).await
+    }
+
+    async fn close(&self) {
+        self.inner.close().await
+    }
+}
+
+/// A secret store whose every read runs under a policy.
+struct ResilientSecrets {
+    inner: Arc<dyn SecretStore>,
+    policy: Policy,
+}
+
+#[async_trait]
+impl SecretStore for ResilientSecrets {
+    fn features(&self) -> &'static [&'static str] {
+        self.inner.features()
+    }
+
+    async fn get(&self, name: &str, metadata: &BTreeMap<String, String>) -> Result<Secret, SecretError> {
+        self.policy
+            .run(every_response_succeeds, || self.inner.get(name, metadata))
+            .await
+            .map_err(|e| flatten(e, SecretError::Backend))
+    }
+
+    async fn bulk_get(&self, metadata: &BTreeMap<String, String>) -> Result<BTreeMap<String, Secret>, SecretError> {
+        self.policy
+            .run(every_response_succeeds, || self.inner.bulk_get(metadata))
+            .await
+            .map_err(|e| flatten(e, SecretError::Backend))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::{AtomicU32, Ordering};
+
+    use super::*;
+    use crate::components::state::memory::MemoryStore;
+    use crate::resiliency::Resiliency;
+
+    /// A store that fails its first `failures` reads and counts every call.
+    struct Flaky {
+        inner: MemoryStore,
+        failures: u32,
+        calls: AtomicU32,
+    }
+
+    #[async_trait]
+    impl StateStore for Flaky {
+        fn features(&self) -> &'static [Feature] {
+            self.inner.features()
+        }
+        async fn get(&self, key: &str) -> Result<Option<StateItem>, StateError> {
+            if self.calls.fetch_add(1, Ordering::SeqCst) < self.failures {
+                return Err(StateError::Backend("connection reset".into()));
+            }
+            self.inner.get(key).await
+        }
+        async fn set(&self, req: &SetRequest) -> Result<(), StateError> {
+            self.calls.fetch_add(1, Ordering::SeqCst);
+            self.inner.set(req).await
+        }
+        async fn delete(&self, req: &DeleteRequest) -> Result<(), StateError> {
+            self.inner.delete(req).await
+        }
+    }
+
+    fn resiliency(yaml: &str) -> Resiliency {
+        Resiliency::new(&super::super::tests::resources(yaml)).unwrap()
+    }
+
+    const RETRY_STORE: &str = r#"
+spec:
+  policies:
+    retries:
+      quick: {policy: constant, duration: 1ms, maxRetries: 3}
+  targets:
+    components:
+      store:
+        outbound: {retry: quick}
+"#;
+
+    fn layered(failures: u32, yaml: &str) -> (Arc<Flaky>, Arc<dyn StateStore>) {
+        let flaky = Arc::new(Flaky {
+            inner: MemoryStore::default(),
+            failures,
+            calls: AtomicU32::new(0),
+        });
+        let policy = resiliency(yaml)
+            .component_outbound("store", Kind::State)
+            .expect("a policy");
+        let instance = outbound(Instance::new::<dyn StateStore>(flaky.clone()), policy);
+        (flaky, instance.get::<dyn StateStore>().unwrap())
+    }
+
+    #[tokio::test]
+    async fn retries_failed_operations_under_the_components_policy() {
+        let (flaky, store) = layered(2, RETRY_STORE);
+        assert_eq!(store.get("k").await.unwrap(), None);
+        assert_eq!(flaky.calls.load(Ordering::SeqCst), 3);
+        let (_, store) = layered(10, RETRY_STORE);
+        let err = store.get("k").await.unwrap_err();
+        assert_eq!(err, StateError::Backend("connection reset".into()));
+    }
+
+    #[tokio::test]
+    async fn etag_mismatches_are_not_retried() {
+        let (flaky, store) = layered(0, RETRY_STORE);
+        let stale = SetRequest {
+            key: "k".into(),
+            etag: Some("42".into()),
+            ..Default::default()
+        };
+        assert!(matches!(store.set(&stale).await, Err(StateError::EtagMismatch(_))));
+        assert_eq!(flaky.calls.load(Ordering::SeqCst), 1);
+    }
+
+    #[tokio::test]
+    async fn an_open_breaker_fails_fast_with_daprs_words() {
+        let yaml = r#"
+spec:
+  policies:
+    circuitBreakers:
+      cb: {maxRequests: 1, timeout: 60s, trip: consecutiveFailures >= 2}
+  targets:
+    components:
+      store:
+        outbound: {circuitBreaker: cb}
+"#;
+        let (flaky, store) = layered(100, yaml);
+        for _ in 0..2 {
+            assert!(store.get("k").await.is_err());
+        }
+        let err = store.get("k").await.unwrap_err().to_string();
+        assert!(err.contains("circuit breaker") && err.contains("open"), "{err}");
+        assert_eq!(
+            flaky.calls.load(Ordering::SeqCst),
+            2,
+            "the open breaker did not call the store"
+        );
+    }
+
+    #[test]
+    fn default_component_policies_by_dapr_names() {
+        let r = resiliency(
+            r#"
+spec:
+  policies:
+    retries:
+      DefaultStatestoreComponentOutboundRetryPolicy: {policy: constant, duration: 1s, maxRetries: 2}
+    timeouts:
+      DefaultComponentTimeoutPolicy: 3s
+"#,
+        );
+        let state = r.component_outbound("any", Kind::State).unwrap();
+        assert_eq!(state.retry().and_then(|r| r.max_retries), Some(2));
+        assert_eq!(state.timeout(), Some(std::time::Duration::from_secs(3)));
+        let secrets = r.component_outbound("any", Kind::SecretStore).unwrap();
+        assert!(secrets.retry().is_none());
+        assert_eq!(secrets.timeout(), Some(std::time::Duration::from_secs(3)));
+        // A target names its policies; the defaults do not add to it.
+        let r = resiliency(RETRY_STORE);
+        assert!(r.component_outbound("store", Kind::State).unwrap().timeout().is_none());
+        assert!(r.component_outbound("other", Kind::State).is_none());
+        assert!(
+            r.component_policy("store", Kind::State, super::super::Direction::Inbound)
+                .is_none()
+        );
+    }
+
+    #[test]
+    fn a_component_target_naming_a_missing_policy_is_an_error() {
+        let err = Resiliency::new(&super::super::tests::resources(
+            "spec:\n  targets:\n    components:\n      store:\n        outbound: {retry: nope}\n",
+        ))
+        .unwrap_err();
+        assert_eq!(err.field, "spec.targets.components.store.outbound.retry");
+    }
+}

@@ -1,0 +1,181 @@
+//! The secrets building block: reading secrets through the app's secret scopes, and resolving the `secretKeyRef`
+//! and `envRef` values of resources (component metadata, HTTPEndpoint headers) through the loaded secret stores.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use crate::api::{Auth, Configuration, NameValuePair};
+use crate::components::secretstores::{Secret, SecretStore};
+use crate::sidecar::Mode;
+use crate::sidecar::components::{ComponentTable, Handle};
+use crate::sidecar::error::{ApiError, ApiResult};
+
+/// The secrets API over the loaded secret stores.
+#[derive(Clone)]
+pub struct Secrets {
+    table: Arc<ComponentTable>,
+    config: Arc<Configuration>,
+    app_id: String,
+    namespace: String,
+    mode: Mode,
+}
+
+impl Secrets {
+    pub fn new(
+        table: Arc<ComponentTable>,
+        config: Arc<Configuration>,
+        app_id: &str,
+        namespace: &str,
+        mode: Mode,
+    ) -> Self {
+        Secrets {
+            table,
+            config,
+            app_id: app_id.to_owned(),
+            namespace: namespace.to_owned(),
+            mode,
+        }
+    }
+
+    fn store(&self, store: &str) -> ApiResult<Handle<dyn SecretStore>> {
+        self.table.get::<dyn SecretStore>(store).ok_or_else(|| {
+            if self.table.is_empty(crate::components::Kind::SecretStore) {
+                ApiError::secret_stores_not_configured()
+            } else {
+                ApiError::secret_store_not_found(store)
+            }
+        })
+    }
+
+    fn allowed(&self, store: &str, key: &str) -> bool {
+        self.config.secret_scope(store).is_none_or(|s| s.is_allowed(key))
+    }
+
+    pub async fn get(&self, store: &str, key: &str, metadata: &BTreeMap<String, String>) -> ApiResult<Secret> {
+        let s = self.store(store)?;
+        if !self.allowed(store, key) {
+            return Err(ApiError::secret_denied(key, store));
+        }
+        s.get(key, metadata)
+            .await
+            .map_err(|e| ApiError::secret_get(key, store, &e))
+    }
+
+    /// Every secret of `store` the app may read (denied names are left out, as Dapr does).
+    pub async fn bulk(&self, store: &str, metadata: &BTreeMap<String, String>) -> ApiResult<BTreeMap<String, Secret>> {
+        let s = self.store(store)?;
+        let mut all = s
+            .bulk_get(metadata)
+            .await
+            .map_err(|e| ApiError::bulk_secret_get(store, &e))?;
+        all.retain(|name, _| self.allowed(store, name));
+        Ok(all)
+    }
+
+    /// Resolves name/value pairs (component metadata, HTTPEndpoint headers): plain values with Dapr's
+    /// placeholders, `secretKeyRef` through `auth.secretStore` (`kubernetes` by default in Kubernetes mode), and
+    /// `envRef`.
+    pub async fn resolve_pairs(
+        &self,
+        pairs: &[NameValuePair],
+        auth: Option<&Auth>,
+        owner: &str,
+    ) -> Result<Vec<(String, String)>, String> {
+        let mut props = Vec::with_capacity(pairs.len());
+        for item in pairs {
+            let mut value = item
+                .value
+                .as_ref()
+                .map(|v| self.placeholders(v.as_string()))
+                .unwrap_or_default();
+            if let Some(r) = &item.secret_key_ref {
+                let store_name = match auth.map(|a| a.secret_store.as_str()).filter(|s| !s.is_empty()) {
+                    Some(s) => s.to_owned(),
+                    None if self.mode == Mode::Kubernetes => "kubernetes".to_owned(),
+                    None => {
+                        return Err(format!(
+                            "metadata {:?} uses secretKeyRef but the resource sets no auth.secretStore",
+                            item.name
+                        ));
+                    }
+                };
+                let store = self.table.get::<dyn SecretStore>(&store_name).ok_or_else(|| {
+                    format!(
+                        "metadata {:?} refers to secret store {store_name:?}, which is not loaded",
+                        item.name
+                    )
+                })?;
+                let secret = store
+                    .get(&r.name, &Default::default())
+                    .await
+                    .map_err(|e| format!("resolving secretKeyRef {:?} for metadata {:?}: {e}", r.name, item.name))?;
+                let key = r.key_or_name();
+                value = secret
+                    .get(key)
+                    .cloned()
+                    .ok_or_else(|| format!("secret {:?} in store {store_name:?} has no key {key:?}", r.name))?;
+            } else if let Some(var) = item.env_ref.as_deref().filter(|_| value.is_empty()) {
+                if env_allowed(var) {
+                    value = std::env::var(var).unwrap_or_default();
+                } else {
+                    tracing::warn!(resource = owner, var, "envRef to a protected variable is refused");
+                }
+            }
+            props.push((item.name.clone(), value));
+        }
+        Ok(props)
+    }
+
+    /// Substitutes Dapr's metadata placeholders.
+    fn placeholders(&self, v: String) -> String {
+        if !v.contains('{') {
+            return v;
+        }
+        let ns = if self.namespace.is_empty() {
+            self.app_id.clone()
+        } else {
+            format!("{}.{}", self.namespace, self.app_id)
+        };
+        v.replace("{uuid}", &uuid::Uuid::new_v4().to_string())
+            .replace("{appID}", &self.app_id)
+            .replace("{namespace}", &ns)
+    }
+}
+
+/// Environment variables components may not read (as in Dapr).
+fn env_allowed(name: &str) -> bool {
+    let upper = name.to_ascii_uppercase();
+    upper != "APP_API_TOKEN" && !upper.starts_with("DAPR_") && !name.contains(' ')
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn env_refs_read_the_environment_but_not_tokens() {
+        let secrets = Secrets::new(
+            Arc::new(ComponentTable::default()),
+            Arc::default(),
+            "app",
+            "",
+            Mode::Standalone,
+        );
+        // PATH is always set; APP_API_TOKEN must never be readable.
+        let pairs = [
+            NameValuePair {
+                name: "a".into(),
+                env_ref: Some("PATH".into()),
+                ..Default::default()
+            },
+            NameValuePair {
+                name: "b".into(),
+                env_ref: Some("APP_API_TOKEN".into()),
+                ..Default::default()
+            },
+        ];
+        let resolved = secrets.resolve_pairs(&pairs, None, "s").await.unwrap();
+        assert_eq!(resolved[0], ("a".to_owned(), std::env::var("PATH").unwrap()));
+        assert_eq!(resolved[1], ("b".to_owned(), String::new()));
+    }
+}

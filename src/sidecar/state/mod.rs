@@ -1,0 +1,412 @@
+//! The state building block: Dapr's state API (get, bulk get, save, delete, bulk delete, transactions, query) over
+//! the loaded state stores, with Dapr's key scheme (`<keyPrefix>||<key>`).
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use bytes::Bytes;
+
+use crate::components::state::{
+    Concurrency, DeleteRequest, Feature, Query, QueryResponse, SetRequest, StateError, StateItem, StateStore,
+    TransactionOp,
+};
+use crate::components::{Kind, Metadata, metadata::parse_bool};
+use crate::sidecar::components::{ComponentTable, Handle, Loaded};
+use crate::sidecar::error::{ApiError, ApiResult};
+
+/// One item of a save request.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct SaveItem {
+    pub key: String,
+    pub value: Bytes,
+    pub etag: Option<String>,
+    pub concurrency: Concurrency,
+    pub metadata: BTreeMap<String, String>,
+}
+
+/// One key of a delete request.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct DeleteItem {
+    pub key: String,
+    pub etag: Option<String>,
+    pub concurrency: Concurrency,
+    pub metadata: BTreeMap<String, String>,
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub enum TxOp {
+    Upsert(SaveItem),
+    Delete(DeleteItem),
+}
+
+/// One key's answer in a bulk get.
+#[derive(Clone, Debug, PartialEq)]
+pub struct BulkItem {
+    pub key: String,
+    pub item: Option<StateItem>,
+    pub error: Option<String>,
+}
+
+/// The state API over the loaded state stores.
+#[derive(Clone)]
+pub struct State {
+    table: Arc<ComponentTable>,
+    app_id: String,
+}
+
+/// A state store in use, with the prefix its keys are stored under (`""` or `"<prefix>||"`).
+pub struct Store {
+    handle: Handle<dyn StateStore>,
+    pub prefix: String,
+}
+
+impl std::ops::Deref for Store {
+    type Target = dyn StateStore;
+    fn deref(&self) -> &Self::Target {
+        &*self.handle
+    }
+}
+
+impl Store {
+    pub fn name(&self) -> &str {
+        self.handle.name()
+    }
+
+    fn key(&self, key: &str) -> ApiResult<String> {
+        if key.contains("||") {
+            return Err(ApiError::illegal_key(key).on_resource("state", self.name()));
+        }
+        Ok(format!("{}{key}", self.prefix))
+    }
+}
+
+/// The key prefix of a state store with Dapr's `keyPrefix` strategy (`appid` default, `name`, `namespace`,
+/// `none` or a literal): `""` or `"<prefix>||"`.
+pub fn key_prefix(md: &Metadata) -> Result<String, String> {
+    let given = md.get("keyPrefix");
+    let strategy = given.unwrap_or("appid").to_ascii_lowercase();
+    let prefix = match strategy.as_str() {
+        "" | "appid" => md.app_id.clone(),
+        "name" => md.name.clone(),
+        "none" => String::new(),
+        "namespace" if !md.namespace.is_empty() && !md.app_id.is_empty() => {
+            format!("{}.{}", md.namespace, md.app_id)
+        }
+        "namespace" => md.app_id.clone(),
+        _ => given.unwrap_or_default().to_owned(),
+    };
+    if prefix.contains("||") {
+        return Err(format!("keyPrefix {prefix:?} can't contain '||'"));
+    }
+    Ok(if prefix.is_empty() {
+        prefix
+    } else {
+        format!("{prefix}||")
+    })
+}
+
+/// What a state store must satisfy before it is loaded: a valid `keyPrefix`, and at most one store with
+/// `actorStateStore: true` (a store replacing itself is fine).
+pub fn admit(table: &ComponentTable, candidate: &Loaded) -> Result<(), String> {
+    key_prefix(&candidate.metadata)?;
+    if is_actor_store(candidate) {
+        if let Some(other) = table
+            .of_kind(Kind::State)
+            .into_iter()
+            .find(|o| o.name != candidate.name && is_actor_store(o))
+        {
+            return Err(format!(
+                "detected duplicate actor state store: {} and {}",
+                other.name, candidate.name
+            ));
+        }
+    }
+    Ok(())
+}
+
+fn is_actor_store(c: &Loaded) -> bool {
+    c.metadata.get("actorStateStore").and_then(parse_bool) == Some(true)
+}
+
+/// `ttlInSeconds` from request metadata: an integer of -1 or more.
+fn ttl(metadata: &BTreeMap<String, String>) -> Result<Option<i64>, StateError> {
+    match metadata.get("ttlInSeconds") {
+        None => Ok(None),
+        Some(v) => match v.trim().parse::<i64>() {
+            Ok(t) if t >= -1 => Ok(Some(t)),
+            Ok(_) => Err(StateError::Backend(
+                "incorrect value for metadata 'ttlInSeconds': must be -1 or greater".into(),
+            )),
+            Err(e) => Err(StateError::Backend(format!(
+                "incorrect value for metadata 'ttlInSeconds': {v:?}: {e}"
+            ))),
+        },
+    }
+}
+
+/// Several per-item failures as one: an etag failure only when every failure was one.
+fn combine(errors: Vec<StateError>) -> StateError {
+    let text = errors.iter().map(ToString::to_string).collect::<Vec<_>>().join("; ");
+    if errors
+        .iter()
+        .all(|e| matches!(e, StateError::EtagMismatch(_) | StateError::EtagInvalid(_)))
+    {
+        if errors.iter().any(|e| matches!(e, StateError::EtagInvalid(_))) {
+            StateError::EtagInvalid(text)
+        } else {
+            StateError::EtagMismatch(text)
+        }
+    } else {
+        StateError::Backend(text)
+    }
+}
+
+impl State {
+    pub fn new(table: Arc<ComponentTable>, app_id: &str) -> Self {
+        State {
+            table,
+            app_id: app_id.to_owned(),
+        }
+    }
+
+    /// State store `name`: 400 ERR_STATE_STORE_NOT_FOUND, or 500 ERR_STATE_STORE_NOT_CONFIGURED when there is none.
+    pub fn store(&self, name: &str) -> ApiResult<Store> {
+        let handle = self.table.get::<dyn StateStore>(name).ok_or_else(|| {
+            if self.table.is_empty(Kind::State) {
+                ApiError::state_stores_not_configured(name).for_app(&self.app_id)
+            } else {
+                ApiError::state_store_not_found(name).for_app(&self.app_id)
+            }
+        })?;
+        // Checked when the store was admitted into the table (see `admit`).
+        let prefix = key_prefix(handle.metadata()).unwrap_or_default();
+        Ok(Store { handle, prefix })
+    }
+
+    pub async fn get(&self, store: &str, key: &str) -> ApiResult<Option<StateItem>> {
+        let entry = self.store(store)?;
+        let full = entry.key(key)?;
+        entry.get(&full).await.map_err(|e| ApiError::state_get(key, store, &e))
+    }
+
+    pub async fn bulk_get(&self, store: &str, keys: &[String], parallelism: usize) -> ApiResult<Vec<BulkItem>> {
+        let entry = self.store(store)?;
+        let full = keys.iter().map(|k| entry.key(k)).collect::<ApiResult<Vec<_>>>()?;
+        let results = entry.bulk_get(&full, parallelism).await;
+        Ok(keys
+            .iter()
+            .zip(results)
+            .map(|(key, r)| match r {
+                Ok(item) => BulkItem {
+                    key: key.clone(),
+                    item,
+                    error: None,
+                },
+                Err(e) => BulkItem {
+                    key: key.clone(),
+                    item: None,
+                    error: Some(e.to_string()),
+                },
+            })
+            .collect())
+    }
+
+    fn set_request(&self, entry: &Store, item: &SaveItem) -> ApiResult<Result<SetRequest, StateError>> {
+        let key = entry.key(&item.key)?;
+        Ok(ttl(&item.metadata).map(|ttl| SetRequest {
+            key,
+            value: item.value.clone(),
+            etag: item.etag.clone().filter(|e| !e.is_empty()),
+            concurrency: item.concurrency,
+            ttl,
+        }))
+    }
+
+    pub async fn save(&self, store: &str, items: &[SaveItem]) -> ApiResult<()> {
+        let entry = self.store(store)?;
+        let mut requests = Vec::with_capacity(items.len());
+        for item in items {
+            match self.set_request(&entry, item)? {
+                Ok(r) => requests.push(r),
+                Err(e) => return Err(ApiError::state_save(store, &e)),
+            }
+        }
+        let results = futures::future::join_all(requests.iter().map(|r| entry.set(r))).await;
+        let errors: Vec<StateError> = results.into_iter().filter_map(Result::err).collect();
+        match errors.len() {
+            0 => Ok(()),
+            1 if items.len() == 1 => Err(ApiError::state_save(store, &errors.into_iter().next().expect("one"))),
+            _ => Err(ApiError::state_save(store, &combine(errors))),
+        }
+    }
+
+    fn delete_request(entry: &Store, item: &DeleteItem) -> ApiResult<DeleteRequest> {
+        Ok(DeleteRequest {
+            key: entry.key(&item.key)?,
+            etag: item.etag.clone().filter(|e| !e.is_empty()),
+            concurrency: item.concurrency,
+        })
+    }
+
+    pub async fn delete(&self, store: &str, item: &DeleteItem) -> ApiResult<()> {
+        let entry = self.store(store)?;
+        let req = Self::delete_request(&entry, item)?;
+        entry
+            .delete(&req)
+            .await
+            .map_err(|e| ApiError::state_delete(&item.key, &e))
+    }
+
+    pub async fn bulk_delete(&self, store: &str, items: &[DeleteItem]) -> ApiResult<()> {
+        let entry = self.store(store)?;
+        let requests = items
+            .iter()
+            .map(|i| Self::delete_request(&entry, i))
+            .collect::<ApiResult<Vec<_>>>()?;
+        let results = futures::future::join_all(requests.iter().map(|r| entry.delete(r))).await;
+        let errors: Vec<StateError> = results.into_iter().filter_map(Result::err).collect();
+        if errors.is_empty() {
+            Ok(())
+        } else {
+            Err(ApiError::state_bulk_delete(store, &combine(errors)))
+        }
+    }
+
+    pub async fn transact(&self, store: &str, ops: &[TxOp]) -> ApiResult<()> {
+        let entry = self.store(store)?;
+        if !entry.features().contains(&Feature::Transactional) {
+            return Err(ApiError::transactions_not_supported(store));
+        }
+        let mut requests = Vec::with_capacity(ops.len());
+        for op in ops {
+            requests.push(match op {
+                TxOp::Upsert(item) => match self.set_request(&entry, item)? {
+                    Ok(r) => TransactionOp::Set(r),
+                    Err(e) => return Err(ApiError::state_transaction(&e)),
+                },
+                TxOp::Delete(item) => TransactionOp::Delete(Self::delete_request(&entry, item)?),
+            });
+        }
+        if requests.is_empty() {
+            return Ok(());
+        }
+        entry
+            .transact(&requests)
+            .await
+            .map_err(|e| ApiError::state_transaction(&e))
+    }
+
+    /// Runs a query (the request body's JSON) over this app's keys.
+    pub async fn query(&self, store: &str, query: &[u8]) -> ApiResult<QueryResponse> {
+        let entry = self.store(store)?;
+        let parsed = serde_json::from_slice(query)
+            .map_err(|e| e.to_string())
+            .and_then(|v| Query::parse(&v))
+            .map_err(|e| ApiError::state_query(store, format!("failed to parse JSON query body: {e}")))?;
+        entry.query(&entry.prefix, &parsed).await.map_err(|e| match e {
+            StateError::NotSupported(_) => ApiError::query_not_supported(),
+            e => ApiError::state_query(store, e),
+        })
+    }
+}
+
+/// `ttlExpireTime` response metadata for items saved with a TTL.
+pub fn item_metadata(item: &StateItem) -> BTreeMap<String, String> {
+    item.expires_at
+        .map(|t| {
+            BTreeMap::from([(
+                "ttlExpireTime".to_owned(),
+                humantime::format_rfc3339_seconds(t).to_string(),
+            )])
+        })
+        .unwrap_or_default()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::api::Component;
+    use crate::components::Registry;
+
+    async fn state_with(prefix: Option<&str>) -> State {
+        let table = Arc::new(ComponentTable::default());
+        let mut props = vec![];
+        if let Some(p) = prefix {
+            props.push(("keyPrefix".to_owned(), p.to_owned()));
+        }
+        let md = Metadata::new("s", "app1", "prod", props);
+        let instance = Registry::builtin()
+            .build("state.in-memory", "v1", md.clone())
+            .await
+            .unwrap();
+        table.insert(Loaded::new(Component::new("s", "state.in-memory", &[]), md, instance));
+        State::new(table, "app1")
+    }
+
+    fn save(key: &str, v: &str) -> SaveItem {
+        SaveItem {
+            key: key.into(),
+            value: Bytes::from(v.to_owned()),
+            ..Default::default()
+        }
+    }
+
+    #[tokio::test]
+    async fn key_prefix_strategies() {
+        for (strategy, expected) in [
+            (None, "app1||"),
+            (Some("name"), "s||"),
+            (Some("namespace"), "prod.app1||"),
+            (Some("none"), ""),
+            (Some("custom"), "custom||"),
+        ] {
+            let state = state_with(strategy).await;
+            assert_eq!(state.store("s").unwrap().prefix, expected, "{strategy:?}");
+        }
+        let bad = Metadata::new("s", "a", "", [("keyPrefix".to_owned(), "x||y".to_owned())]);
+        assert!(key_prefix(&bad).unwrap_err().contains("can't contain '||'"));
+    }
+
+    #[tokio::test]
+    async fn keys_with_separator_are_rejected() {
+        let state = state_with(None).await;
+        let err = state.save("s", &[save("a||b", "1")]).await.unwrap_err();
+        assert_eq!((err.status, err.code), (400, "ERR_MALFORMED_REQUEST"));
+    }
+
+    #[tokio::test]
+    async fn unknown_and_missing_stores() {
+        let state = state_with(None).await;
+        assert_eq!(
+            state.get("nope", "k").await.unwrap_err().code,
+            "ERR_STATE_STORE_NOT_FOUND"
+        );
+        let empty = State::new(Arc::new(ComponentTable::default()), "a");
+        let err = empty.get("s", "k").await.unwrap_err();
+        assert_eq!((err.status, err.code), (500, "ERR_STATE_STORE_NOT_CONFIGURED"));
+    }
+
+    #[tokio::test]
+    async fn bulk_save_reports_etag_conflicts_as_409() {
+        let state = state_with(None).await;
+        state.save("s", &[save("a", "1"), save("b", "2")]).await.unwrap();
+        let stale = SaveItem {
+            etag: Some("999".into()),
+            ..save("a", "3")
+        };
+        let err = state.save("s", &[stale.clone(), stale]).await.unwrap_err();
+        assert_eq!((err.status, err.code), (409, "ERR_STATE_SAVE"));
+    }
+
+    #[tokio::test]
+    async fn bad_ttl_is_an_error() {
+        let state = state_with(None).await;
+        let item = SaveItem {
+            metadata: BTreeMap::from([("ttlInSeconds".into(), "soon".into())]),
+            ..save("a", "1")
+        };
+        let err = state.save("s", &[item]).await.unwrap_err();
+        assert_eq!(err.status, 500);
+        assert!(err.message.contains("ttlInSeconds"), "{}", err.message);
+    }
+}
