@@ -1,5 +1,7 @@
 //! State benchmark (prints figures; not a test): save and get through the tandem sidecar over HTTP and gRPC
-//! for state.in-memory, state.sqlite and state.redis, beside the same operations straight against Redis.
+//! for state.in-memory, state.sqlite and state.redis, beside the same operations straight against Redis, and
+//! for an in-memory store behind a Resiliency outbound policy (timeout, retry, circuit breaker) beside the
+//! same store without one: the cost of the resiliency layer.
 //!
 //!     cargo bench --bench state            # BENCH_SECONDS=3 BENCH_CONCURRENCY=16 by default
 //!
@@ -111,6 +113,23 @@ spec:
   type: state.redis
   version: v1
   metadata: [{{name: redisHost, value: "127.0.0.1:6379"}}]
+---
+apiVersion: dapr.io/v1alpha1
+kind: Component
+metadata: {{name: guarded}}
+spec: {{type: state.in-memory, version: v1}}
+---
+apiVersion: dapr.io/v1alpha1
+kind: Resiliency
+metadata: {{name: bench}}
+spec:
+  policies:
+    timeouts: {{quick: 5s}}
+    retries: {{few: {{policy: constant, duration: 10ms, maxRetries: 3}}}}
+    circuitBreakers: {{cb: {{maxRequests: 1, timeout: 30s, trip: consecutiveFailures > 5}}}}
+  targets:
+    components:
+      guarded: {{outbound: {{timeout: quick, retry: few, circuitBreaker: cb}}}}
 "#,
         dir.path().join("bench.db").display()
     );
@@ -160,7 +179,7 @@ spec:
         VALUE.len()
     );
     println!("sidecar idle RSS: {:.1} MB", idle_rss);
-    for store in ["memory", "sqlite", "redis"] {
+    for store in ["memory", "guarded", "sqlite", "redis"] {
         let (h, b) = (http.clone(), base.clone());
         let s = measure(workers, secs, move |w, i| {
             let (h, url) = (h.clone(), format!("{b}/v1.0/state/{store}"));

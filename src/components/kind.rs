@@ -57,15 +57,14 @@ impl Kind {
         }
     }
 
-    /// The kind of a component type (`state.redis` → `State`), by its category; `None` for no Dapr category.
+    /// The kind of a component type (`state.redis` → `State`), by its category (written in lower case, as
+    /// Dapr requires); `None` for no Dapr category.
     pub fn of_type(type_: &str) -> Option<Kind> {
         let (category, name) = type_.trim().split_once('.')?;
         if name.is_empty() {
             return None;
         }
-        Kind::ALL
-            .into_iter()
-            .find(|k| k.category().eq_ignore_ascii_case(category))
+        Kind::ALL.into_iter().find(|k| k.category() == category)
     }
 
     /// Every category, comma-separated, for error messages.
@@ -122,7 +121,12 @@ mod tests {
     fn types_map_to_their_category() {
         assert_eq!(Kind::of_type("state.redis"), Some(Kind::State));
         assert_eq!(Kind::of_type("secretstores.local.file"), Some(Kind::SecretStore));
-        assert_eq!(Kind::of_type("Bindings.kafka"), Some(Kind::Bindings));
+        assert_eq!(Kind::of_type("bindings.kafka"), Some(Kind::Bindings));
+        assert_eq!(
+            Kind::of_type("State.redis"),
+            None,
+            "categories are lower case, as in Dapr"
+        );
         assert_eq!(Kind::of_type("workflowbackend.actors"), Some(Kind::WorkflowBackend));
         assert_eq!(Kind::of_type("pubsubs.kafka"), None);
         assert_eq!(Kind::of_type("state"), None);

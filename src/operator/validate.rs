@@ -84,6 +84,15 @@ fn check_component(c: &Component, registry: &Registry) -> Result<Verdict, Verdic
         ));
     };
     let category = kind.category();
+    if kind == Kind::NameResolution {
+        return Err(Verdict::invalid(
+            "NotAComponent",
+            format!(
+                "{type_} is name resolution, which a Configuration chooses in spec.nameResolution; a Component of \
+                 this type stops the sidecar"
+            ),
+        ));
+    }
     let mut seen: BTreeMap<String, &str> = BTreeMap::new();
     for m in &c.spec.metadata {
         if m.name.trim().is_empty() {
@@ -265,6 +274,13 @@ mod tests {
     fn categories_tandem_lacks_are_accepted_on_shape() {
         let v = verdict(&component("pubsub.kafka", json!([])));
         assert!(v.ready && v.message.contains("no pubsub components yet"), "{v:?}");
+    }
+
+    #[test]
+    fn name_resolution_is_not_a_component() {
+        let v = verdict(&component("nameresolution.mdns", json!([])));
+        assert_eq!((v.ready, v.reason.as_str()), (false, "NotAComponent"));
+        assert!(v.message.contains("spec.nameResolution"), "{v:?}");
     }
 
     #[test]

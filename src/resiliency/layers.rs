@@ -93,14 +93,12 @@ impl StateStore for ResilientState {
         self.run(|| self.inner.delete(req)).await
     }
 
-    /// The whole bulk runs again while some key failed with a retryable error; what the last try answered is
-    /// the answer.
+    /// The whole bulk runs again while it failed as a whole (every key with a retryable error), as Dapr
+    /// retries a failed `BulkGet`; keys that fail alone are answered with their error.
     async fn bulk_get(&self, keys: &[String], parallelism: usize) -> Vec<Result<Option<StateItem>, StateError>> {
         let classify = |items: &Vec<Result<Option<StateItem>, StateError>>| {
-            items
-                .iter()
-                .any(|i| i.as_ref().is_err_and(|e| !e.is_permanent()))
-                .then_some(Status::Failed)
+            let all_failed = !items.is_empty() && items.iter().all(|i| i.as_ref().is_err_and(|e| !e.is_permanent()));
+            all_failed.then_some(Status::Failed)
         };
         let op = || async { Ok::<_, StateError>(self.inner.bulk_get(keys, parallelism).await) };
         match self.policy.run(classify, op).await {

@@ -31,6 +31,8 @@ pub const BUILTIN_SERVICE_RETRIES: &str = "DaprBuiltInServiceRetries";
 const DEFAULT_APP_RETRY: [&str; 2] = ["DefaultAppRetryPolicy", "DefaultRetryPolicy"];
 const DEFAULT_APP_TIMEOUT: [&str; 2] = ["DefaultAppTimeoutPolicy", "DefaultTimeoutPolicy"];
 const DEFAULT_APP_BREAKER: [&str; 2] = ["DefaultAppCircuitBreakerPolicy", "DefaultCircuitBreakerPolicy"];
+/// Apps without a target whose default policies (and breakers) are kept at once.
+const MAX_DEFAULT_APPS: usize = 1024;
 /// Breakers kept per app (one per endpoint) unless `circuitBreakerCacheSize` says otherwise.
 const DEFAULT_BREAKER_CACHE: usize = 100;
 
@@ -456,6 +458,12 @@ impl Resiliency {
             return None;
         }
         let mut defaults = self.default_apps.lock().unwrap_or_else(|p| p.into_inner());
+        // Callers name the app: keep the map bounded (a dropped app's breakers start afresh).
+        if defaults.len() >= MAX_DEFAULT_APPS && !defaults.contains_key(app_id) {
+            if let Some(k) = defaults.keys().next().cloned() {
+                defaults.remove(&k);
+            }
+        }
         let policy = defaults.entry(app_id.to_owned()).or_insert_with(|| {
             Arc::new(AppPolicy::new(
                 app_id,

@@ -44,6 +44,9 @@ pub async fn follow(rt: Arc<Runtime>, loader: ComponentLoader, client: OperatorC
                 continue;
             }
         };
+        if rt.shutdown.is_cancelled() {
+            return;
+        }
         let deleted = event.event_type == EventType::Deleted;
         match event.resource {
             DaprResource::Component(c) => {

@@ -75,17 +75,17 @@ impl Sidecar {
         let shutdown = self.rt.shutdown.clone();
         shutdown.cancelled().await;
         self.init.abort();
+        let deadline = tokio::time::Instant::now() + self.grace;
         tracing::info!(grace = ?self.grace, "shutting down: draining in-flight requests");
         let drained =
-            tokio::time::timeout(self.grace, async { while self.servers.join_next().await.is_some() {} }).await;
+            tokio::time::timeout_at(deadline, async { while self.servers.join_next().await.is_some() {} }).await;
         if drained.is_err() {
             tracing::warn!("grace period over; aborting the requests still in flight");
             self.servers.abort_all();
         }
-        self.rt
-            .components
-            .close_all(self.grace.max(Duration::from_secs(1)))
-            .await;
+        // Components close in what is left of the grace period (a moment at least, to let them say goodbye).
+        let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+        self.rt.components.close_all(left.max(Duration::from_millis(500))).await;
         tracing::info!("tandem sidecar stopped");
         match self.rt.fatal_error() {
             Some(e) => Err(anyhow::anyhow!("{e}")),

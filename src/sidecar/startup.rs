@@ -512,7 +512,11 @@ async fn initialise(rt: Arc<Runtime>, loader: ComponentLoader, s: Startup) {
     }
     rt.health.set_outbound_ready();
     if let Some((client, baseline)) = s.operator {
-        tokio::spawn(hot_reload::follow(rt.clone(), loader, client, baseline));
+        let span = tracing::info_span!("hot_reload", app_id = %rt.app_id);
+        tokio::spawn(tracing::Instrument::instrument(
+            hot_reload::follow(rt.clone(), loader, client, baseline),
+            span,
+        ));
     }
     if let Some(channel) = &s.channel {
         channel.wait_until_listening(&rt.shutdown).await;

@@ -12,7 +12,7 @@ import grpc
 import pytest
 import requests
 
-from conftest import free_port, rss_kb, sdk_client, sdk_settings, start_app
+from conftest import free_port, poll_until, rss_kb, sdk_client, sdk_settings, start_app
 
 
 def nr_config(db: str, access_control: dict | None = None) -> dict:
@@ -364,3 +364,31 @@ def test_grpc_proxying_from_a_generated_client(mesh):
         with pytest.raises(grpc.RpcError) as e:
             stub.HealthCheck(empty_pb2.Empty(), metadata=(("dapr-app-id", "orders"),), timeout=10)
         assert e.value.code() != grpc.StatusCode.OK  # orders speaks HTTP, not gRPC
+
+
+def test_calls_to_an_unhealthy_app_are_refused_until_it_recovers(sidecars, mesh, tmp_path):
+    # The app channel applies app health to every invocation, as Dapr's does: while the health probe finds the
+    # app unhealthy, calls answer 500 ERR_DIRECT_INVOKE "app is not in a healthy state" without reaching it.
+    app = start_app("echo_http.py", "patient", tmp_path)
+    try:
+        sidecars.start("patient", config=nr_config(mesh.db), extra_args=[
+            "--app-port", str(app.port), "--enable-app-health-check", "--app-health-check-path", "/health",
+            "--app-health-probe-interval", "1", "--app-health-probe-timeout", "500", "--app-health-threshold", "1",
+        ])
+        url = mesh.web.url("/v1.0/invoke/patient/method/hello")
+        assert requests.post(url, timeout=10).status_code == 200
+        assert requests.post(f"http://127.0.0.1:{app.port}/sethealth/0", timeout=5).status_code == 200
+
+        def refused() -> bool:
+            r = requests.post(url, timeout=10)
+            return r.status_code == 500 and "app is not in a healthy state" in r.json().get("message", "")
+
+        assert poll_until(refused, timeout=10, interval=0.2), "calls kept reaching the unhealthy app"
+        r = requests.post(url, timeout=10)
+        assert (r.status_code, r.json()["errorCode"]) == (500, "ERR_DIRECT_INVOKE"), r.text
+        assert r.json()["message"] == "failed to invoke, id: patient, err: app is not in a healthy state"
+        assert requests.post(f"http://127.0.0.1:{app.port}/sethealth/1", timeout=5).status_code == 200
+        assert poll_until(lambda: requests.post(url, timeout=10).status_code == 200, timeout=10, interval=0.2), \
+            "calls did not reach the app again once it was healthy"
+    finally:
+        app.stop()

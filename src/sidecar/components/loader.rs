@@ -146,11 +146,11 @@ impl ComponentLoader {
             .await
             .map_err(|_| format!("[INIT_COMPONENT_FAILURE]: init timeout for component {log_name} after {timeout:?}"))?
             .map_err(|e| format!("[INIT_COMPONENT_FAILURE]: initialization error occurred for {log_name}: {e}"))?;
-        let instance = match self.resiliency.component_outbound(c.name(), kind) {
-            Some(policy) => crate::resiliency::layers::outbound(instance, policy),
-            None => instance,
+        let layered = match self.resiliency.component_outbound(c.name(), kind) {
+            Some(policy) => crate::resiliency::layers::outbound(instance.clone(), policy),
+            None => instance.clone(),
         };
-        let loaded = Loaded::new(c.clone(), md, instance);
+        let loaded = Loaded::new(c.clone(), md, instance).with_layers(layered);
         if let Err(e) = self.admit(&loaded) {
             loaded.instance.close().await;
             return Err(e);

@@ -6,10 +6,11 @@
 
 pub mod loader;
 
+use std::any::Any;
 use std::collections::HashMap;
 use std::ops::Deref;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, RwLock};
+use std::sync::{Arc, Mutex, OnceLock, RwLock};
 use std::time::Duration;
 
 use tokio::sync::broadcast;
@@ -37,7 +38,12 @@ pub struct Loaded {
     pub resource: Component,
     /// Its metadata after `secretKeyRef`/`envRef` resolution.
     pub metadata: Metadata,
+    /// The backend as requests use it: with its resiliency layers.
     pub instance: Instance,
+    /// The backend without resiliency layers: what secret references resolve through, as in Dapr.
+    pub direct: Instance,
+    /// What the kind's block worked out when it admitted the component (a state store's key prefix).
+    settings: OnceLock<Box<dyn Any + Send + Sync>>,
     /// Load order, kept across replacements, so listings keep the order components first loaded in.
     seq: u64,
 }
@@ -50,13 +56,31 @@ impl Loaded {
             version: resource.spec.version.clone(),
             resource,
             metadata,
+            direct: instance.clone(),
             instance,
+            settings: OnceLock::new(),
             seq: 0,
         }
     }
 
+    /// The same component with `layered` (the backend wrapped in its resiliency layers) serving requests.
+    pub fn with_layers(mut self, layered: Instance) -> Self {
+        self.instance = layered;
+        self
+    }
+
     pub fn kind(&self) -> Kind {
         self.instance.kind()
+    }
+
+    /// Records what the kind's block worked out about this component (once; later calls are ignored).
+    pub fn set_settings<T: Any + Send + Sync>(&self, settings: T) {
+        let _ = self.settings.set(Box::new(settings));
+    }
+
+    /// What the kind's block recorded with [`Loaded::set_settings`].
+    pub fn settings<T: Any + Send + Sync>(&self) -> Option<&T> {
+        self.settings.get()?.downcast_ref()
     }
 }
 
@@ -73,10 +97,6 @@ impl<K: ?Sized> Handle<K> {
 
     pub fn metadata(&self) -> &Metadata {
         &self.component.metadata
-    }
-
-    pub fn object(&self) -> &Arc<K> {
-        &self.object
     }
 }
 
@@ -195,11 +215,17 @@ impl ComponentTable {
     }
 
     /// Puts `loaded` in under (its kind, its name), atomically replacing the component there: requests from
-    /// now on get the new one, and the old one closes once the requests holding it are done.
+    /// now on get the new one, and the old one closes once the requests holding it are done. Once the table
+    /// is closing (shutdown), `loaded` is closed instead.
     pub fn insert(&self, mut loaded: Loaded) {
         let (kind, name) = (loaded.kind(), loaded.name.clone());
         let old = {
             let mut entries = write(&self.entries);
+            if self.closing.is_cancelled() {
+                drop(entries);
+                self.retire(Arc::new(loaded));
+                return;
+            }
             let of_kind = entries.entry(kind).or_default();
             loaded.seq = match of_kind.get(&name) {
                 Some(old) => old.seq,
@@ -234,11 +260,15 @@ impl ComponentTable {
         }
     }
 
-    /// Follows every change from now on.
-    pub fn subscribe(&self) -> Changes {
-        Changes {
-            rx: self.changes.subscribe(),
-        }
+    /// Every component loaded now, and every change from then on: a change made while the snapshot is taken is
+    /// in the snapshot, in the feed, or both (handle changes idempotently).
+    pub fn subscribe(&self) -> (Vec<Arc<Loaded>>, Changes) {
+        let entries = read(&self.entries);
+        let rx = self.changes.subscribe();
+        let mut now: Vec<Arc<Loaded>> = entries.values().flat_map(|m| m.values().cloned()).collect();
+        drop(entries);
+        now.sort_by_key(|l| l.seq);
+        (now, Changes { rx })
     }
 
     /// Closes `old` once nothing else holds it, after `drain` at the latest, or at once when the table closes.
@@ -246,7 +276,8 @@ impl ComponentTable {
         let (drain, closing) = (self.drain, self.closing.clone());
         let mut retiring = self.retiring.lock().unwrap_or_else(|p| p.into_inner());
         while retiring.try_join_next().is_some() {}
-        retiring.spawn(async move {
+        let span = tracing::debug_span!("retire", component = %old.name);
+        let task = async move {
             let idle = async {
                 while Arc::strong_count(&old) > 1 {
                     tokio::time::sleep(Duration::from_millis(20)).await;
@@ -257,18 +288,25 @@ impl ComponentTable {
                 _ = closing.cancelled() => {}
             }
             old.instance.close().await;
-            tracing::debug!(component = %old.name, "closed the replaced component");
-        });
+            tracing::debug!("closed the replaced component");
+        };
+        retiring.spawn(tracing::Instrument::instrument(task, span));
     }
 
-    /// Shutdown: takes every component out and closes them all (and those still retiring) concurrently, for at
-    /// most `within`.
+    /// Shutdown: takes every component out (followers see them removed) and closes them all, and those still
+    /// retiring, concurrently, for at most `within`. Components inserted afterwards are closed at once.
     pub async fn close_all(&self, within: Duration) {
-        self.closing.cancel();
-        let all: Vec<Arc<Loaded>> = write(&self.entries)
-            .drain()
-            .flat_map(|(_, m)| m.into_values())
-            .collect();
+        let all: Vec<Arc<Loaded>> = {
+            let mut entries = write(&self.entries);
+            self.closing.cancel();
+            entries.drain().flat_map(|(_, m)| m.into_values()).collect()
+        };
+        for c in &all {
+            let _ = self.changes.send(Change::Removed {
+                kind: c.kind(),
+                name: c.name.clone(),
+            });
+        }
         let mut retiring = std::mem::take(&mut *self.retiring.lock().unwrap_or_else(|p| p.into_inner()));
         let closes = futures::future::join_all(all.iter().map(|c| c.instance.close()));
         let retired = async { while retiring.join_next().await.is_some() {} };

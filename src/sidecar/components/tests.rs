@@ -105,7 +105,9 @@ async fn listings_keep_load_order_across_replacements() {
 async fn followers_see_every_change() {
     let table = ComponentTable::default();
     let closed = Arc::new(AtomicUsize::new(0));
-    let mut feed = table.subscribe();
+    table.insert(state("before", &closed));
+    let (now, mut feed) = table.subscribe();
+    assert_eq!(now.iter().map(|c| c.name.as_str()).collect::<Vec<_>>(), ["before"]);
     table.insert(state("s", &closed));
     table.insert(state("s", &closed));
     assert!(table.remove(Kind::State, "s"));
@@ -132,7 +134,7 @@ async fn followers_see_every_change() {
 async fn a_follower_that_falls_behind_is_told_to_resync() {
     let table = ComponentTable::default();
     let closed = Arc::new(AtomicUsize::new(0));
-    let mut feed = table.subscribe();
+    let (_, mut feed) = table.subscribe();
     for i in 0..(FEED_CAPACITY + 10) {
         table.insert(state(&format!("s{i}"), &closed));
     }
@@ -147,9 +149,23 @@ async fn close_all_closes_every_component_and_the_retiring_ones() {
     table.insert(state("b", &closed));
     let held = table.get::<dyn StateStore>("a").unwrap();
     table.insert(state("a", &closed));
+    let (_, mut feed) = table.subscribe();
     // The replaced `a` waits for `held` (for up to an hour); shutdown does not.
     table.close_all(Duration::from_secs(5)).await;
     assert_eq!(closed.load(Ordering::SeqCst), 3);
     assert!(table.list().is_empty());
+    let mut removed = vec![];
+    for _ in 0..2 {
+        match feed.next().await {
+            Some(Change::Removed { name, .. }) => removed.push(name),
+            other => panic!("expected a removal, got {other:?}"),
+        }
+    }
+    removed.sort();
+    assert_eq!(removed, ["a", "b"], "followers are told to stop");
+    // A component finished building after shutdown began (a hot reload in flight) is closed, not served.
+    table.insert(state("late", &closed));
+    assert!(table.list().is_empty());
+    eventually("the late component closed", || closed.load(Ordering::SeqCst) == 4).await;
     drop(held);
 }

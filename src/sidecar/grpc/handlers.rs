@@ -1,6 +1,7 @@
 //! The gRPC methods tandem implements: decode, call the runtime, encode.
 
 use std::collections::HashMap;
+use tracing::instrument;
 
 use dapr::dapr::proto::runtime::v1 as rt;
 use tonic::{Request, Response, Status};
@@ -12,6 +13,7 @@ use crate::sidecar::state::{DeleteItem, TxOp, item_metadata};
 
 type Reply<T> = Result<Response<T>, Status>;
 
+#[instrument(level = "debug", name = "grpc.get_state", skip_all, fields(store = %req.get_ref().store_name))]
 pub async fn get_state(api: &DaprApi, req: Request<rt::GetStateRequest>) -> Reply<rt::GetStateResponse> {
     let r = req.into_inner();
     let item = api.rt.state.get(&r.store_name, &r.key).await?;
@@ -25,6 +27,7 @@ pub async fn get_state(api: &DaprApi, req: Request<rt::GetStateRequest>) -> Repl
     }))
 }
 
+#[instrument(level = "debug", name = "grpc.get_bulk_state", skip_all, fields(store = %req.get_ref().store_name))]
 pub async fn get_bulk_state(api: &DaprApi, req: Request<rt::GetBulkStateRequest>) -> Reply<rt::GetBulkStateResponse> {
     let r = req.into_inner();
     if r.keys.is_empty() {
@@ -53,6 +56,7 @@ pub async fn get_bulk_state(api: &DaprApi, req: Request<rt::GetBulkStateRequest>
     Ok(Response::new(rt::GetBulkStateResponse { items }))
 }
 
+#[instrument(level = "debug", name = "grpc.save_state", skip_all, fields(store = %req.get_ref().store_name))]
 pub async fn save_state(api: &DaprApi, req: Request<rt::SaveStateRequest>) -> Reply<()> {
     let r = req.into_inner();
     api.rt.state.store(&r.store_name)?;
@@ -68,6 +72,7 @@ pub async fn save_state(api: &DaprApi, req: Request<rt::SaveStateRequest>) -> Re
     Ok(Response::new(()))
 }
 
+#[instrument(level = "debug", name = "grpc.delete_state", skip_all, fields(store = %req.get_ref().store_name))]
 pub async fn delete_state(api: &DaprApi, req: Request<rt::DeleteStateRequest>) -> Reply<()> {
     let r = req.into_inner();
     let item = DeleteItem {
@@ -80,6 +85,7 @@ pub async fn delete_state(api: &DaprApi, req: Request<rt::DeleteStateRequest>) -
     Ok(Response::new(()))
 }
 
+#[instrument(level = "debug", name = "grpc.delete_bulk_state", skip_all, fields(store = %req.get_ref().store_name))]
 pub async fn delete_bulk_state(api: &DaprApi, req: Request<rt::DeleteBulkStateRequest>) -> Reply<()> {
     let r = req.into_inner();
     let items: Vec<_> = r.states.into_iter().map(convert::delete_item).collect();
@@ -87,6 +93,7 @@ pub async fn delete_bulk_state(api: &DaprApi, req: Request<rt::DeleteBulkStateRe
     Ok(Response::new(()))
 }
 
+#[instrument(level = "debug", name = "grpc.execute_state_transaction", skip_all, fields(store = %req.get_ref().store_name))]
 pub async fn execute_state_transaction(api: &DaprApi, req: Request<rt::ExecuteStateTransactionRequest>) -> Reply<()> {
     let r = req.into_inner();
     api.rt.state.store(&r.store_name)?;
@@ -108,6 +115,7 @@ pub async fn execute_state_transaction(api: &DaprApi, req: Request<rt::ExecuteSt
     Ok(Response::new(()))
 }
 
+#[instrument(level = "debug", name = "grpc.query_state_alpha1", skip_all, fields(store = %req.get_ref().store_name))]
 pub async fn query_state_alpha1(api: &DaprApi, req: Request<rt::QueryStateRequest>) -> Reply<rt::QueryStateResponse> {
     let r = req.into_inner();
     let resp = api.rt.state.query(&r.store_name, r.query.as_bytes()).await?;
@@ -127,6 +135,7 @@ pub async fn query_state_alpha1(api: &DaprApi, req: Request<rt::QueryStateReques
     }))
 }
 
+#[instrument(level = "debug", name = "grpc.get_secret", skip_all, fields(store = %req.get_ref().store_name))]
 pub async fn get_secret(api: &DaprApi, req: Request<rt::GetSecretRequest>) -> Reply<rt::GetSecretResponse> {
     let r = req.into_inner();
     let secret = api
@@ -139,6 +148,7 @@ pub async fn get_secret(api: &DaprApi, req: Request<rt::GetSecretRequest>) -> Re
     }))
 }
 
+#[instrument(level = "debug", name = "grpc.get_bulk_secret", skip_all, fields(store = %req.get_ref().store_name))]
 pub async fn get_bulk_secret(
     api: &DaprApi,
     req: Request<rt::GetBulkSecretRequest>,
@@ -163,16 +173,19 @@ pub async fn get_bulk_secret(
     Ok(Response::new(rt::GetBulkSecretResponse { data }))
 }
 
+#[instrument(level = "debug", name = "grpc.get_metadata", skip_all)]
 pub async fn get_metadata(api: &DaprApi, _req: Request<rt::GetMetadataRequest>) -> Reply<rt::GetMetadataResponse> {
     Ok(Response::new(convert::metadata_response(api.rt.metadata.snapshot())))
 }
 
+#[instrument(level = "debug", name = "grpc.set_metadata", skip_all)]
 pub async fn set_metadata(api: &DaprApi, req: Request<rt::SetMetadataRequest>) -> Reply<()> {
     let r = req.into_inner();
     api.rt.metadata.set(&r.key, &r.value).map_err(ApiError::metadata_set)?;
     Ok(Response::new(()))
 }
 
+#[instrument(level = "debug", name = "grpc.invoke_service", skip_all, fields(app_id = %req.get_ref().id))]
 pub async fn invoke_service(
     api: &DaprApi,
     req: Request<rt::InvokeServiceRequest>,
@@ -185,6 +198,7 @@ pub async fn invoke_service(
     Ok(Response::new(resp))
 }
 
+#[instrument(level = "debug", name = "grpc.shutdown", skip_all)]
 pub async fn shutdown(api: &DaprApi, _req: Request<rt::ShutdownRequest>) -> Reply<()> {
     api.rt.shutdown.cancel();
     Ok(Response::new(()))

@@ -178,3 +178,49 @@ fn too_large_as_resource_exhausted<B>(resp: &mut http::Response<B>) {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn answers_outside_the_service_carry_the_same_status_and_details() {
+        let e = ApiError::unauthenticated("missing api token in request metadata");
+        let resp = e.clone().into_grpc_response();
+        let status = Status::from_header_map(resp.headers()).expect("a trailers-only gRPC status");
+        let direct = Status::from(e);
+        assert_eq!((status.code(), status.message()), (direct.code(), direct.message()));
+        let info = status.get_error_details().error_info().cloned().expect("ErrorInfo");
+        assert_eq!(
+            (info.reason.as_str(), info.domain.as_str()),
+            ("Unauthorized", "dapr.io")
+        );
+        assert_eq!(info.metadata.get("http.code").map(String::as_str), Some("401"));
+
+        let state = ApiError::state_store_not_found("s").into_grpc_response();
+        let status = Status::from_header_map(state.headers()).unwrap();
+        assert_eq!(status.code(), tonic::Code::InvalidArgument);
+        let details = status.get_error_details();
+        assert_eq!(details.error_info().unwrap().reason, "DAPR_STATE_NOT_FOUND");
+    }
+
+    #[test]
+    fn the_api_token_is_checked_the_same_way_for_every_grpc_call() {
+        assert!(check_token(None, None).is_ok());
+        assert!(check_token(Some("t"), Some("t")).is_ok());
+        let missing = check_token(Some("t"), None).unwrap_err();
+        let wrong = check_token(Some("t"), Some("x")).unwrap_err();
+        assert_eq!(
+            (missing.grpc, wrong.grpc),
+            (tonic::Code::Unauthenticated, tonic::Code::Unauthenticated)
+        );
+        assert!(
+            wrong
+                .extras
+                .unwrap()
+                .info
+                .iter()
+                .any(|(k, v)| k == "http.error_message" && v.contains("mismatch"))
+        );
+    }
+}

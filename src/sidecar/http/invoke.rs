@@ -3,12 +3,14 @@
 
 use axum::extract::{ConnectInfo, Request, State};
 use axum::response::{IntoResponse, Response};
+use tracing::instrument;
 
 use super::ApiState;
 use crate::sidecar::error::ApiError;
 use crate::sidecar::invoke::Mode;
 use crate::sidecar::invoke::target::{self, TargetError};
 
+#[instrument(level = "debug", name = "http.invoke.invoke", skip_all)]
 pub async fn invoke(
     State(st): State<ApiState>,
     ConnectInfo(peer): ConnectInfo<std::net::SocketAddr>,

@@ -1,6 +1,7 @@
 //! HTTP health, metadata and shutdown handlers.
 
 use std::collections::BTreeMap;
+use tracing::instrument;
 
 use axum::body::Body;
 use axum::extract::{Query, State};
@@ -12,6 +13,7 @@ use super::{ApiState, DaprPath, json_response, query_param, read_body};
 use crate::sidecar::error::{ApiError, ApiResult};
 use crate::sidecar::metadata::MetadataSnapshot;
 
+#[instrument(level = "debug", name = "http.metadata.healthz", skip_all)]
 pub async fn healthz(State(st): State<ApiState>, Query(params): Query<Vec<(String, String)>>) -> ApiResult<StatusCode> {
     if !st.rt.health.ready() {
         return Err(ApiError::not_ready("[runtime]"));
@@ -22,6 +24,7 @@ pub async fn healthz(State(st): State<ApiState>, Query(params): Query<Vec<(Strin
     Ok(StatusCode::NO_CONTENT)
 }
 
+#[instrument(level = "debug", name = "http.metadata.healthz_outbound", skip_all)]
 pub async fn healthz_outbound(State(st): State<ApiState>) -> ApiResult<StatusCode> {
     if st.rt.health.outbound_ready() {
         Ok(StatusCode::NO_CONTENT)
@@ -30,6 +33,7 @@ pub async fn healthz_outbound(State(st): State<ApiState>) -> ApiResult<StatusCod
     }
 }
 
+#[instrument(level = "debug", name = "http.metadata.put_metadata", skip_all, fields(store = path.store()))]
 pub async fn put_metadata(State(st): State<ApiState>, path: DaprPath, body: Body) -> ApiResult<StatusCode> {
     let key = path.store().to_owned();
     let bytes = read_body(body, st.max_body).await.map_err(ApiError::body_read)?;
@@ -41,6 +45,7 @@ pub async fn put_metadata(State(st): State<ApiState>, path: DaprPath, body: Body
 }
 
 /// POST /v1.0/shutdown: begin a graceful shutdown (for Kubernetes Jobs).
+#[instrument(level = "debug", name = "http.metadata.shutdown", skip_all)]
 pub async fn shutdown(State(st): State<ApiState>) -> StatusCode {
     st.rt.shutdown.cancel();
     StatusCode::NO_CONTENT
@@ -201,6 +206,7 @@ fn to_json(m: &MetadataSnapshot) -> MetadataJson<'_> {
     }
 }
 
+#[instrument(level = "debug", name = "http.metadata.get_metadata", skip_all)]
 pub async fn get_metadata(State(st): State<ApiState>) -> Response {
     let snapshot = st.rt.metadata.snapshot();
     json_response(StatusCode::OK, to_json(&snapshot))

@@ -3,10 +3,12 @@
 use axum::extract::{Query, State};
 use axum::http::StatusCode;
 use axum::response::Response;
+use tracing::instrument;
 
 use super::{ApiState, DaprPath, json_response, query_metadata};
 use crate::sidecar::error::ApiResult;
 
+#[instrument(level = "debug", name = "http.secrets.get", skip_all, fields(store = path.store()))]
 pub async fn get(
     State(st): State<ApiState>,
     path: DaprPath,
@@ -18,6 +20,7 @@ pub async fn get(
     Ok(json_response(StatusCode::OK, secret))
 }
 
+#[instrument(level = "debug", name = "http.secrets.bulk", skip_all, fields(store = path.store()))]
 pub async fn bulk(
     State(st): State<ApiState>,
     path: DaprPath,

@@ -1,6 +1,7 @@
 //! HTTP state handlers: decode Dapr's JSON shapes, call the runtime, encode the answer.
 
 use std::collections::BTreeMap;
+use tracing::instrument;
 
 use axum::body::{Body, Bytes};
 use axum::extract::{Query, State};
@@ -100,6 +101,7 @@ async fn json_body<T: for<'de> Deserialize<'de>>(st: &ApiState, body: Body) -> A
     serde_json::from_slice(&bytes).map_err(ApiError::malformed_request)
 }
 
+#[instrument(level = "debug", name = "http.state.save", skip_all, fields(store = path.store()))]
 pub async fn save(
     State(st): State<ApiState>,
     path: DaprPath,
@@ -120,6 +122,7 @@ pub async fn save(
     Ok(StatusCode::NO_CONTENT)
 }
 
+#[instrument(level = "debug", name = "http.state.get", skip_all, fields(store = path.store()))]
 pub async fn get(
     State(st): State<ApiState>,
     path: DaprPath,
@@ -143,6 +146,7 @@ pub async fn get(
     Ok((StatusCode::OK, headers, item.data).into_response())
 }
 
+#[instrument(level = "debug", name = "http.state.delete", skip_all, fields(store = path.store()))]
 pub async fn delete(
     State(st): State<ApiState>,
     path: DaprPath,
@@ -186,6 +190,7 @@ struct BulkGetItem {
     error: Option<String>,
 }
 
+#[instrument(level = "debug", name = "http.state.bulk_get", skip_all, fields(store = path.store()))]
 pub async fn bulk_get(State(st): State<ApiState>, path: DaprPath, body: Body) -> ApiResult<Response> {
     let store = path.store().to_owned();
     st.rt.state.store(&store)?;
@@ -235,6 +240,7 @@ struct TransactionOperation {
     request: HttpItem,
 }
 
+#[instrument(level = "debug", name = "http.state.transaction", skip_all, fields(store = path.store()))]
 pub async fn transaction(
     State(st): State<ApiState>,
     path: DaprPath,
@@ -276,6 +282,7 @@ struct QueryBody {
     token: Option<String>,
 }
 
+#[instrument(level = "debug", name = "http.state.query", skip_all, fields(store = path.store()))]
 pub async fn query(State(st): State<ApiState>, path: DaprPath, body: Body) -> ApiResult<Response> {
     let store = path.store().to_owned();
     st.rt.state.store(&store)?;

@@ -48,6 +48,7 @@ fn error_response(mode: Mode, e: ApiError) -> Response<Body> {
 
 impl Callee {
     /// Handles one invocation that reached this sidecar (from another sidecar, or from itself).
+    #[tracing::instrument(level = "debug", name = "internal.invoke", skip_all, fields(path = %req.uri().path()))]
     pub async fn handle(&self, mut req: Request<Body>) -> Response<Body> {
         let mode = match headers::get(req.headers(), MODE) {
             Some("grpc") => Mode::Grpc,

@@ -183,6 +183,12 @@ impl Invoker {
             .resolve(call.request)
             .await
             .map_err(|e| AttemptError::Other(e.to_string()))?;
+        if addrs.is_empty() {
+            return Err(AttemptError::Other(format!(
+                "no address found for app {:?}",
+                call.request.app_id
+            )));
+        }
         let addr = addrs[self.next.fetch_add(1, Ordering::Relaxed) % addrs.len()];
         let body = match call.replay {
             Replay::Buffered(bytes) => Body::from(bytes.clone()),

@@ -5,6 +5,7 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use crate::api::{Auth, Configuration, NameValuePair};
+use crate::components::Kind;
 use crate::components::secretstores::{Secret, SecretStore};
 use crate::sidecar::Mode;
 use crate::sidecar::components::{ComponentTable, Handle};
@@ -39,7 +40,7 @@ impl Secrets {
 
     fn store(&self, store: &str) -> ApiResult<Handle<dyn SecretStore>> {
         self.table.get::<dyn SecretStore>(store).ok_or_else(|| {
-            if self.table.is_empty(crate::components::Kind::SecretStore) {
+            if self.table.is_empty(Kind::SecretStore) {
                 ApiError::secret_stores_not_configured()
             } else {
                 ApiError::secret_store_not_found(store)
@@ -99,12 +100,18 @@ impl Secrets {
                         ));
                     }
                 };
-                let store = self.table.get::<dyn SecretStore>(&store_name).ok_or_else(|| {
-                    format!(
-                        "metadata {:?} refers to secret store {store_name:?}, which is not loaded",
-                        item.name
-                    )
-                })?;
+                // Straight to the backend, without its resiliency layers (as Dapr resolves references): a retry
+                // policy must not hold up loading a component.
+                let loaded = self.table.loaded(Kind::SecretStore, &store_name);
+                let store = loaded
+                    .as_ref()
+                    .and_then(|l| l.direct.get::<dyn SecretStore>())
+                    .ok_or_else(|| {
+                        format!(
+                            "metadata {:?} refers to secret store {store_name:?}, which is not loaded",
+                            item.name
+                        )
+                    })?;
                 let secret = store
                     .get(&r.name, &Default::default())
                     .await

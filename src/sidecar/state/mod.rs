@@ -54,11 +54,13 @@ pub struct State {
     app_id: String,
 }
 
-/// A state store in use, with the prefix its keys are stored under (`""` or `"<prefix>||"`).
+/// A state store in use.
 pub struct Store {
     handle: Handle<dyn StateStore>,
-    pub prefix: String,
 }
+
+/// The prefix a state store's keys are stored under (`""` or `"<prefix>||"`), worked out when it is admitted.
+struct KeyPrefix(String);
 
 impl std::ops::Deref for Store {
     type Target = dyn StateStore;
@@ -72,11 +74,20 @@ impl Store {
         self.handle.name()
     }
 
+    /// The prefix its keys are stored under (`""` or `"<prefix>||"`).
+    pub fn prefix(&self) -> &str {
+        self.handle
+            .component
+            .settings::<KeyPrefix>()
+            .map(|p| p.0.as_str())
+            .unwrap_or_default()
+    }
+
     fn key(&self, key: &str) -> ApiResult<String> {
         if key.contains("||") {
             return Err(ApiError::illegal_key(key).on_resource("state", self.name()));
         }
-        Ok(format!("{}{key}", self.prefix))
+        Ok(format!("{}{key}", self.prefix()))
     }
 }
 
@@ -108,7 +119,7 @@ pub fn key_prefix(md: &Metadata) -> Result<String, String> {
 /// What a state store must satisfy before it is loaded: a valid `keyPrefix`, and at most one store with
 /// `actorStateStore: true` (a store replacing itself is fine).
 pub fn admit(table: &ComponentTable, candidate: &Loaded) -> Result<(), String> {
-    key_prefix(&candidate.metadata)?;
+    candidate.set_settings(KeyPrefix(key_prefix(&candidate.metadata)?));
     if is_actor_store(candidate) {
         if let Some(other) = table
             .of_kind(Kind::State)
@@ -178,9 +189,14 @@ impl State {
                 ApiError::state_store_not_found(name).for_app(&self.app_id)
             }
         })?;
-        // Checked when the store was admitted into the table (see `admit`).
-        let prefix = key_prefix(handle.metadata()).unwrap_or_default();
-        Ok(Store { handle, prefix })
+        if handle.component.settings::<KeyPrefix>().is_none() {
+            // Put in the table without being admitted (tests do): work the prefix out now, and refuse a bad one
+            // rather than store keys unprefixed.
+            let prefix = key_prefix(handle.metadata())
+                .map_err(|e| ApiError::state_get("", name, &StateError::Backend(format!("state store {name}: {e}"))))?;
+            handle.component.set_settings(KeyPrefix(prefix));
+        }
+        Ok(Store { handle })
     }
 
     pub async fn get(&self, store: &str, key: &str) -> ApiResult<Option<StateItem>> {
@@ -303,7 +319,7 @@ impl State {
             .map_err(|e| e.to_string())
             .and_then(|v| Query::parse(&v))
             .map_err(|e| ApiError::state_query(store, format!("failed to parse JSON query body: {e}")))?;
-        entry.query(&entry.prefix, &parsed).await.map_err(|e| match e {
+        entry.query(entry.prefix(), &parsed).await.map_err(|e| match e {
             StateError::NotSupported(_) => ApiError::query_not_supported(),
             e => ApiError::state_query(store, e),
         })
@@ -361,7 +377,7 @@ mod tests {
             (Some("custom"), "custom||"),
         ] {
             let state = state_with(strategy).await;
-            assert_eq!(state.store("s").unwrap().prefix, expected, "{strategy:?}");
+            assert_eq!(state.store("s").unwrap().prefix(), expected, "{strategy:?}");
         }
         let bad = Metadata::new("s", "a", "", [("keyPrefix".to_owned(), "x||y".to_owned())]);
         assert!(key_prefix(&bad).unwrap_err().contains("can't contain '||'"));

@@ -16,6 +16,8 @@ from urllib.parse import parse_qs, urlsplit
 NAME = sys.argv[2] if len(sys.argv) > 2 else "echo"
 COUNTS: dict = {}
 LOCK = threading.Lock()
+# What GET /health answers; POST /sethealth/<0|1> changes it (for app health-check tests).
+HEALTHY = [True]
 
 
 class Handler(BaseHTTPRequestHandler):
@@ -110,6 +112,11 @@ class Handler(BaseHTTPRequestHandler):
             if n <= fail:
                 return self._send(503, f"attempt {n} fails".encode(), "text/plain")
             return self._send(200, json.dumps({"attempts": n}).encode())
+        if parts[0] == "health":
+            return self._send(200 if HEALTHY[0] else 503, b"", "text/plain")
+        if parts[0] == "sethealth":
+            HEALTHY[0] = parts[1] == "1"
+            return self._send(200, b"", "text/plain")
         if parts[0] == "count":
             with LOCK:
                 return self._send(200, json.dumps({"count": COUNTS.get(parts[1], 0)}).encode())
