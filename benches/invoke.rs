@@ -2,6 +2,7 @@
 //! app → app directly, on loopback, in one run, with Dapr's published setup (1 KB payload, fixed 1000 req/s).
 //!
 //!     cargo bench --bench invoke       # INVOKE_SECONDS=10 INVOKE_RATE=1000 INVOKE_CONNECTIONS=32
+//!     BENCH_TANDEM_BIN=/path/to/other/tandem cargo bench --bench invoke   # the same run against another build
 //!
 //! Prints added p50/p90/p99 latency at the fixed rate, maximum throughput at 32 connections, CPU seconds per
 //! 1000 requests and RSS of each sidecar idle and under load.
@@ -101,7 +102,7 @@ async fn max_throughput(client: &HttpClient, url: &str, conns: usize, secs: u64)
 
 fn start_sidecar(dir: &std::path::Path, app_id: &str, app_port: Option<u16>) -> (tokio::process::Child, u16) {
     let http = free_port();
-    let mut cmd = tokio::process::Command::new(env!("CARGO_BIN_EXE_tandem"));
+    let mut cmd = tokio::process::Command::new(tandem_bin());
     cmd.args([
         "sidecar",
         "--app-id",

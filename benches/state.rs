@@ -4,6 +4,7 @@
 //! same store without one: the cost of the resiliency layer.
 //!
 //!     cargo bench --bench state            # BENCH_SECONDS=3 BENCH_CONCURRENCY=16 by default
+//!     BENCH_TANDEM_BIN=/path/to/other/tandem cargo bench --bench state   # the same cases against another build
 //!
 //! Needs Redis on 127.0.0.1:6379. Each case runs closed-loop with BENCH_CONCURRENCY workers for BENCH_SECONDS.
 
@@ -23,7 +24,7 @@ use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
 use tonic::transport::Channel;
 
-use common::{free_port, rss_mb};
+use common::{free_port, rss_mb, tandem_bin};
 
 const VALUE: &str = r#"{"name":"tandem","count":42,"tags":["a","b","c"],"payload":"0123456789abcdef0123456789abcdef"}"#;
 
@@ -135,7 +136,7 @@ spec:
     );
     std::fs::write(dir.path().join("components.yaml"), components).unwrap();
     let (http_port, grpc_port) = (free_port(), free_port());
-    let mut sidecar = tokio::process::Command::new(env!("CARGO_BIN_EXE_tandem"))
+    let mut sidecar = tokio::process::Command::new(tandem_bin())
         .args([
             "sidecar",
             "--app-id",

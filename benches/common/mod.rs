@@ -4,6 +4,12 @@
 
 use std::time::Duration;
 
+/// The tandem binary the benchmark drives: this build, or the one `BENCH_TANDEM_BIN` names (say, the previous
+/// commit's, to compare two builds through the same cases).
+pub fn tandem_bin() -> String {
+    std::env::var("BENCH_TANDEM_BIN").unwrap_or_else(|_| env!("CARGO_BIN_EXE_tandem").to_owned())
+}
+
 pub fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()

@@ -208,7 +208,7 @@ mod tests {
     use rand::{Rng, SeedableRng};
 
     use super::*;
-    use crate::sidecar::Mode;
+    use crate::sidecar::args::Mode;
 
     #[derive(Parser)]
     struct Wrapper {

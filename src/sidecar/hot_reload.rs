@@ -81,7 +81,12 @@ pub async fn follow(rt: Arc<Runtime>, loader: ComponentLoader, client: OperatorC
                 if !deleted {
                     current.http_endpoints.push(e);
                 }
-                if let Err(err) = rt.invoker.endpoints().load(&rt.secrets, &current.http_endpoints).await {
+                if let Err(err) = rt
+                    .invoker
+                    .endpoints()
+                    .load(&rt.references, &current.http_endpoints)
+                    .await
+                {
                     tracing::error!("reloading HTTPEndpoints failed: {err}; the running ones keep serving");
                 }
             }

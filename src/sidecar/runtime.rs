@@ -5,7 +5,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use super::app_channel::AppChannel;
-use super::components::ComponentTable;
+use super::components::{ComponentTable, References};
 use super::invoke::Invoker;
 use super::metadata::SidecarMetadata;
 use super::secrets::Secrets;
@@ -45,6 +45,8 @@ pub struct Runtime {
     fatal: std::sync::OnceLock<String>,
     /// Every loaded component, of every kind.
     pub components: Arc<ComponentTable>,
+    /// Resolves the secret and environment references of resources (HTTPEndpoints on hot reload).
+    pub references: References,
     pub state: State,
     pub secrets: Secrets,
     pub metadata: SidecarMetadata,
@@ -59,6 +61,7 @@ pub struct Parts {
     pub namespace: String,
     pub config: Arc<Configuration>,
     pub components: Arc<ComponentTable>,
+    pub references: References,
     pub secrets: Secrets,
     pub metadata: SidecarMetadata,
     pub invoker: Arc<Invoker>,
@@ -76,6 +79,7 @@ impl Runtime {
             shutdown: Default::default(),
             fatal: Default::default(),
             components: parts.components,
+            references: parts.references,
             secrets: parts.secrets,
             metadata: parts.metadata,
             invoker: parts.invoker,

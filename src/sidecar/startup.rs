@@ -13,7 +13,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::app_channel::{AppChannel, HealthProbe};
 use super::args::{Args, Mode};
-use super::components::{ComponentLoader, ComponentTable, Loaded};
+use super::components::{ComponentLoader, ComponentTable, Loaded, References};
 use super::hot_reload;
 use super::http;
 use super::invoke::{self, Invoker};
@@ -26,7 +26,7 @@ use crate::api::access_control::AccessControl;
 use crate::api::configuration::NameResolutionSpec;
 use crate::api::{Component, Configuration};
 use crate::components::nameresolution::{self, NameResolver};
-use crate::components::{Metadata, Registry};
+use crate::components::{Kind, Metadata, Registry};
 use crate::control_plane::SidecarResources;
 use crate::control_plane::operator_client::OperatorClient;
 use crate::resiliency::Resiliency;
@@ -304,78 +304,7 @@ pub async fn serve(
     started: Instant,
 ) -> anyhow::Result<(Serving, tokio::task::JoinHandle<()>)> {
     let ports = listeners.ports.clone();
-    let table = Arc::new(ComponentTable::default());
-    let secrets = Secrets::new(
-        table.clone(),
-        plan.config.clone(),
-        &args.app_id,
-        &args.namespace,
-        args.mode,
-    );
-
-    // Name resolution answers with addresses on this sidecar's internal port, so it is built once that is bound.
-    let me = nameresolution::Instance {
-        app_id: args.app_id.clone(),
-        namespace: args.namespace.clone(),
-        address: std::env::var("DAPR_HOST_IP").unwrap_or_else(|_| "127.0.0.1".into()),
-        internal_port: ports.internal,
-        http_port: ports.http,
-        app_port: plan.channel.as_ref().map(|c| c.port),
-    };
-    let nr = &plan.name_resolution;
-    let resolver_instance =
-        nameresolution::build_with(&plan.registry, &nr.component, &nr.version, &nr.configuration, &me)
-            .await
-            .map_err(|e| anyhow::anyhow!("name resolution {}: {e}", nr.component))?;
-    let resolver: Arc<dyn NameResolver> = resolver_instance
-        .get::<dyn NameResolver>()
-        .ok_or_else(|| anyhow::anyhow!("name resolution {} built no resolver", nr.component))?;
-    let mut nr_metadata = Metadata::new(&nr.component, &args.app_id, &args.namespace, []);
-    nr_metadata.configuration = nr.configuration.clone();
-    let nr_type = format!("nameresolution.{}", nr.component.to_ascii_lowercase());
-    table.insert(Loaded::new(
-        Component::new(&nr.component, &nr_type, &[]),
-        nr_metadata,
-        resolver_instance,
-    ));
-
-    let callee = Arc::new(invoke::Callee {
-        app_id: args.app_id.clone(),
-        app: plan.channel.clone(),
-        acl: plan.acl.clone(),
-    });
-    let invoker = Arc::new(
-        Invoker::new(&args.app_id, &args.namespace, ports.internal, resolver, callee.clone())
-            .with_trust_domain(plan.acl.trust_domain())
-            .with_resiliency(plan.resiliency.clone()),
-    );
-    let metadata = SidecarMetadata::new(
-        &args.app_id,
-        plan.config.enabled_features(),
-        plan.app_connection.clone(),
-        table.clone(),
-        invoker.endpoints().clone(),
-    );
-    metadata.set_subscriptions(plan.resources.subscriptions.clone());
-    let rt = Arc::new(Runtime::new(Parts {
-        app_id: args.app_id.clone(),
-        namespace: args.namespace.clone(),
-        config: plan.config.clone(),
-        components: table.clone(),
-        secrets: secrets.clone(),
-        metadata,
-        invoker,
-        app: plan.channel.clone(),
-    }));
-    let loader = ComponentLoader::new(
-        plan.registry.clone(),
-        table,
-        secrets,
-        plan.resiliency.clone(),
-        &args.app_id,
-        &args.namespace,
-    );
-
+    let Assembled { rt, loader, callee, me } = assemble(args, &plan, &ports).await?;
     let metrics = Arc::new(Metrics::new(&args.app_id));
     let state = http::ApiState {
         rt: rt.clone(),
@@ -482,6 +411,88 @@ where
     }
 }
 
+/// The runtime over the bound ports, and what serving it needs besides.
+struct Assembled {
+    rt: Arc<Runtime>,
+    loader: ComponentLoader,
+    /// The handler of the internal port.
+    callee: Arc<invoke::Callee>,
+    /// This sidecar, as name resolution registers it once the app is ready.
+    me: nameresolution::Instance,
+}
+
+/// The runtime: the component table with name resolution in it (it answers with addresses on this sidecar's
+/// internal port, so it is built once that is bound), the blocks over the table, invocation, and the loader that
+/// will fill the table.
+async fn assemble(args: &Args, plan: &Plan, ports: &Ports) -> anyhow::Result<Assembled> {
+    let table = Arc::new(ComponentTable::default());
+    let me = nameresolution::Instance {
+        app_id: args.app_id.clone(),
+        namespace: args.namespace.clone(),
+        address: std::env::var("DAPR_HOST_IP").unwrap_or_else(|_| "127.0.0.1".into()),
+        internal_port: ports.internal,
+        http_port: ports.http,
+        app_port: plan.channel.as_ref().map(|c| c.port),
+    };
+    let nr = &plan.name_resolution;
+    let resolver_instance =
+        nameresolution::build_with(&plan.registry, &nr.component, &nr.version, &nr.configuration, &me)
+            .await
+            .map_err(|e| anyhow::anyhow!("name resolution {}: {e}", nr.component))?;
+    let resolver: Arc<dyn NameResolver> = resolver_instance
+        .get::<dyn NameResolver>()
+        .ok_or_else(|| anyhow::anyhow!("name resolution {} built no resolver", nr.component))?;
+    let mut nr_metadata = Metadata::new(&nr.component, &args.app_id, &args.namespace, []);
+    nr_metadata.configuration = nr.configuration.clone();
+    let nr_type = format!("nameresolution.{}", nr.component.to_ascii_lowercase());
+    table.insert(Loaded::new(
+        Component::new(&nr.component, &nr_type, &[]),
+        nr_metadata,
+        resolver_instance,
+    ));
+
+    let callee = Arc::new(invoke::Callee {
+        app_id: args.app_id.clone(),
+        app: plan.channel.clone(),
+        acl: plan.acl.clone(),
+    });
+    let invoker = Arc::new(
+        Invoker::new(&args.app_id, &args.namespace, ports.internal, resolver, callee.clone())
+            .with_trust_domain(plan.acl.trust_domain())
+            .with_resiliency(plan.resiliency.clone()),
+    );
+    let metadata = SidecarMetadata::new(
+        &args.app_id,
+        plan.config.enabled_features(),
+        plan.app_connection.clone(),
+        table.clone(),
+        invoker.endpoints().clone(),
+    );
+    metadata.set_subscriptions(plan.resources.subscriptions.clone());
+    let references = References::new(table.clone(), &args.app_id, &args.namespace, args.mode);
+    let rt = Arc::new(Runtime::new(Parts {
+        app_id: args.app_id.clone(),
+        namespace: args.namespace.clone(),
+        config: plan.config.clone(),
+        components: table.clone(),
+        references: references.clone(),
+        secrets: Secrets::new(table.clone(), plan.config.clone()),
+        metadata,
+        invoker,
+        app: plan.channel.clone(),
+    }));
+    let loader = ComponentLoader::new(
+        plan.registry.clone(),
+        table,
+        references,
+        plan.resiliency.clone(),
+        &args.app_id,
+        &args.namespace,
+    )
+    .with_admission(Kind::State, super::state::admit);
+    Ok(Assembled { rt, loader, callee, me })
+}
+
 /// What the background initialisation needs.
 struct Startup {
     resources: Resources,
@@ -503,7 +514,7 @@ async fn initialise(rt: Arc<Runtime>, loader: ComponentLoader, s: Startup) {
     if let Err(e) = rt
         .invoker
         .endpoints()
-        .load(&rt.secrets, &s.resources.http_endpoints)
+        .load(&rt.references, &s.resources.http_endpoints)
         .await
     {
         tracing::error!("error processing HTTPEndpoint, tandem will exit: {e}");

@@ -7,11 +7,11 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use tandem::api::Component;
+use tandem::components::Kind;
 use tandem::components::Registry;
 use tandem::components::state::Concurrency;
 use tandem::sidecar::Mode;
-use tandem::sidecar::components::{ComponentLoader, ComponentTable};
-use tandem::sidecar::secrets::Secrets;
+use tandem::sidecar::components::{ComponentLoader, ComponentTable, References};
 use tandem::sidecar::state::{DeleteItem, SaveItem, State, TxOp};
 
 /// The state API of a fresh app id holding one state store `s` of the given backend.
@@ -24,11 +24,19 @@ async fn runtime(backend: &str, app_id: &str, dir: &tempfile::TempDir) -> State 
         other => panic!("unknown backend {other}"),
     };
     let table = Arc::new(ComponentTable::default());
-    let secrets = Secrets::new(table.clone(), Arc::default(), app_id, "", Mode::Standalone);
-    ComponentLoader::new(Registry::builtin(), table.clone(), secrets, Arc::default(), app_id, "")
-        .load_all(&[component])
-        .await
-        .unwrap_or_else(|e| panic!("{backend} store failed to start (is the server running?): {e}"));
+    let references = References::new(table.clone(), app_id, "", Mode::Standalone);
+    ComponentLoader::new(
+        Registry::builtin(),
+        table.clone(),
+        references,
+        Arc::default(),
+        app_id,
+        "",
+    )
+    .with_admission(Kind::State, tandem::sidecar::state::admit)
+    .load_all(&[component])
+    .await
+    .unwrap_or_else(|e| panic!("{backend} store failed to start (is the server running?): {e}"));
     State::new(table, app_id)
 }
 

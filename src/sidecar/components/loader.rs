@@ -7,12 +7,15 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use super::{ComponentTable, Loaded};
+use super::{ComponentTable, Loaded, References};
 use crate::api::Component;
 use crate::components::metadata::parse_duration;
 use crate::components::{Kind, Metadata, Registry};
 use crate::resiliency::Resiliency;
-use crate::sidecar::secrets::Secrets;
+
+/// A block's check of a component of its kind before it is used: it may record what it works out on the
+/// component (`Loaded::set_settings`), and an error keeps the component out.
+pub type Admission = fn(&ComponentTable, &Loaded) -> Result<(), String>;
 
 const DEFAULT_INIT_TIMEOUT: Duration = Duration::from_secs(5);
 
@@ -29,8 +32,9 @@ pub enum Applied {
 pub struct ComponentLoader {
     registry: Arc<Registry>,
     table: Arc<ComponentTable>,
-    secrets: Secrets,
+    references: References,
     resiliency: Arc<Resiliency>,
+    admissions: Vec<(Kind, Admission)>,
     app_id: String,
     namespace: String,
 }
@@ -39,7 +43,7 @@ impl ComponentLoader {
     pub fn new(
         registry: Arc<Registry>,
         table: Arc<ComponentTable>,
-        secrets: Secrets,
+        references: References,
         resiliency: Arc<Resiliency>,
         app_id: &str,
         namespace: &str,
@@ -47,11 +51,18 @@ impl ComponentLoader {
         ComponentLoader {
             registry,
             table,
-            secrets,
+            references,
             resiliency,
+            admissions: vec![],
             app_id: app_id.to_owned(),
             namespace: namespace.to_owned(),
         }
+    }
+
+    /// Has every component of `kind` pass `check` before it joins the table.
+    pub fn with_admission(mut self, kind: Kind, check: Admission) -> Self {
+        self.admissions.push((kind, check));
+        self
     }
 
     pub fn table(&self) -> &Arc<ComponentTable> {
@@ -131,7 +142,7 @@ impl ComponentLoader {
             .lookup(type_, c.version())
             .map_err(|e| format!("[CREATE_COMPONENT_FAILURE]: initialization error occurred for {log_name}: {e}"))?;
         let props = self
-            .secrets
+            .references
             .resolve_pairs(&c.spec.metadata, c.auth.as_ref(), c.name())
             .await?;
         let md = Metadata::new(c.name(), &self.app_id, &self.namespace, props);
@@ -160,10 +171,10 @@ impl ComponentLoader {
 
     /// What the kind's block requires of a component before it is used.
     fn admit(&self, candidate: &Loaded) -> Result<(), String> {
-        match candidate.kind() {
-            Kind::State => crate::sidecar::state::admit(&self.table, candidate),
-            _ => Ok(()),
-        }
+        self.admissions
+            .iter()
+            .filter(|(kind, _)| *kind == candidate.kind())
+            .try_for_each(|(_, check)| check(&self.table, candidate))
     }
 }
 
@@ -171,12 +182,13 @@ impl ComponentLoader {
 mod tests {
     use super::*;
     use crate::api::{Auth, NameValuePair, SecretKeyRef};
-    use crate::sidecar::Mode;
+    use crate::sidecar::args::Mode;
 
     fn loader() -> ComponentLoader {
         let table = Arc::new(ComponentTable::default());
-        let secrets = Secrets::new(table.clone(), Arc::default(), "app", "", Mode::Standalone);
-        ComponentLoader::new(Registry::builtin(), table, secrets, Arc::default(), "app", "")
+        let references = References::new(table.clone(), "app", "", Mode::Standalone);
+        ComponentLoader::new(Registry::builtin(), table, references, Arc::default(), "app", "")
+            .with_admission(Kind::State, crate::sidecar::state::admit)
     }
 
     fn names(l: &ComponentLoader) -> Vec<String> {

@@ -5,6 +5,7 @@
 //! bindings, schedulers) follow [`ComponentTable::subscribe`] to start, restart and stop it.
 
 pub mod loader;
+pub mod references;
 
 use std::any::Any;
 use std::collections::HashMap;
@@ -21,6 +22,7 @@ use crate::api::Component;
 use crate::components::{ComponentKind, Instance, Kind, Metadata};
 
 pub use loader::ComponentLoader;
+pub use references::References;
 
 /// How long a replaced or removed component waits for the requests still using it before it is closed anyway.
 pub const DRAIN: Duration = Duration::from_secs(30);

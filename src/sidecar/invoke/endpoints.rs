@@ -11,7 +11,7 @@ use hyper_util::rt::TokioExecutor;
 
 use crate::api::http_endpoint::TlsDocument;
 use crate::api::{HttpEndpoint, NameValuePair};
-use crate::sidecar::secrets::Secrets;
+use crate::sidecar::components::References;
 
 pub type HttpsClient = Client<hyper_rustls::HttpsConnector<HttpConnector>, Body>;
 
@@ -47,8 +47,8 @@ impl Endpoints {
     }
 
     /// Resolves `resources` and, when every one resolves, puts them in place of the current ones.
-    pub async fn load(&self, secrets: &Secrets, resources: &[HttpEndpoint]) -> Result<(), String> {
-        let resolved = resolve(secrets, resources).await?;
+    pub async fn load(&self, references: &References, resources: &[HttpEndpoint]) -> Result<(), String> {
+        let resolved = resolve(references, resources).await?;
         self.set(resolved);
         Ok(())
     }
@@ -63,7 +63,7 @@ pub struct ClientTlsPem {
 }
 
 /// HTTPEndpoint resources with their headers and TLS resolved, by name.
-pub async fn resolve(secrets: &Secrets, endpoints: &[HttpEndpoint]) -> Result<Vec<(String, Endpoint)>, String> {
+pub async fn resolve(references: &References, endpoints: &[HttpEndpoint]) -> Result<Vec<(String, Endpoint)>, String> {
     let mut out: Vec<(String, Endpoint)> = Vec::with_capacity(endpoints.len());
     for e in endpoints {
         let name = e.metadata.name.clone().unwrap_or_default();
@@ -73,7 +73,9 @@ pub async fn resolve(secrets: &Secrets, endpoints: &[HttpEndpoint]) -> Result<Ve
                 "HTTPEndpoint {name}: baseUrl {base:?} must start with http:// or https://"
             ));
         }
-        let pairs = secrets.resolve_pairs(&e.spec.headers, e.auth.as_ref(), &name).await?;
+        let pairs = references
+            .resolve_pairs(&e.spec.headers, e.auth.as_ref(), &name)
+            .await?;
         let mut headers = Vec::with_capacity(pairs.len());
         for (k, v) in pairs {
             let k =
@@ -100,7 +102,7 @@ pub async fn resolve(secrets: &Secrets, endpoints: &[HttpEndpoint]) -> Result<Ve
                 .into_iter()
                 .flatten()
                 .collect();
-                let resolved = secrets.resolve_pairs(&pairs, e.auth.as_ref(), &name).await?;
+                let resolved = references.resolve_pairs(&pairs, e.auth.as_ref(), &name).await?;
                 let take = |field: &str| resolved.iter().find(|(k, _)| k == field).map(|(_, v)| v.clone());
                 let pem = ClientTlsPem {
                     root_ca: take("rootCA"),
