@@ -39,6 +39,11 @@ impl Kind {
         Kind::NameResolution,
     ];
 
+    /// The kind's position in [`Kind::ALL`], for tables indexed by kind.
+    pub fn index(self) -> usize {
+        self as usize
+    }
+
     /// The category as it starts a component type (`state`, `secretstores`, `pubsub`, ...).
     pub fn category(self) -> &'static str {
         match self {
@@ -132,6 +137,13 @@ mod tests {
         assert_eq!(Kind::of_type("state"), None);
         assert_eq!(Kind::of_type("state."), None);
         assert_eq!(Kind::of_type(""), None);
+    }
+
+    #[test]
+    fn every_kind_is_at_its_index() {
+        for (i, k) in Kind::ALL.into_iter().enumerate() {
+            assert_eq!(k.index(), i, "{k}");
+        }
     }
 
     #[test]

@@ -145,7 +145,8 @@ impl Changes {
 }
 
 pub struct ComponentTable {
-    entries: RwLock<HashMap<Kind, HashMap<String, Arc<Loaded>>>>,
+    /// One map per kind, by name, at `kind.index()`.
+    entries: RwLock<[HashMap<String, Arc<Loaded>>; Kind::ALL.len()]>,
     next_seq: AtomicU64,
     changes: broadcast::Sender<Change>,
     /// Components taken out of the table, waiting for their users before they close.
@@ -191,27 +192,24 @@ impl ComponentTable {
 
     /// Component `name` of `kind`.
     pub fn loaded(&self, kind: Kind, name: &str) -> Option<Arc<Loaded>> {
-        read(&self.entries).get(&kind)?.get(name).cloned()
+        read(&self.entries)[kind.index()].get(name).cloned()
     }
 
     /// True when no component of `kind` is loaded.
     pub fn is_empty(&self, kind: Kind) -> bool {
-        read(&self.entries).get(&kind).is_none_or(HashMap::is_empty)
+        read(&self.entries)[kind.index()].is_empty()
     }
 
     /// Every loaded component, in the order they first loaded.
     pub fn list(&self) -> Vec<Arc<Loaded>> {
-        let mut all: Vec<Arc<Loaded>> = read(&self.entries).values().flat_map(|m| m.values().cloned()).collect();
+        let mut all: Vec<Arc<Loaded>> = read(&self.entries).iter().flat_map(|m| m.values().cloned()).collect();
         all.sort_by_key(|l| l.seq);
         all
     }
 
     /// Every loaded component of `kind`, in load order.
     pub fn of_kind(&self, kind: Kind) -> Vec<Arc<Loaded>> {
-        let mut all: Vec<Arc<Loaded>> = read(&self.entries)
-            .get(&kind)
-            .map(|m| m.values().cloned().collect())
-            .unwrap_or_default();
+        let mut all: Vec<Arc<Loaded>> = read(&self.entries)[kind.index()].values().cloned().collect();
         all.sort_by_key(|l| l.seq);
         all
     }
@@ -228,7 +226,7 @@ impl ComponentTable {
                 self.retire(Arc::new(loaded));
                 return;
             }
-            let of_kind = entries.entry(kind).or_default();
+            let of_kind = &mut entries[kind.index()];
             loaded.seq = match of_kind.get(&name) {
                 Some(old) => old.seq,
                 None => self.next_seq.fetch_add(1, Ordering::Relaxed),
@@ -248,7 +246,7 @@ impl ComponentTable {
     /// Takes component `name` of `kind` out; it closes once the requests holding it are done. False when there
     /// was none.
     pub fn remove(&self, kind: Kind, name: &str) -> bool {
-        let old = write(&self.entries).get_mut(&kind).and_then(|m| m.remove(name));
+        let old = write(&self.entries)[kind.index()].remove(name);
         match old {
             Some(old) => {
                 self.retire(old);
@@ -267,7 +265,7 @@ impl ComponentTable {
     pub fn subscribe(&self) -> (Vec<Arc<Loaded>>, Changes) {
         let entries = read(&self.entries);
         let rx = self.changes.subscribe();
-        let mut now: Vec<Arc<Loaded>> = entries.values().flat_map(|m| m.values().cloned()).collect();
+        let mut now: Vec<Arc<Loaded>> = entries.iter().flat_map(|m| m.values().cloned()).collect();
         drop(entries);
         now.sort_by_key(|l| l.seq);
         (now, Changes { rx })
@@ -301,7 +299,7 @@ impl ComponentTable {
         let all: Vec<Arc<Loaded>> = {
             let mut entries = write(&self.entries);
             self.closing.cancel();
-            entries.drain().flat_map(|(_, m)| m.into_values()).collect()
+            entries.iter_mut().flat_map(|m| m.drain().map(|(_, c)| c)).collect()
         };
         for c in &all {
             let _ = self.changes.send(Change::Removed {
