@@ -113,14 +113,14 @@ impl Readiness {
         let flag = ReadyFlag(Arc::new(AtomicBool::new(false)));
         self.flags
             .lock()
-            .expect("readiness lock")
+            .unwrap_or_else(|p| p.into_inner())
             .push((name.into(), flag.clone()));
         flag
     }
 
     /// The names of the flags not yet set.
     pub fn pending(&self) -> Vec<String> {
-        let flags = self.flags.lock().expect("readiness lock");
+        let flags = self.flags.lock().unwrap_or_else(|p| p.into_inner());
         flags
             .iter()
             .filter(|(_, f)| !f.is_set())

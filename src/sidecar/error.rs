@@ -90,6 +90,16 @@ impl ApiError {
         e
     }
 
+    /// A bug in tandem: a request whose handling panicked (the panic is logged).
+    pub fn internal_bug() -> Self {
+        Self::new(
+            500,
+            Code::Internal,
+            "ERR_INTERNAL",
+            "tandem hit a bug while serving this request (it is in the sidecar's log); other requests are unaffected",
+        )
+    }
+
     // Generic.
     pub fn malformed_request(detail: impl std::fmt::Display) -> Self {
         Self::new(

@@ -72,7 +72,10 @@ impl Metrics {
         }
     }
 
-    pub fn http_request(&self, method: &Method, path: &str, status: u16, elapsed: Duration) {
+    /// Records one HTTP API call. `route` is the route template that served it (`/v1.0/state/{store}/{key}`),
+    /// or `""` for requests no route matched and for unauthenticated ones, so the labels come from a fixed set
+    /// whatever paths callers send (Dapr's default likewise labels unmatched paths `""`).
+    pub fn http_request(&self, method: &Method, route: &str, status: u16, elapsed: Duration) {
         let method = match *method {
             Method::GET
             | Method::PUT
@@ -84,7 +87,7 @@ impl Metrics {
             _ => "UNKNOWN",
         };
         let status = status.to_string();
-        let labels = [self.app_id.as_str(), method, &path_label(path), &status];
+        let labels = [self.app_id.as_str(), method, route, &status];
         self.http_count.with_label_values(&labels).inc();
         self.http_latency
             .with_label_values(&labels)
@@ -107,18 +110,6 @@ impl Metrics {
             .expect("encoding to a Vec");
         out
     }
-}
-
-/// Keeps label cardinality low, as Dapr does: `/v1.0/state/<store>/<key>` becomes `/v1.0/state/<store>`.
-fn path_label(path: &str) -> String {
-    let segs: Vec<&str> = path.trim_start_matches('/').split('/').collect();
-    let keep = match segs.get(1).copied() {
-        Some("invoke") => 5,
-        Some("state" | "secrets" | "publish" | "bindings" | "metadata" | "configuration" | "lock" | "unlock") => 3,
-        Some("healthz") => segs.len(),
-        _ => 3,
-    };
-    format!("/{}", segs[..keep.min(segs.len())].join("/"))
 }
 
 /// gRPC `Code` as Go's `codes.Code.String()` spells it.
@@ -150,21 +141,14 @@ mod tests {
     use super::*;
 
     #[test]
-    fn paths_collapse_to_low_cardinality_labels() {
-        assert_eq!(path_label("/v1.0/state/store/key1"), "/v1.0/state/store");
-        assert_eq!(path_label("/v1.0/secrets/s/bulk"), "/v1.0/secrets/s");
-        assert_eq!(path_label("/v1.0/healthz/outbound"), "/v1.0/healthz/outbound");
-    }
-
-    #[test]
     fn renders_dapr_metric_names() {
         let m = Metrics::new("app");
-        m.http_request(&Method::GET, "/v1.0/state/s/k", 204, Duration::from_millis(2));
+        m.http_request(&Method::GET, "/v1.0/state/{store}/{key}", 204, Duration::from_millis(2));
         m.grpc_call("/dapr.proto.runtime.v1.Dapr/GetState", "OK", Duration::from_millis(1));
         let text = String::from_utf8(m.render()).unwrap();
         assert!(
             text.contains(
-                r#"dapr_http_server_request_count{app_id="app",method="GET",path="/v1.0/state/s",status="204"} 1"#
+                r#"dapr_http_server_request_count{app_id="app",method="GET",path="/v1.0/state/{store}/{key}",status="204"} 1"#
             ),
             "{text}"
         );

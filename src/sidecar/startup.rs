@@ -335,10 +335,12 @@ pub async fn serve(
     for l in listeners.grpc {
         servers.spawn(serve_conn(l, grpc_api.clone(), shutdown.clone()));
     }
-    let internal = axum::Router::new().fallback(move |req: axum::extract::Request| {
-        let callee = callee.clone();
-        async move { callee.handle(req).await }
-    });
+    let internal = axum::Router::new()
+        .fallback(move |req: axum::extract::Request| {
+            let callee = callee.clone();
+            async move { callee.handle(req).await }
+        })
+        .layer(axum::middleware::from_fn(http::catch_panic));
     for l in listeners.internal {
         servers.spawn(serve_conn(l, internal.clone(), shutdown.clone()));
     }

@@ -84,7 +84,7 @@ impl StateStore for MemoryStore {
         Ok(self
             .inner
             .read()
-            .expect("state lock")
+            .unwrap_or_else(|p| p.into_inner())
             .live(key, SystemTime::now())
             .cloned())
     }
@@ -92,24 +92,25 @@ impl StateStore for MemoryStore {
     async fn set(&self, req: &SetRequest) -> Result<(), StateError> {
         self.inner
             .write()
-            .expect("state lock")
+            .unwrap_or_else(|p| p.into_inner())
             .run(&[TransactionOp::Set(req.clone())])
     }
 
     async fn delete(&self, req: &DeleteRequest) -> Result<(), StateError> {
         self.inner
             .write()
-            .expect("state lock")
+            .unwrap_or_else(|p| p.into_inner())
             .run(&[TransactionOp::Delete(req.clone())])
     }
 
     async fn transact(&self, ops: &[TransactionOp]) -> Result<(), StateError> {
-        self.inner.write().expect("state lock").run(ops)
+        // A panic while the lock was held leaves the map as the panicking request left it; later requests go on.
+        self.inner.write().unwrap_or_else(|p| p.into_inner()).run(ops)
     }
 
     async fn query(&self, prefix: &str, query: &Query) -> Result<QueryResponse, StateError> {
         let now = SystemTime::now();
-        let inner = self.inner.read().expect("state lock");
+        let inner = self.inner.read().unwrap_or_else(|p| p.into_inner());
         let rows = inner.items.iter().filter_map(|(k, i)| {
             let key = k.strip_prefix(prefix)?;
             inner.live(k, now)?;
@@ -120,5 +121,31 @@ impl StateStore for MemoryStore {
             })
         });
         query.run(rows).map_err(StateError::Backend)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn a_panic_while_holding_the_lock_leaves_the_store_usable() {
+        let store = Arc::new(MemoryStore::default());
+        let set = |key: &str| SetRequest {
+            key: key.into(),
+            value: bytes::Bytes::from_static(b"1"),
+            ..Default::default()
+        };
+        store.set(&set("before")).await.unwrap();
+        let poisoner = store.clone();
+        let _ = std::thread::spawn(move || {
+            let _guard = poisoner.inner.write().unwrap();
+            panic!("a request panicked while holding the lock");
+        })
+        .join();
+        assert!(store.inner.is_poisoned());
+        assert_eq!(store.get("before").await.unwrap().unwrap().data, "1");
+        store.set(&set("after")).await.unwrap();
+        assert!(store.get("after").await.unwrap().is_some());
     }
 }

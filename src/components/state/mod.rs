@@ -216,7 +216,7 @@ pub fn check_etag(
 /// Expiry instant for a TTL in seconds (`None` or a non-positive TTL: no expiry).
 pub fn expiry(ttl: Option<i64>) -> Option<SystemTime> {
     match ttl {
-        Some(s) if s > 0 => Some(SystemTime::now() + std::time::Duration::from_secs(s as u64)),
+        Some(s) if s > 0 => SystemTime::now().checked_add(std::time::Duration::from_secs(s.unsigned_abs())),
         _ => None,
     }
 }

@@ -121,9 +121,9 @@ impl SqliteStore {
         let conn = self.conn.clone();
         let table = self.table.clone();
         tokio::task::spawn_blocking(move || {
-            let mut conn = conn
-                .lock()
-                .map_err(|_| StateError::Backend("sqlite connection poisoned".into()))?;
+            // A request that panicked while holding the connection rolled its transaction back as it unwound:
+            // the connection is sound, and later requests go on with it.
+            let mut conn = conn.lock().unwrap_or_else(|p| p.into_inner());
             f(&mut conn, &table)
         })
         .await

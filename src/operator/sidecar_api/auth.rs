@@ -88,13 +88,13 @@ impl Authenticator {
                     self.audience
                 ))
             })?;
-        if let Some((caller, at)) = self.reviewed.lock().expect("review cache lock").get(token)
+        if let Some((caller, at)) = self.reviewed.lock().unwrap_or_else(|p| p.into_inner()).get(token)
             && at.elapsed() < self.ttl
         {
             return Ok(caller.clone());
         }
         let caller = self.review(token).await?;
-        let mut reviewed = self.reviewed.lock().expect("review cache lock");
+        let mut reviewed = self.reviewed.lock().unwrap_or_else(|p| p.into_inner());
         if reviewed.len() >= MAX_CACHED {
             reviewed.retain(|_, (_, at)| at.elapsed() < self.ttl);
             if reviewed.len() >= MAX_CACHED {

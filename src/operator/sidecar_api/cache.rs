@@ -100,7 +100,7 @@ impl ResourceCache {
 
     /// The objects of `namespace`, ordered by kind then name.
     pub fn namespace(&self, namespace: &str) -> Vec<Arc<DaprResource>> {
-        let objects = self.objects.read().expect("cache lock");
+        let objects = self.objects.read().unwrap_or_else(|p| p.into_inner());
         objects
             .range((namespace.to_owned(), DaprKind::ALL[0], String::new())..)
             .take_while(|((ns, _, _), _)| ns == namespace)
@@ -110,7 +110,11 @@ impl ResourceCache {
 
     pub fn get(&self, kind: DaprKind, namespace: &str, name: &str) -> Option<Arc<DaprResource>> {
         let key = (namespace.to_owned(), kind, name.to_owned());
-        self.objects.read().expect("cache lock").get(&key).cloned()
+        self.objects
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(&key)
+            .cloned()
     }
 
     fn emit(&self, old: Option<Arc<DaprResource>>, new: Option<Arc<DaprResource>>) {
@@ -125,14 +129,14 @@ impl ResourceCache {
         let old = self
             .objects
             .write()
-            .expect("cache lock")
+            .unwrap_or_else(|p| p.into_inner())
             .insert(key_of(&new), new.clone());
         self.emit(old, Some(new));
     }
 
     pub fn delete(&self, kind: DaprKind, namespace: &str, name: &str) {
         let key = (namespace.to_owned(), kind, name.to_owned());
-        let old = self.objects.write().expect("cache lock").remove(&key);
+        let old = self.objects.write().unwrap_or_else(|p| p.into_inner()).remove(&key);
         if old.is_some() {
             self.emit(old, None);
         }
@@ -146,7 +150,7 @@ impl ResourceCache {
             .collect();
         let mut changes = vec![];
         {
-            let mut objects = self.objects.write().expect("cache lock");
+            let mut objects = self.objects.write().unwrap_or_else(|p| p.into_inner());
             let gone: Vec<Key> = objects
                 .keys()
                 .filter(|(_, k, _)| *k == kind)
@@ -189,14 +193,14 @@ impl ResourceCache {
             watcher::Event::Init => {
                 self.relisting
                     .lock()
-                    .expect("relist lock")
+                    .unwrap_or_else(|p| p.into_inner())
                     .insert(kind, BTreeMap::new());
             }
             watcher::Event::InitApply(obj) => {
                 let (ns, name) = (obj.namespace().unwrap_or_default(), obj.name_any());
                 let res = parse(&obj).map(Arc::new).or_else(|| self.get(kind, &ns, &name));
                 if let Some(res) = res {
-                    let mut relisting = self.relisting.lock().expect("relist lock");
+                    let mut relisting = self.relisting.lock().unwrap_or_else(|p| p.into_inner());
                     relisting.entry(kind).or_default().insert((ns, kind, name), res);
                 }
             }
@@ -204,7 +208,7 @@ impl ResourceCache {
                 let listed = self
                     .relisting
                     .lock()
-                    .expect("relist lock")
+                    .unwrap_or_else(|p| p.into_inner())
                     .remove(&kind)
                     .unwrap_or_default();
                 let listed = listed

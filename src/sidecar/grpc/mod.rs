@@ -42,6 +42,7 @@ pub fn router(rt: Arc<Runtime>, api_token: Option<Arc<str>>, max_body: usize, me
                 async move { invoke::proxy(proxy, peer, req).await }
             },
         )
+        .layer(axum::middleware::from_fn(catch_panic))
         .layer(MetricsLayer(metrics))
 }
 
@@ -75,6 +76,20 @@ impl ApiError {
     pub fn into_grpc_response(self) -> axum::response::Response {
         let (parts, ()) = Status::from(self).into_http::<()>().into_parts();
         axum::response::Response::from_parts(parts, axum::body::Body::empty())
+    }
+}
+
+/// A gRPC call whose handling panics (a bug) ends with status INTERNAL; the panic is logged, and every other call
+/// on the connection goes on.
+async fn catch_panic(req: axum::extract::Request, next: axum::middleware::Next) -> axum::response::Response {
+    let method = req.uri().path().to_owned();
+    match futures::FutureExt::catch_unwind(std::panic::AssertUnwindSafe(next.run(req))).await {
+        Ok(resp) => resp,
+        Err(panic) => {
+            let panic = super::http::panic_message(&*panic);
+            tracing::error!(method, panic, "a gRPC handler panicked");
+            ApiError::internal_bug().into_grpc_response()
+        }
     }
 }
 
@@ -155,10 +170,20 @@ where
                 .map(tonic::Code::from_i32)
                 .unwrap_or(tonic::Code::Ok);
             if code != tonic::Code::Unauthenticated {
-                metrics.grpc_call(&method, grpc_code_name(code), started.elapsed());
+                metrics.grpc_call(method_label(&method, code), grpc_code_name(code), started.elapsed());
             }
             Ok(resp)
         })
+    }
+}
+
+/// The `grpc_server_method` label: the method of the Dapr service that served the call, or `""` for proxied
+/// calls and methods the service does not implement, so callers cannot grow the label set.
+fn method_label(path: &str, code: tonic::Code) -> &str {
+    if path.starts_with("/dapr.proto.runtime.v1.Dapr/") && code != tonic::Code::Unimplemented {
+        path
+    } else {
+        ""
     }
 }
 
@@ -202,6 +227,17 @@ mod tests {
         assert_eq!(status.code(), tonic::Code::InvalidArgument);
         let details = status.get_error_details();
         assert_eq!(details.error_info().unwrap().reason, "DAPR_STATE_NOT_FOUND");
+    }
+
+    #[test]
+    fn method_labels_come_from_the_dapr_service_only() {
+        let get = "/dapr.proto.runtime.v1.Dapr/GetState";
+        assert_eq!(method_label(get, tonic::Code::NotFound), get);
+        assert_eq!(
+            method_label("/dapr.proto.runtime.v1.Dapr/Nope", tonic::Code::Unimplemented),
+            ""
+        );
+        assert_eq!(method_label("/my.app.Service/Random123", tonic::Code::Ok), "");
     }
 
     #[test]

@@ -97,16 +97,18 @@ pub fn router(state: ApiState) -> Router {
         // proxies the call to that app, anything else is 404 ERR_DIRECT_INVOKE.
         .fallback(invoke::invoke)
         .method_not_allowed_fallback(invoke::invoke)
+        .layer(middleware::from_fn(catch_panic))
         .layer(middleware::from_fn_with_state(state.clone(), api_token))
         .layer(middleware::from_fn_with_state(state.clone(), observe))
         .with_state(state)
 }
 
-/// Health (and metadata) only: what `--dapr-public-port` serves on every interface.
+/// Health only, as Dapr's: what `--dapr-public-port` serves on every interface (the metadata API, which names
+/// the app's components and endpoints, stays on the API port).
 pub fn public_router(state: ApiState) -> Router {
     Router::new()
         .merge(health_routes())
-        .route("/v1.0/metadata", get(metadata::get_metadata))
+        .layer(middleware::from_fn(catch_panic))
         .layer(middleware::from_fn_with_state(state.clone(), observe))
         .with_state(state)
 }
@@ -115,6 +117,28 @@ fn health_routes() -> Router<ApiState> {
     Router::new()
         .route("/v1.0/healthz", get(metadata::healthz))
         .route("/v1.0/healthz/outbound", get(metadata::healthz_outbound))
+}
+
+/// A request whose handling panics (a bug) is answered 500 `ERR_INTERNAL`; the panic is logged, and every other
+/// request — on this connection too — goes on.
+pub async fn catch_panic(req: Request, next: Next) -> Response {
+    let (method, path) = (req.method().clone(), req.uri().path().to_owned());
+    match futures::FutureExt::catch_unwind(std::panic::AssertUnwindSafe(next.run(req))).await {
+        Ok(resp) => resp,
+        Err(panic) => {
+            tracing::error!(%method, path, panic = panic_message(&*panic), "a request handler panicked");
+            ApiError::internal_bug().into_response()
+        }
+    }
+}
+
+/// The text a panic carried, when it is text.
+pub(crate) fn panic_message(panic: &(dyn std::any::Any + Send)) -> &str {
+    panic
+        .downcast_ref::<&str>()
+        .copied()
+        .or_else(|| panic.downcast_ref::<String>().map(String::as_str))
+        .unwrap_or("(not text)")
 }
 
 /// With `DAPR_API_TOKEN` set, every call but GET healthz needs a matching `dapr-api-token` header.
@@ -142,10 +166,16 @@ async fn api_token(State(st): State<ApiState>, mut req: Request, next: Next) -> 
 async fn observe(State(st): State<ApiState>, req: Request, next: Next) -> Response {
     let method = req.method().clone();
     let path = req.uri().path().to_owned();
+    let route = req.extensions().get::<axum::extract::MatchedPath>().cloned();
     let started = std::time::Instant::now();
     let resp = next.run(req).await;
     let elapsed = started.elapsed();
-    st.metrics.http_request(&method, &path, resp.status().as_u16(), elapsed);
+    let status = resp.status().as_u16();
+    let route = match &route {
+        Some(r) if status != 401 => r.as_str(),
+        _ => "",
+    };
+    st.metrics.http_request(&method, route, status, elapsed);
     if st.api_logging {
         tracing::info!(target: "dapr.runtime.http-info", method = %method, path, status = resp.status().as_u16(), duration_ms = elapsed.as_secs_f64() * 1e3, "HTTP API called");
     }

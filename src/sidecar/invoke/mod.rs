@@ -192,7 +192,7 @@ impl Invoker {
         let addr = addrs[self.next.fetch_add(1, Ordering::Relaxed) % addrs.len()];
         let body = match call.replay {
             Replay::Buffered(bytes) => Body::from(bytes.clone()),
-            Replay::Streaming(cell) => cell.lock().expect("lock").take().ok_or_else(|| {
+            Replay::Streaming(cell) => cell.lock().unwrap_or_else(|p| p.into_inner()).take().ok_or_else(|| {
                 AttemptError::Other("the request body was streamed once and cannot be replayed for a retry".into())
             })?,
         };

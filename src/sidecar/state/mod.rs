@@ -139,12 +139,13 @@ fn is_actor_store(c: &Loaded) -> bool {
     c.metadata.get("actorStateStore").and_then(parse_bool) == Some(true)
 }
 
-/// `ttlInSeconds` from request metadata: an integer of -1 or more.
+/// `ttlInSeconds` from request metadata: an integer from -1 to 2^31-1 (Dapr's range; longer would reach past
+/// the dates a timestamp can hold).
 fn ttl(metadata: &BTreeMap<String, String>) -> Result<Option<i64>, StateError> {
     match metadata.get("ttlInSeconds") {
         None => Ok(None),
         Some(v) => match v.trim().parse::<i64>() {
-            Ok(t) if t >= -1 => Ok(Some(t)),
+            Ok(t) if (-1..=i64::from(i32::MAX)).contains(&t) => Ok(Some(t)),
             Ok(_) => Err(StateError::Backend(
                 "incorrect value for metadata 'ttlInSeconds': must be -1 or greater".into(),
             )),
@@ -329,13 +330,17 @@ impl State {
 /// `ttlExpireTime` response metadata for items saved with a TTL.
 pub fn item_metadata(item: &StateItem) -> BTreeMap<String, String> {
     item.expires_at
-        .map(|t| {
-            BTreeMap::from([(
-                "ttlExpireTime".to_owned(),
-                humantime::format_rfc3339_seconds(t).to_string(),
-            )])
-        })
+        .and_then(rfc3339)
+        .map(|t| BTreeMap::from([("ttlExpireTime".to_owned(), t)]))
         .unwrap_or_default()
+}
+
+/// `t` as RFC 3339 (UTC, seconds), or `None` for an instant outside the years 1970–9999 (a store may hold any
+/// number; formatting one out of range must not fail the read).
+fn rfc3339(t: std::time::SystemTime) -> Option<String> {
+    const LAST: u64 = 253_402_300_799; // 9999-12-31T23:59:59Z
+    let secs = t.duration_since(std::time::UNIX_EPOCH).ok()?.as_secs();
+    (secs <= LAST).then(|| humantime::format_rfc3339_seconds(t).to_string())
 }
 
 #[cfg(test)]
