@@ -1,6 +1,9 @@
 #!/usr/bin/env bash
-# Runs every test: Rust unit + conformance tests (nextest), then the integration suite that drives the real
-# binary with the official Dapr Python SDK and plain HTTP. Needs Redis on 127.0.0.1:6379 (see .ci/run).
+# Runs every test: Rust unit, conformance and integration tests (nextest), then the integration suite that drives
+# the real release binary (the one users run) with the official Dapr Python SDK and plain HTTP. Needs Redis on
+# 127.0.0.1:6379 (see .ci/run). Suites that cannot run here say so as skipped: the e2e cluster tests when no
+# Kubernetes cluster answers (E2E_REQUIRE_CLUSTER=1 makes that a failure), the real-API-server tests when the
+# Kubernetes binaries are missing (scripts/kube-control-plane.sh builds them).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -12,11 +15,20 @@ if [ ! -x .venv/bin/pytest ] || [ ! -x .venv/bin/helm ] || ! .venv/bin/python -c
 fi
 
 cargo build --locked
+cargo build --locked --release
+
+# The e2e tests need a Kubernetes cluster; without one they are skipped here, by name, not run to pass.
+kubectl="$(command -v kubectl || echo "$HOME/.cache/tandem-kube/bin/kubectl")"
+filter=()
+if [ "${E2E_REQUIRE_CLUSTER:-}" != 1 ] && ! { [ -x "$kubectl" ] && "$kubectl" --request-timeout=5s version >/dev/null 2>&1; }; then
+  echo "SKIPPED: e2e cluster tests (tests/e2e): no Kubernetes cluster reachable; set E2E_REQUIRE_CLUSTER=1 to fail instead"
+  filter=(-E 'not (binary(e2e) and not test(/^harness::/))')
+fi
 if command -v cargo-nextest >/dev/null 2>&1; then
-  cargo nextest run --locked --no-fail-fast
+  cargo nextest run --locked --no-fail-fast "${filter[@]}"
 else
   cargo test --locked --no-fail-fast
 fi
 
-export TANDEM_BIN="$CARGO_TARGET_DIR/debug/tandem"
-.venv/bin/pytest -q tests/python
+export TANDEM_BIN="$CARGO_TARGET_DIR/release/tandem"
+.venv/bin/pytest -q -rs tests/python

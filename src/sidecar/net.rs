@@ -9,6 +9,18 @@ use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
 
+/// Compares a secret a caller sent with the expected one in time that does not depend on where they differ
+/// (only on their lengths), so the API token cannot be guessed byte by byte from response times.
+pub fn same_secret(given: &[u8], expected: &[u8]) -> bool {
+    let mut diff = given.len() ^ expected.len();
+    for (i, e) in expected.iter().enumerate() {
+        // Past the end of `given`, compare with a byte that cannot match: the loop always runs over `expected`.
+        let g = given.get(i).copied().unwrap_or(!*e);
+        diff |= usize::from(g ^ e);
+    }
+    std::hint::black_box(diff) == 0
+}
+
 /// An HTTP/2-only (h2c) client, for sidecar-to-sidecar traffic and gRPC apps.
 pub fn h2c_client() -> Client<HttpConnector, Body> {
     let mut connector = HttpConnector::new();
@@ -111,5 +123,20 @@ pub fn code_from_http_status(status: u16) -> tonic::Code {
         501 => Code::Unimplemented,
         503 => Code::Unavailable,
         _ => Code::Unknown,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn secrets_match_only_when_equal() {
+        assert!(same_secret(b"s3cret", b"s3cret"));
+        assert!(!same_secret(b"s3creT", b"s3cret"));
+        assert!(!same_secret(b"s3cre", b"s3cret"));
+        assert!(!same_secret(b"s3cret!", b"s3cret"));
+        assert!(!same_secret(b"", b"s3cret"));
+        assert!(same_secret(b"", b""));
     }
 }

@@ -97,7 +97,7 @@ async fn catch_panic(req: axum::extract::Request, next: axum::middleware::Next) 
 fn check_token(expected: Option<&str>, given: Option<&str>) -> Result<(), ApiError> {
     match (expected, given) {
         (None, _) => Ok(()),
-        (Some(t), Some(g)) if t == g => Ok(()),
+        (Some(t), Some(g)) if super::net::same_secret(g.as_bytes(), t.as_bytes()) => Ok(()),
         (Some(_), Some(_)) => Err(ApiError::unauthenticated("authentication error: api token mismatch")),
         (Some(_), None) => Err(ApiError::unauthenticated("missing api token in request metadata")),
     }

@@ -147,8 +147,8 @@ async fn api_token(State(st): State<ApiState>, mut req: Request, next: Next) -> 
         let path = req.uri().path().trim_end_matches('/');
         let exempt = req.method() == Method::GET && (path == "/v1.0/healthz" || path == "/v1.0/healthz/outbound");
         if !exempt {
-            let given = req.headers().get("dapr-api-token").and_then(|v| v.to_str().ok());
-            if given != Some(token.as_ref()) {
+            let given = req.headers().get("dapr-api-token").map(|v| v.as_bytes());
+            if !given.is_some_and(|g| crate::sidecar::net::same_secret(g, token.as_bytes())) {
                 let mut resp = (StatusCode::UNAUTHORIZED, "invalid api token\n").into_response();
                 resp.headers_mut().insert(
                     header::CONTENT_TYPE,
