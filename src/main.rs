@@ -6,6 +6,7 @@ use tandem::cli::{Cli, Command};
 #[tokio::main]
 async fn main() -> ExitCode {
     let _ = rustls::crypto::ring::default_provider().install_default();
+    tandem::sidecar::server::raise_open_file_limit();
     let cli = Cli::parse();
     let (level, json) = cli.command.logging();
     tandem::telemetry::init(level, json);

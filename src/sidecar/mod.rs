@@ -17,6 +17,7 @@ pub mod net;
 pub mod resources;
 pub mod runtime;
 pub mod secrets;
+pub mod server;
 mod startup;
 pub mod state;
 

@@ -22,6 +22,7 @@ use super::metrics::Metrics;
 use super::resources::{self, Resources};
 use super::runtime::{Parts, Runtime};
 use super::secrets::Secrets;
+use super::server::{self, Limits};
 use crate::api::access_control::AccessControl;
 use crate::api::configuration::NameResolutionSpec;
 use crate::api::{Component, Configuration};
@@ -314,26 +315,27 @@ pub async fn serve(
         api_logging: plan.api_logging,
     };
     let shutdown = rt.shutdown.clone();
+    server::spawn_memory_trimmer(shutdown.clone());
     let mut servers = JoinSet::new();
     let api = http::router(state.clone());
     for l in listeners.http {
-        servers.spawn(serve_http(l, api.clone(), shutdown.clone()));
+        servers.spawn(serve_http(l, api.clone(), shutdown.clone(), Limits::API));
     }
     if let Some(ls) = listeners.public {
         let public = http::public_router(state.clone());
         for l in ls {
-            servers.spawn(serve_http(l, public.clone(), shutdown.clone()));
+            servers.spawn(serve_http(l, public.clone(), shutdown.clone(), Limits::PROBES));
         }
     }
     if let Some(ls) = listeners.metrics {
         let router = metrics_router(metrics.clone());
         for l in ls {
-            servers.spawn(serve_http(l, router.clone(), shutdown.clone()));
+            servers.spawn(serve_http(l, router.clone(), shutdown.clone(), Limits::PROBES));
         }
     }
     let grpc_api = super::grpc::router(rt.clone(), plan.api_token.clone(), plan.max_body, metrics);
     for l in listeners.grpc {
-        servers.spawn(serve_conn(l, grpc_api.clone(), shutdown.clone()));
+        servers.spawn(server::serve(l, grpc_api.clone(), shutdown.clone(), Limits::API));
     }
     let internal = axum::Router::new()
         .fallback(move |req: axum::extract::Request| {
@@ -342,7 +344,7 @@ pub async fn serve(
         })
         .layer(axum::middleware::from_fn(http::catch_panic));
     for l in listeners.internal {
-        servers.spawn(serve_conn(l, internal.clone(), shutdown.clone()));
+        servers.spawn(server::serve(l, internal.clone(), shutdown.clone(), Limits::API));
     }
     tracing::info!(
         app_id = %args.app_id,
@@ -382,35 +384,9 @@ fn metrics_router(metrics: Arc<Metrics>) -> axum::Router {
     })
 }
 
-async fn serve_http(listener: TcpListener, router: axum::Router, shutdown: CancellationToken) {
-    serve_conn(
-        listener,
-        tower::ServiceExt::map_request(router, http::normalize_path),
-        shutdown,
-    )
-    .await
-}
-
-/// Serves HTTP/1.1 and HTTP/2 (h2c) on `listener` until shutdown, with the peer address available to handlers.
-async fn serve_conn<S>(listener: TcpListener, service: S, shutdown: CancellationToken)
-where
-    S: tower::Service<axum::extract::Request, Response = axum::response::Response, Error = std::convert::Infallible>
-        + Clone
-        + Send
-        + 'static,
-    S::Future: Send,
-{
-    use axum::serve::ListenerExt;
-    let listener = listener.tap_io(|tcp| {
-        let _ = tcp.set_nodelay(true);
-    });
-    let app = axum::ServiceExt::<axum::extract::Request>::into_make_service_with_connect_info::<SocketAddr>(service);
-    if let Err(e) = axum::serve(listener, app)
-        .with_graceful_shutdown(shutdown.cancelled_owned())
-        .await
-    {
-        tracing::error!(error = %e, "HTTP server failed");
-    }
+async fn serve_http(listener: TcpListener, router: axum::Router, shutdown: CancellationToken, limits: Limits) {
+    let service = tower::ServiceExt::map_request(router, http::normalize_path);
+    server::serve(listener, service, shutdown, limits).await
 }
 
 /// The runtime over the bound ports, and what serving it needs besides.
