@@ -49,7 +49,11 @@ pub fn defaults() -> Defaults {
     }
 }
 
-pub async fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
+pub async fn run(mut args: RunArgs) -> anyhow::Result<ExitCode> {
+    // Local development: other machines have no business on the internal port.
+    if args.sidecar.dapr_internal_grpc_listen_address == "0.0.0.0" {
+        args.sidecar.dapr_internal_grpc_listen_address = "127.0.0.1".into();
+    }
     let sidecar = Sidecar::start(args.sidecar.clone(), PortPolicy::DefaultsIfFree, defaults()).await?;
     let shutdown = sidecar.rt.shutdown.clone();
     let Some((program, rest)) = args.command.split_first() else {

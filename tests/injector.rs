@@ -46,6 +46,7 @@ async fn start_bootstrapped() -> Injector {
             control_plane_namespace: NAMESPACE.into(),
             placement_host_address: None,
             native_sidecar: false,
+            mtls: false,
         },
         requesters: AllowedRequesters::new::<&str>(&[]).unwrap(),
     });

@@ -1,6 +1,7 @@
 //! `Configuration` (dapr.io/v1alpha1): per-app runtime settings (secret scopes, access control, name resolution, ...).
 
 use std::collections::BTreeMap;
+use std::time::Duration;
 
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
@@ -264,6 +265,45 @@ impl Configuration {
             .find(|s| s.store_name == store)
     }
 
+    /// `spec.mtls` as Dapr reads it from the control plane's Configuration (`daprsystem`): absent fields take
+    /// Dapr's defaults (enabled, 24h certificates, 15m clock skew); out-of-range durations are refused.
+    pub fn mtls(&self) -> Result<MtlsSpec, String> {
+        let Some(v) = self.spec.other.get("mtls") else {
+            return Ok(MtlsSpec::default());
+        };
+        let raw: RawMtls = serde_json::from_value(v.clone()).map_err(|e| format!("spec.mtls: {e}"))?;
+        let duration = |field: &str, v: Option<String>, default: Duration, range: std::ops::RangeInclusive<Duration>| {
+            let Some(v) = v.filter(|v| !v.trim().is_empty()) else {
+                return Ok(default);
+            };
+            let d = humantime::parse_duration(v.trim()).map_err(|e| format!("spec.mtls.{field} {v:?}: {e}"))?;
+            if !range.contains(&d) {
+                return Err(format!(
+                    "spec.mtls.{field} {v:?} is out of range ({} to {})",
+                    humantime::format_duration(*range.start()),
+                    humantime::format_duration(*range.end())
+                ));
+            }
+            Ok(d)
+        };
+        let defaults = MtlsSpec::default();
+        Ok(MtlsSpec {
+            enabled: raw.enabled.unwrap_or(defaults.enabled),
+            workload_cert_ttl: duration(
+                "workloadCertTTL",
+                raw.workload_cert_ttl,
+                defaults.workload_cert_ttl,
+                Duration::from_secs(10)..=Duration::from_secs(366 * 24 * 3600),
+            )?,
+            allowed_clock_skew: duration(
+                "allowedClockSkew",
+                raw.allowed_clock_skew,
+                defaults.allowed_clock_skew,
+                Duration::ZERO..=Duration::from_secs(24 * 3600),
+            )?,
+        })
+    }
+
     /// Names of the features switched on, as the metadata API reports them.
     pub fn enabled_features(&self) -> Vec<String> {
         self.spec
@@ -273,6 +313,35 @@ impl Configuration {
             .map(|f| f.name.clone())
             .collect()
     }
+}
+
+/// Mutual TLS between sidecars, from `spec.mtls`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct MtlsSpec {
+    pub enabled: bool,
+    /// How long a workload certificate is valid.
+    pub workload_cert_ttl: Duration,
+    /// How far back a certificate's validity starts, for clocks that disagree.
+    pub allowed_clock_skew: Duration,
+}
+
+impl Default for MtlsSpec {
+    fn default() -> Self {
+        MtlsSpec {
+            enabled: true,
+            workload_cert_ttl: Duration::from_secs(24 * 3600),
+            allowed_clock_skew: Duration::from_secs(15 * 60),
+        }
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct RawMtls {
+    enabled: Option<bool>,
+    #[serde(rename = "workloadCertTTL")]
+    workload_cert_ttl: Option<String>,
+    allowed_clock_skew: Option<String>,
 }
 
 #[cfg(test)]
@@ -296,5 +365,28 @@ mod tests {
         assert!(!scope("allow", &["a"], &[]).is_allowed("b"));
         assert!(!scope("allow", &[], &["a"]).is_allowed("a"));
         assert!(scope("allow", &[], &["a"]).is_allowed("b"));
+    }
+
+    #[test]
+    fn mtls_settings_take_daprs_defaults_and_refuse_out_of_range_durations() {
+        let with = |v: serde_json::Value| Configuration {
+            spec: ConfigurationSpec {
+                other: [("mtls".to_string(), v)].into_iter().collect(),
+                ..Default::default()
+            },
+            ..Default::default()
+        };
+        assert_eq!(Configuration::default().mtls().unwrap(), MtlsSpec::default());
+        let m = with(json!({"enabled": false, "workloadCertTTL": "1h", "allowedClockSkew": "1m"}))
+            .mtls()
+            .unwrap();
+        assert_eq!(
+            (m.enabled, m.workload_cert_ttl, m.allowed_clock_skew),
+            (false, Duration::from_secs(3600), Duration::from_secs(60))
+        );
+        assert!(with(json!({"workloadCertTTL": "1s"})).mtls().unwrap_err().contains("out of range"));
+        assert!(with(json!({"workloadCertTTL": "99999999h"})).mtls().is_err());
+        assert!(with(json!({"allowedClockSkew": "soon"})).mtls().is_err());
+        assert!(with(json!({"enabled": "yes"})).mtls().is_err());
     }
 }

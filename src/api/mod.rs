@@ -11,7 +11,7 @@ pub mod subscription;
 
 pub use common::{Auth, DynamicValue, NameValuePair, ResourceStatus, SecretKeyRef};
 pub use component::{Component, ComponentSpec};
-pub use configuration::{Configuration, ConfigurationSpec};
+pub use configuration::{Configuration, ConfigurationSpec, MtlsSpec};
 pub use crd::all_crds;
 pub use http_endpoint::{HttpEndpoint, HttpEndpointSpec};
 pub use resiliency::{Resiliency, ResiliencySpec};

@@ -24,7 +24,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use futures::Stream;
 use http::{Request, header};
-use http_body_util::{BodyExt, Empty};
+use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
 use hyper_rustls::HttpsConnector;
 use hyper_util::client::legacy::Client as HyperClient;
@@ -38,7 +38,7 @@ use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tracing::Instrument;
 
-use super::wire::ErrorBody;
+use super::wire::{CertificateRequest, CertificateResponse, ErrorBody};
 use crate::api::Configuration;
 
 pub use super::kinds::{DaprKind, DaprResource};
@@ -91,7 +91,7 @@ impl ClientError {
     }
 }
 
-type Http = HyperClient<HttpsConnector<HttpConnector>, Empty<Bytes>>;
+type Http = HyperClient<HttpsConnector<HttpConnector>, Full<Bytes>>;
 
 /// Talks to the operator's sidecar API. Cheap to clone.
 #[derive(Clone)]
@@ -256,6 +256,14 @@ impl OperatorClient {
     /// Everything in the caller's namespace that applies to `app_id`, secrets resolved.
     pub async fn resources(&self, app_id: &str) -> Result<SidecarResources, ClientError> {
         self.get_json(&self.url("/v1/resources", Some(app_id))).await
+    }
+
+    /// A workload certificate for the app of the pod this sidecar's token is bound to (`csr` is PEM).
+    pub async fn certificate(&self, csr: &str) -> Result<CertificateResponse, ClientError> {
+        let url = self.url("/v1/certificate", None);
+        let body = serde_json::to_vec(&CertificateRequest { csr: csr.into() }).unwrap_or_default();
+        let res = self.send(Request::post(&url), &url, body.into()).await?;
+        self.decode(&url, res).await
     }
 
     /// The Configuration `name` of the caller's namespace; a missing one is a 404 ([`ClientError::is_not_found`]).
@@ -443,10 +451,21 @@ impl OperatorClient {
 
     /// A GET with the current token; a non-2xx answer becomes [`ClientError::Status`].
     async fn get(&self, url: &str) -> Result<hyper::Response<Incoming>, ClientError> {
+        self.send(Request::get(url), url, Bytes::new()).await
+    }
+
+    /// Sends a request with the current token; a non-2xx answer becomes [`ClientError::Status`].
+    async fn send(
+        &self,
+        req: hyper::http::request::Builder,
+        url: &str,
+        body: Bytes,
+    ) -> Result<hyper::Response<Incoming>, ClientError> {
         let token = self.token()?;
-        let req = Request::get(url)
+        let req = req
             .header(header::AUTHORIZATION, format!("Bearer {token}"))
-            .body(Empty::new())
+            .header(header::CONTENT_TYPE, "application/json")
+            .body(Full::new(body))
             .map_err(|e| ClientError::Address {
                 address: url.into(),
                 message: e.to_string(),
@@ -486,6 +505,10 @@ impl OperatorClient {
 
     async fn get_json<T: DeserializeOwned>(&self, url: &str) -> Result<T, ClientError> {
         let res = self.get(url).await?;
+        self.decode(url, res).await
+    }
+
+    async fn decode<T: DeserializeOwned>(&self, url: &str, res: hyper::Response<Incoming>) -> Result<T, ClientError> {
         let body = tokio::time::timeout(REQUEST_TIMEOUT, res.into_body().collect())
             .await
             .map_err(|_| ClientError::Connect {

@@ -4,6 +4,7 @@
 //! - `GET /v1/configurations/<name>` → a `Configuration`
 //! - `GET /v1/watch?appId=<id>` → NDJSON, one [`ResourceEvent`] per line (`{"type","kind","object"}`), plus
 //!   `{"type":"HEARTBEAT"}` lines every ~15 s
+//! - `POST /v1/certificate` [`CertificateRequest`] → [`CertificateResponse`]: the caller pod's workload certificate
 //! - errors → [`ErrorBody`] (`{"errorCode","message"}`)
 
 use serde::{Deserialize, Serialize};
@@ -134,6 +135,28 @@ pub fn heartbeat_line() -> String {
 pub struct ErrorBody {
     pub error_code: String,
     pub message: String,
+}
+
+/// A sidecar's request for its workload certificate.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct CertificateRequest {
+    /// A PEM certificate signing request; only its public key is used.
+    pub csr: String,
+}
+
+/// The signed certificate, the identity it carries and the roots to verify peers with.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct CertificateResponse {
+    /// `spiffe://<trustDomain>/ns/<namespace>/<appId>`.
+    pub spiffe_id: String,
+    /// PEM: the leaf first, then intermediates.
+    pub certificate_chain: String,
+    /// PEM: the roots (Dapr's `ca.crt`).
+    pub trust_bundle: String,
+    /// Seconds since the Unix epoch when the certificate expires.
+    pub valid_until: u64,
 }
 
 #[cfg(test)]

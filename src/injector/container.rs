@@ -91,6 +91,7 @@ pub fn sidecar_args(sc: &SidecarConfig, cfg: &InjectorConfig, app_id: &str) -> A
         None => cfg.placement_host_address.clone(),
     };
     a.control_plane_address = cfg.control_plane_address();
+    a.enable_mtls = cfg.mtls;
     a
 }
 

@@ -154,6 +154,7 @@ mod tests {
                 control_plane_namespace: "tandem-system".into(),
                 placement_host_address: None,
                 native_sidecar: false,
+                mtls: false,
             },
             requesters: AllowedRequesters::new::<&str>(&[]).unwrap(),
         }

@@ -77,6 +77,11 @@ pub struct InjectorArgs {
     #[arg(long, env = "NATIVE_SIDECAR_ENABLED", action = ArgAction::Set, default_value_t = false,
           num_args = 0..=1, default_missing_value = "true")]
     pub enable_native_sidecar: bool,
+    /// Sidecars talk to each other over mutual TLS with certificates from the operator (the chart's
+    /// `mtls.enabled`, on by default).
+    #[arg(long, env = "TANDEM_MTLS_ENABLED", action = ArgAction::Set, default_value_t = false,
+          num_args = 0..=1, default_missing_value = "true")]
+    pub enable_mtls: bool,
     /// debug, info, warn, error or fatal.
     #[arg(long, default_value = "info")]
     pub log_level: String,
@@ -93,6 +98,7 @@ impl InjectorArgs {
             control_plane_namespace: self.control_plane_namespace.clone(),
             placement_host_address: self.placement_host_address.clone().filter(|s| !s.is_empty()),
             native_sidecar: self.enable_native_sidecar,
+            mtls: self.enable_mtls,
         }
     }
 }

@@ -30,6 +30,8 @@ pub struct InjectorConfig {
     /// Whether `daprd` is a native sidecar (init container with `restartPolicy: Always`) unless
     /// `dapr.io/enable-native-sidecar` says otherwise.
     pub native_sidecar: bool,
+    /// Whether injected sidecars run with `--enable-mtls`.
+    pub mtls: bool,
 }
 
 impl InjectorConfig {

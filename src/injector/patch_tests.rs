@@ -14,6 +14,7 @@ fn cfg() -> InjectorConfig {
         control_plane_namespace: "tandem-system".into(),
         placement_host_address: None,
         native_sidecar: false,
+        mtls: false,
     }
 }
 
@@ -334,6 +335,7 @@ fn native_sidecar_goes_into_init_containers_with_restart_policy_always() {
     v["spec"]["initContainers"] = json!([{"name": "migrate", "image": "m"}]);
     let native = InjectorConfig {
         native_sidecar: true,
+        mtls: false,
         ..cfg()
     };
     let pod = inject_with(&v, &native);

@@ -2,6 +2,7 @@
 //! is valid, and serves sidecars their resources. Reconcilers run on the elected leader only; the sidecar API
 //! on every replica.
 
+pub mod ca;
 pub mod context;
 pub mod error;
 pub mod health;
@@ -60,6 +61,10 @@ pub struct OperatorArgs {
     /// Audience the sidecars' tokens must carry.
     #[arg(long, default_value = TOKEN_AUDIENCE)]
     pub token_audience: String,
+    /// Act as the certificate authority of sidecar mTLS: keep the trust bundle in the `dapr-trust-bundle` Secret
+    /// (generated when absent) and sign workload certificates on the sidecar API.
+    #[arg(long, env = "TANDEM_ENABLE_MTLS", default_value_t = true, action = clap::ArgAction::Set)]
+    pub enable_mtls: bool,
     /// Namespace of the leader-election Lease (the operator's own).
     #[arg(long, env = "POD_NAMESPACE", default_value = "default")]
     pub lease_namespace: String,
@@ -106,7 +111,14 @@ pub async fn run(args: OperatorArgs) -> anyhow::Result<()> {
         watches.spawn(cache.clone().watch(client.clone(), kind).instrument(span));
     }
     let mut servers = JoinSet::new();
-    let state = ApiState::new(cache, client.clone(), &args.token_audience, shutdown.clone());
+    let mut state = ApiState::new(cache, client.clone(), &args.token_audience, shutdown.clone());
+    if args.enable_mtls {
+        let authority = ca::load_or_create(&client, &args.lease_namespace)
+            .await
+            .context("cannot set up the certificate authority (--enable-mtls)")?;
+        state = state.with_ca(Arc::new(authority), &args.lease_namespace);
+        tracing::info!("certificate authority ready: trust bundle in {}/{}", args.lease_namespace, ca::TRUST_BUNDLE);
+    }
     let scheme = if tls.is_some() { "https" } else { "http" };
     tracing::info!("sidecar API listening on {scheme}://0.0.0.0:{}", args.api_port);
     servers.spawn(sidecar_api::serve(

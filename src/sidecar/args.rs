@@ -101,6 +101,15 @@ pub struct Args {
     /// Address of the tandem operator's sidecar API (kubernetes mode)
     #[arg(long, default_value = "")]
     pub control_plane_address: String,
+    /// Mutual TLS between sidecars on workload certificates (SPIFFE IDs): the internal port requires a client
+    /// certificate and callers are identified by it. The certificate comes from the operator in kubernetes mode,
+    /// else from DAPR_CERT_CHAIN, DAPR_CERT_KEY and DAPR_TRUST_ANCHORS.
+    #[arg(long, default_value_t = false, num_args = 0..=1, default_missing_value = "true", action = clap::ArgAction::Set)]
+    pub enable_mtls: bool,
+    /// Address of Dapr's Sentry; accepted for compatibility: tandem's certificate authority is the operator at
+    /// --control-plane-address.
+    #[arg(long, default_value = "")]
+    pub sentry_address: String,
     /// Namespace of this app (kubernetes mode sets it from the pod).
     #[arg(long = "namespace", env = "NAMESPACE", default_value = "default", hide = true)]
     pub namespace: String,

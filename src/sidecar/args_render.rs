@@ -58,6 +58,8 @@ impl Args {
             app_health_threshold,
             placement_host_address,
             control_plane_address,
+            enable_mtls,
+            sentry_address,
             namespace,
             pod_name,
             api_token,
@@ -132,6 +134,8 @@ impl Args {
             &d.placement_host_address,
         );
         r.value("control_plane_address", control_plane_address, &d.control_plane_address);
+        r.boolean("enable_mtls", *enable_mtls, d.enable_mtls);
+        r.value("sentry_address", sentry_address, &d.sentry_address);
         r.value("namespace", namespace, &d.namespace);
         r.value("pod_name", pod_name, &d.pod_name);
         r.option("api_token", api_token, &d.api_token);
@@ -262,6 +266,8 @@ mod tests {
             app_health_threshold: 4,
             placement_host_address: Some("placement:50005".into()),
             control_plane_address: "tandem-api.tandem-system.svc:443".into(),
+            enable_mtls: true,
+            sentry_address: "dapr-sentry.dapr-system.svc:443".into(),
             namespace: "shop".into(),
             pod_name: "orders-1".into(),
             api_token: Some("t0k".into()),

@@ -9,6 +9,7 @@ pub mod components;
 pub mod error;
 pub mod grpc;
 pub mod hot_reload;
+pub mod identity;
 pub mod http;
 pub mod invoke;
 pub mod metadata;

@@ -24,6 +24,8 @@ use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 use tower::ServiceExt;
 
+use crate::control_plane::identity::SpiffeId;
+
 /// The bounds of one listener.
 #[derive(Clone, Copy, Debug)]
 pub struct Limits {
@@ -58,6 +60,25 @@ where
     S: tower::Service<Request, Response = Response, Error = Infallible> + Clone + Send + 'static,
     S::Future: Send + 'static,
 {
+    serve_with(listener, service, shutdown, limits, None).await
+}
+
+/// The identity a request's peer proved with its client certificate (mutual TLS); absent on plain listeners.
+#[derive(Clone, Debug)]
+pub struct PeerIdentity(pub SpiffeId);
+
+/// [`serve`], over TLS when `tls` is given: the handshake must finish within the first-bytes deadline, and the
+/// peer's certificate identity (if it presented one) reaches handlers as a [`PeerIdentity`] extension.
+pub async fn serve_with<S>(
+    listener: TcpListener,
+    service: S,
+    shutdown: CancellationToken,
+    limits: Limits,
+    tls: Option<Arc<rustls::ServerConfig>>,
+) where
+    S: tower::Service<Request, Response = Response, Error = Infallible> + Clone + Send + 'static,
+    S::Future: Send + 'static,
+{
     let permits = Arc::new(Semaphore::new(limits.max_connections));
     let graceful = GracefulShutdown::new();
     let mut builder = auto::Builder::new(TokioExecutor::new());
@@ -71,6 +92,7 @@ where
         .keep_alive_interval(Some(Duration::from_secs(30)))
         .keep_alive_timeout(Duration::from_secs(20));
     let builder = Arc::new(builder);
+    let acceptor = tls.map(tokio_rustls::TlsAcceptor::from);
     let mut refused = 0u64;
     loop {
         let (tcp, peer) = tokio::select! {
@@ -99,16 +121,26 @@ where
         };
         let _ = tcp.set_nodelay(true);
         let service = service.clone();
-        let handler = TowerToHyperService::new(tower::service_fn(move |req: hyper::Request<hyper::body::Incoming>| {
-            let mut req = req.map(axum::body::Body::new);
-            req.extensions_mut().insert(ConnectInfo(peer));
-            service.clone().oneshot(req)
-        }));
-        let io = TokioIo::new(FirstBytes::new(tcp, limits.first_bytes));
         let builder = builder.clone();
-        let conn = graceful.watch(builder.serve_connection_with_upgrades(io, handler).into_owned());
+        let watcher = graceful.watcher();
+        let acceptor = acceptor.clone();
         tokio::spawn(async move {
-            if let Err(e) = conn.await {
+            let io = FirstBytes::new(tcp, limits.first_bytes);
+            let result = match acceptor {
+                None => serve_connection(&builder, watcher, TokioIo::new(io), service, peer, None).await,
+                Some(acceptor) => match tokio::time::timeout(limits.first_bytes, acceptor.accept(io)).await {
+                    Ok(Ok(stream)) => {
+                        let id = crate::control_plane::mtls::peer_identity(stream.get_ref().1.peer_certificates());
+                        serve_connection(&builder, watcher, TokioIo::new(stream), service, peer, id).await
+                    }
+                    Ok(Err(e)) => {
+                        tracing::debug!(%peer, error = %e, "TLS handshake refused");
+                        Ok(())
+                    }
+                    Err(_) => Ok(()),
+                },
+            };
+            if let Err(e) = result {
                 tracing::debug!(%peer, error = %e, "connection ended with an error");
             }
             drop(permit);
@@ -117,6 +149,33 @@ where
     }
     drop(listener);
     graceful.shutdown().await;
+}
+
+/// Serves one connection's requests, each with the peer's address (and proven identity) attached.
+async fn serve_connection<I, S>(
+    builder: &auto::Builder<TokioExecutor>,
+    watcher: hyper_util::server::graceful::Watcher,
+    io: TokioIo<I>,
+    service: S,
+    peer: std::net::SocketAddr,
+    identity: Option<SpiffeId>,
+) -> Result<(), Box<dyn std::error::Error + Send + Sync>>
+where
+    I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    S: tower::Service<Request, Response = Response, Error = Infallible> + Clone + Send + 'static,
+    S::Future: Send + 'static,
+{
+    let handler = TowerToHyperService::new(tower::service_fn(move |req: hyper::Request<hyper::body::Incoming>| {
+        let mut req = req.map(axum::body::Body::new);
+        req.extensions_mut().insert(ConnectInfo(peer));
+        if let Some(id) = &identity {
+            req.extensions_mut().insert(PeerIdentity(id.clone()));
+        }
+        service.clone().oneshot(req)
+    }));
+    watcher
+        .watch(builder.serve_connection_with_upgrades(io, handler).into_owned())
+        .await
 }
 
 /// A connection that must send its first bytes before a deadline: a client that connects and stays silent (a

@@ -15,6 +15,7 @@ use super::app_channel::{AppChannel, HealthProbe};
 use super::args::{Args, Mode};
 use super::components::{ComponentLoader, ComponentTable, Loaded, References};
 use super::hot_reload;
+use super::identity;
 use super::http;
 use super::invoke::{self, Invoker};
 use super::metadata::{AppConnection, AppHealthInfo, SidecarMetadata};
@@ -29,6 +30,8 @@ use crate::api::{Component, Configuration};
 use crate::components::nameresolution::{self, NameResolver};
 use crate::components::{Kind, Metadata, Registry};
 use crate::control_plane::SidecarResources;
+use crate::control_plane::identity::SpiffeId;
+use crate::control_plane::mtls::WorkloadIdentity;
 use crate::control_plane::operator_client::OperatorClient;
 use crate::resiliency::Resiliency;
 
@@ -74,6 +77,9 @@ pub struct Plan {
     probe: Option<HealthProbe>,
     app_connection: AppConnection,
     name_resolution: NameResolutionSpec,
+    /// The workload identity for mTLS, when enabled; its renewal stops with `renewal`.
+    identity: Option<Arc<WorkloadIdentity>>,
+    renewal: CancellationToken,
 }
 
 /// Step 1: settings, Configuration and resources — from files, or from the operator in Kubernetes mode.
@@ -152,6 +158,13 @@ pub async fn build(args: &Args, defaults: Defaults, registry: Arc<Registry>) -> 
     if name_resolution.component.is_empty() {
         name_resolution.component = nameresolution::default_component(args.mode == Mode::Kubernetes).to_owned();
     }
+    let renewal = CancellationToken::new();
+    let identity = if args.enable_mtls {
+        let expected = SpiffeId::new(acl.trust_domain(), &args.namespace, &args.app_id).map_err(anyhow::Error::msg)?;
+        Some(identity::obtain(&expected, operator.as_ref(), renewal.clone()).await?)
+    } else {
+        None
+    };
     Ok(Plan {
         registry,
         config: Arc::new(config),
@@ -166,6 +179,8 @@ pub async fn build(args: &Args, defaults: Defaults, registry: Arc<Registry>) -> 
         probe,
         app_connection,
         name_resolution,
+        identity,
+        renewal,
     })
 }
 
@@ -337,6 +352,27 @@ pub async fn serve(
     for l in listeners.grpc {
         servers.spawn(server::serve(l, grpc_api.clone(), shutdown.clone(), Limits::API));
     }
+    let tls = match &plan.identity {
+        Some(identity) => Some(identity.server_config().map_err(anyhow::Error::msg)?),
+        None => {
+            if !is_loopback(&args.dapr_internal_grpc_listen_address) {
+                tracing::warn!(
+                    address = %args.dapr_internal_grpc_listen_address,
+                    "the internal port serves other sidecars on a non-loopback address without mTLS: anyone who \
+                     reaches it can call the app and claim any caller app id; use --enable-mtls, or \
+                     --dapr-internal-grpc-listen-address 127.0.0.1 on a single machine"
+                );
+            }
+            None
+        }
+    };
+    {
+        let (renewal, shutdown) = (plan.renewal.clone(), shutdown.clone());
+        tokio::spawn(async move {
+            shutdown.cancelled().await;
+            renewal.cancel();
+        });
+    }
     let internal = axum::Router::new()
         .fallback(move |req: axum::extract::Request| {
             let callee = callee.clone();
@@ -344,7 +380,13 @@ pub async fn serve(
         })
         .layer(axum::middleware::from_fn(http::catch_panic));
     for l in listeners.internal {
-        servers.spawn(server::serve(l, internal.clone(), shutdown.clone(), Limits::API));
+        servers.spawn(server::serve_with(
+            l,
+            internal.clone(),
+            shutdown.clone(),
+            Limits::API,
+            tls.clone(),
+        ));
     }
     tracing::info!(
         app_id = %args.app_id,
@@ -370,6 +412,10 @@ pub async fn serve(
         },
     ));
     Ok((Serving { rt, servers }, init))
+}
+
+fn is_loopback(address: &str) -> bool {
+    address == "localhost" || address.parse::<std::net::IpAddr>().is_ok_and(|ip| ip.is_loopback())
 }
 
 fn metrics_router(metrics: Arc<Metrics>) -> axum::Router {
@@ -433,10 +479,16 @@ async fn assemble(args: &Args, plan: &Plan, ports: &Ports) -> anyhow::Result<Ass
         app_id: args.app_id.clone(),
         app: plan.channel.clone(),
         acl: plan.acl.clone(),
+        mtls: plan.identity.is_some(),
     });
+    let mesh = match &plan.identity {
+        Some(identity) => invoke::mesh::Mesh::mtls(identity.clone()),
+        None => invoke::mesh::Mesh::plain(),
+    };
     let invoker = Arc::new(
         Invoker::new(&args.app_id, &args.namespace, ports.internal, resolver, callee.clone())
             .with_trust_domain(plan.acl.trust_domain())
+            .with_mesh(mesh)
             .with_resiliency(plan.resiliency.clone()),
     );
     let metadata = SidecarMetadata::new(

@@ -410,6 +410,14 @@ fn rbac_grants_only_what_each_role_needs() {
     for verb in ["get", "create", "update"] {
         assert!(has(&election, "coordination.k8s.io", "leases", verb));
     }
+    // The certificate authority's trust bundle, in the operator's own namespace only: it may create the Secret
+    // and ConfigMap, and read or change no other.
+    assert!(has(&election, "", "secrets", "create") && has(&election, "", "configmaps", "create"));
+    for (_, r, v, names) in &election {
+        if (r == "secrets" || r == "configmaps") && v != "create" {
+            assert_eq!(names, &["dapr-trust-bundle"], "{r} {v} reaches only the trust bundle");
+        }
+    }
 
     let injector = grants(find(&docs, "ClusterRole", "tandem-injector"));
     assert_eq!(

@@ -1,6 +1,7 @@
 //! Who is calling: the bearer token (a projected ServiceAccount token, audience `tandem-api`) is verified with a
 //! TokenReview; the namespace comes from the authenticated `system:serviceaccount:<ns>:<sa>` user and, when the
-//! token is bound to a pod, the app id from that pod's `dapr.io/app-id` annotation.
+//! app id from the pod the token is bound to (its `dapr.io/app-id` annotation, else its name, as Dapr's Sentry
+//! decides). A token bound to no pod names no app and may ask for none.
 
 use std::collections::HashMap;
 use std::sync::Mutex;
@@ -14,6 +15,9 @@ use kube::{Client, ResourceExt};
 
 use super::ApiError;
 use crate::operator::workload::ANNOTATION_APP_ID;
+
+/// The pod annotation naming the app's Configuration.
+const ANNOTATION_CONFIG: &str = "dapr.io/config";
 
 /// The TokenReview `extra` key naming the pod a bound token belongs to.
 const POD_NAME_EXTRA: &str = "authentication.kubernetes.io/pod-name";
@@ -29,8 +33,10 @@ pub struct Caller {
     pub service_account: String,
     /// The pod the token is bound to, if any.
     pub pod: Option<String>,
-    /// That pod's `dapr.io/app-id`, if set: the only app id the caller may ask for.
+    /// That pod's app id: the only app id the caller may ask for.
     pub app_id: Option<String>,
+    /// That pod's `dapr.io/config`: the Configuration naming its trust domain.
+    pub config: Option<String>,
 }
 
 impl Caller {
@@ -42,16 +48,28 @@ impl Caller {
                 self.namespace
             )));
         }
-        if let (Some(asked), Some(own)) = (app_id, self.app_id.as_deref())
-            && asked != own
-        {
-            return Err(ApiError::forbidden(format!(
-                "pod {}/{} runs app {own:?} and may not read the resources of app {asked:?}",
-                self.namespace,
-                self.pod.as_deref().unwrap_or_default()
-            )));
+        if let Some(asked) = app_id {
+            let own = self.own_app_id()?;
+            if asked != own {
+                return Err(ApiError::forbidden(format!(
+                    "pod {}/{} runs app {own:?} and may not read the resources of app {asked:?}",
+                    self.namespace,
+                    self.pod.as_deref().unwrap_or_default()
+                )));
+            }
         }
         Ok(())
+    }
+
+    /// The app id of the pod the token is bound to; a token bound to no pod proves no app id.
+    pub fn own_app_id(&self) -> Result<&str, ApiError> {
+        self.app_id.as_deref().ok_or_else(|| {
+            ApiError::forbidden(format!(
+                "the token of ServiceAccount {}/{} is not bound to a pod, so it proves no app id; present the \
+                 projected token the kubelet mounts in the pod",
+                self.namespace, self.service_account
+            ))
+        })
     }
 }
 
@@ -144,8 +162,8 @@ impl Authenticator {
             .unwrap_or_default()
             .remove(POD_NAME_EXTRA)
             .and_then(|v| v.into_iter().next());
-        let app_id = match &pod {
-            None => None,
+        let (app_id, config) = match &pod {
+            None => (None, None),
             Some(name) => {
                 let pods: Api<Pod> = Api::namespaced(self.client.clone(), namespace);
                 let pod = pods.get_opt(name).await.map_err(|e| {
@@ -154,10 +172,14 @@ impl Authenticator {
                 let pod = pod.ok_or_else(|| {
                     ApiError::unauthenticated(format!("the token's pod {namespace}/{name} no longer exists"))
                 })?;
-                pod.annotations()
-                    .get(ANNOTATION_APP_ID)
-                    .map(|id| id.trim().to_owned())
-                    .filter(|id| !id.is_empty())
+                let annotation = |key: &str| {
+                    pod.annotations()
+                        .get(key)
+                        .map(|v| v.trim().to_owned())
+                        .filter(|v| !v.is_empty())
+                };
+                let app_id = annotation(ANNOTATION_APP_ID).unwrap_or_else(|| name.clone());
+                (Some(app_id), annotation(ANNOTATION_CONFIG))
             }
         };
         Ok(Caller {
@@ -165,6 +187,7 @@ impl Authenticator {
             service_account: service_account.into(),
             pod,
             app_id,
+            config,
         })
     }
 }

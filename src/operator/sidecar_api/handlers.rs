@@ -1,4 +1,5 @@
-//! The sidecar API's three endpoints: list what applies to an app, get a Configuration, watch for changes.
+//! The sidecar API's endpoints: list what applies to an app, get a Configuration, watch for changes, and sign the
+//! app's workload certificate.
 
 use std::sync::Arc;
 
@@ -15,7 +16,11 @@ use tracing::{Instrument, instrument};
 use super::cache::Change;
 use super::{ApiError, ApiState, Caller};
 use crate::control_plane::kinds::{DaprKind, DaprResource};
-use crate::control_plane::wire::{EventType, ResourceEvent, SidecarResources, heartbeat_line};
+use crate::control_plane::identity::SpiffeId;
+use crate::control_plane::wire::{
+    CertificateRequest, CertificateResponse, EventType, ResourceEvent, SidecarResources, heartbeat_line,
+};
+use crate::operator::ca;
 use crate::operator::secrets;
 
 #[derive(Debug, Deserialize)]
@@ -174,4 +179,63 @@ async fn event_line(st: &ApiState, change: &Change, namespace: &str, app_id: &st
         }
     };
     Some(ResourceEvent { event_type, resource }.to_line())
+}
+
+/// `POST /v1/certificate`: a workload certificate for the app of the pod the caller's token is bound to, in the
+/// trust domain of that pod's Configuration, valid as long as the `daprsystem` Configuration says. What the
+/// request asks for besides its public key is ignored: the identity is the pod's, never the caller's claim.
+#[instrument(skip_all)]
+pub async fn certificate(
+    State(st): State<ApiState>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Result<Json<CertificateResponse>, ApiError> {
+    let Some(authority) = st.ca.clone() else {
+        return Err(ApiError::not_found(
+            "ERR_CA_DISABLED",
+            "this operator does not issue certificates (mTLS is disabled in the chart)",
+        ));
+    };
+    let caller = st.auth.authenticate(&headers).await?;
+    let app_id = caller.own_app_id()?.to_owned();
+    let req: CertificateRequest = serde_json::from_slice(&body)
+        .map_err(|e| ApiError::bad_request(format!("the body is not a certificate request {{\"csr\": PEM}}: {e}")))?;
+    if !st.cache.is_synced() {
+        return Err(ApiError::not_ready());
+    }
+    let trust_domain = match caller.config.as_deref() {
+        None => "public".to_owned(),
+        Some(name) => match st.cache.get(DaprKind::Configuration, &caller.namespace, name).as_deref() {
+            Some(DaprResource::Configuration(c)) => c
+                .spec
+                .access_control
+                .as_ref()
+                .map(|a| a.trust_domain.trim().to_owned())
+                .filter(|td| !td.is_empty())
+                .unwrap_or_else(|| "public".into()),
+            _ => "public".to_owned(),
+        },
+    };
+    let id = SpiffeId::new(&trust_domain, &caller.namespace, &app_id).map_err(ApiError::bad_request)?;
+    let system = st
+        .cache
+        .get(DaprKind::Configuration, &st.system_namespace, ca::SYSTEM_CONFIGURATION);
+    let settings = ca::mtls_settings(match system.as_deref() {
+        Some(DaprResource::Configuration(c)) => Some(c),
+        _ => None,
+    });
+    let issued = authority
+        .sign(&req.csr, &id, settings.workload_cert_ttl, settings.allowed_clock_skew)
+        .map_err(ApiError::bad_request)?;
+    tracing::info!(%id, pod = caller.pod.as_deref().unwrap_or_default(), "issued a workload certificate");
+    Ok(Json(CertificateResponse {
+        spiffe_id: id.to_string(),
+        certificate_chain: issued.chain_pem,
+        trust_bundle: issued.trust_bundle_pem,
+        valid_until: issued
+            .not_after
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_secs())
+            .unwrap_or(0),
+    }))
 }

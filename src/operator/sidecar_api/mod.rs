@@ -39,6 +39,10 @@ pub struct ApiState {
     pub heartbeat: Duration,
     /// Ends open watch streams so that the server can stop.
     pub shutdown: CancellationToken,
+    /// Signs workload certificates, when the operator is the certificate authority.
+    pub ca: Option<Arc<crate::operator::ca::Authority>>,
+    /// The operator's namespace, where the `daprsystem` Configuration sets certificate lifetimes.
+    pub system_namespace: String,
 }
 
 impl ApiState {
@@ -49,7 +53,16 @@ impl ApiState {
             client,
             heartbeat: HEARTBEAT,
             shutdown,
+            ca: None,
+            system_namespace: "default".into(),
         }
+    }
+
+    /// Issues workload certificates with `ca`; `system_namespace` holds the `daprsystem` Configuration.
+    pub fn with_ca(mut self, ca: Arc<crate::operator::ca::Authority>, system_namespace: &str) -> Self {
+        self.ca = Some(ca);
+        self.system_namespace = system_namespace.into();
+        self
     }
 }
 
@@ -58,6 +71,7 @@ pub fn router(state: ApiState) -> Router {
         .route("/v1/resources", get(handlers::resources))
         .route("/v1/configurations/{name}", get(handlers::configuration))
         .route("/v1/watch", get(handlers::watch))
+        .route("/v1/certificate", axum::routing::post(handlers::certificate))
         .with_state(state)
 }
 

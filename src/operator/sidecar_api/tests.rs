@@ -41,6 +41,9 @@ async fn fake_apiserver(
                     "token-pod" => json!({"authenticated": true,
                         "user": {"username": "system:serviceaccount:shop:checkout",
                             "extra": {"authentication.kubernetes.io/pod-name": ["checkout-abc"]}}}),
+                    "token-payments" => json!({"authenticated": true,
+                        "user": {"username": "system:serviceaccount:shop:default",
+                            "extra": {"authentication.kubernetes.io/pod-name": ["payments-1"]}}}),
                     "token-user" => json!({"authenticated": true, "user": {"username": "alice"}}),
                     _ => json!({"authenticated": false, "error": "invalid bearer token"}),
                 };
@@ -53,6 +56,13 @@ async fn fake_apiserver(
                 &json!({"apiVersion": "v1", "kind": "Pod",
                     "metadata": {"name": "checkout-abc", "namespace": "shop",
                         "annotations": {"dapr.io/app-id": "checkout"}}}),
+            ),
+            // No dapr.io/app-id: the app id is the pod's name, as Dapr's Sentry decides.
+            (Method::GET, "/api/v1/namespaces/shop/pods/payments-1") => json_response(
+                StatusCode::OK,
+                &json!({"apiVersion": "v1", "kind": "Pod",
+                    "metadata": {"name": "payments-1", "namespace": "shop",
+                        "annotations": {"dapr.io/app-id": "payments", "dapr.io/config": "appconfig"}}}),
             ),
             (Method::GET, "/api/v1/namespaces/shop/secrets/redis") => json_response(
                 StatusCode::OK,
@@ -187,7 +197,7 @@ fn names<T>(items: &[T], name: impl Fn(&T) -> Option<&String>) -> Vec<String> {
 #[tokio::test]
 async fn resources_are_namespaced_scoped_and_have_secrets_resolved() {
     let h = Harness::start().await;
-    let loaded = h.client("token-shop").resources("checkout").await.unwrap();
+    let loaded = h.client("token-pod").resources("checkout").await.unwrap();
     assert_eq!(names(&loaded.components, |c| c.metadata.name.as_ref()), ["store"]);
     let md = &loaded.components[0].spec.metadata;
     assert_eq!(md[1].name, "redisPassword");
@@ -197,13 +207,15 @@ async fn resources_are_namespaced_scoped_and_have_secrets_resolved() {
     assert_eq!(names(&loaded.http_endpoints, |e| e.metadata.name.as_ref()), ["billing"]);
     assert_eq!(names(&loaded.resiliencies, |r| r.metadata.name.as_ref()), ["retries"]);
 
-    let payments = h.client("token-shop").resources("payments").await.unwrap();
+    let payments = h.client("token-payments").resources("payments").await.unwrap();
     assert_eq!(
         names(&payments.components, |c| c.metadata.name.as_ref()),
         ["private", "store"]
     );
     assert!(payments.subscriptions.is_empty(), "orders is scoped to checkout");
-    assert_eq!(h.reviews.load(Ordering::SeqCst), 1, "the token review is reused");
+    assert_eq!(h.reviews.load(Ordering::SeqCst), 2);
+    h.client("token-pod").resources("checkout").await.unwrap();
+    assert_eq!(h.reviews.load(Ordering::SeqCst), 2, "the token review is reused");
 }
 
 #[tokio::test]
@@ -250,6 +262,11 @@ async fn callers_must_authenticate_and_stay_in_their_namespace_and_app() {
     let err = other_ns.configuration("appconfig").await.unwrap_err();
     assert_eq!(err.status(), Some(403), "{err}");
 
+    // A token bound to no pod proves no app id: it may read its namespace's Configurations, no app's resources.
+    let err = h.client("token-shop").resources("checkout").await.unwrap_err();
+    assert_eq!(err.status(), Some(403), "{err}");
+    assert!(err.to_string().contains("not bound to a pod"), "{err}");
+
     let pod = h.client("token-pod");
     let err = pod.resources("payments").await.unwrap_err();
     assert_eq!(err.status(), Some(403), "{err}");
@@ -273,7 +290,7 @@ async fn next_event(stream: &mut (impl Stream<Item = Result<ResourceEvent, Clien
 #[tokio::test]
 async fn watch_streams_changes_the_app_sees() {
     let h = Harness::start().await;
-    let client = h.client("token-shop");
+    let client = h.client("token-pod");
     let loaded = client.resources("checkout").await.unwrap();
     let mut events = Box::pin(client.watch_from("checkout", loaded));
     h.watchers(1).await;
@@ -330,7 +347,7 @@ async fn watch_streams_changes_the_app_sees() {
 #[tokio::test]
 async fn watch_reconnects_and_reports_what_changed_meanwhile() {
     let h = Harness::start().await;
-    let client = h.client("token-shop");
+    let client = h.client("token-pod");
     let mut events = Box::pin(client.watch("checkout"));
     h.watchers(1).await;
     h.cache.apply(store("shop", &[], "redis-2:6379"));
@@ -374,7 +391,7 @@ async fn https_is_served_with_the_given_certificate() {
     let addr = listener.local_addr().unwrap();
     tokio::spawn(serve(listener, router(h.state.clone()), Some(config), h.stop.clone()));
     let token = h.dir.path().join("token");
-    std::fs::write(&token, "token-shop").unwrap();
+    std::fs::write(&token, "token-pod").unwrap();
     let ca = std::fs::read(testdata.join("ca.crt")).unwrap();
     let client = OperatorClient::builder(&format!("https://localhost:{}", addr.port()))
         .token_file(&token)
@@ -395,4 +412,51 @@ async fn https_is_served_with_the_given_certificate() {
         err.contains("--tls-cert-file") && err.contains("no PEM certificate"),
         "{err}"
     );
+}
+
+#[tokio::test]
+async fn certificates_carry_the_identity_of_the_tokens_pod_never_the_callers_claim() {
+    use crate::control_plane::identity::{SpiffeId, key_and_csr};
+    use crate::control_plane::mtls::{Credentials, WorkloadIdentity};
+    use crate::operator::ca::Authority;
+
+    let h = Harness::start().await;
+    let (authority, _) = Authority::generate("cluster.local").unwrap();
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let state = h.state.clone().with_ca(Arc::new(authority), "tandem-system");
+    tokio::spawn(serve(listener, router(state), None, h.stop.clone()));
+    let client = |token: &str| {
+        let path = h.dir.path().join(token);
+        std::fs::write(&path, token).unwrap();
+        OperatorClient::builder(&format!("http://{addr}")).token_file(&path).build().unwrap()
+    };
+    // The request asks to be an admin elsewhere; the certificate names the pod's app in the pod's namespace,
+    // in the trust domain of the pod's Configuration (none here: public).
+    let (key, csr) = key_and_csr(&SpiffeId::new("evil", "kube-system", "admin").unwrap()).unwrap();
+    let signed = client("token-pod").certificate(&csr).await.unwrap();
+    assert_eq!(signed.spiffe_id, "spiffe://public/ns/shop/checkout");
+    let creds = Credentials {
+        chain_pem: signed.certificate_chain,
+        key_pem: key.serialize_pem(),
+    };
+    let identity = WorkloadIdentity::new(&creds, &signed.trust_bundle).unwrap();
+    assert_eq!(identity.id().to_string(), "spiffe://public/ns/shop/checkout");
+    let left = signed.valid_until.saturating_sub(
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_secs(),
+    );
+    assert!((23 * 3600..=24 * 3600).contains(&left), "Dapr's default 24h lifetime, got {left}s");
+
+    let err = client("token-shop").certificate(&csr).await.unwrap_err();
+    assert_eq!(err.status(), Some(403), "an unbound token proves no app: {err}");
+    let err = client("bad").certificate(&csr).await.unwrap_err();
+    assert_eq!(err.status(), Some(401), "{err}");
+    let err = client("token-pod").certificate("not a csr").await.unwrap_err();
+    assert_eq!(err.status(), Some(400), "{err}");
+    // Without a certificate authority the endpoint says so.
+    let err = h.client("token-pod").certificate(&csr).await.unwrap_err();
+    assert_eq!(err.status(), Some(404), "{err}");
 }

@@ -15,11 +15,14 @@ use super::headers::{self, CALLER_APP_ID, CALLER_NAMESPACE, MODE};
 use crate::api::access_control::{AccessControl, CallerIdentity};
 use crate::sidecar::app_channel::{AppChannel, AppProtocol};
 use crate::sidecar::error::ApiError;
+use crate::sidecar::server::PeerIdentity;
 
 pub struct Callee {
     pub app_id: String,
     pub app: Option<Arc<AppChannel>>,
     pub acl: Arc<AccessControl>,
+    /// With mTLS the caller is who its certificate says, never what its headers claim.
+    pub mtls: bool,
 }
 
 /// Which kind of call arrived.
@@ -54,16 +57,32 @@ impl Callee {
             Some("grpc") => Mode::Grpc,
             _ => Mode::Http,
         };
-        let caller = CallerIdentity {
-            app_id: headers::get(req.headers(), CALLER_APP_ID)
-                .unwrap_or_default()
-                .to_owned(),
-            namespace: headers::get(req.headers(), CALLER_NAMESPACE)
-                .unwrap_or_default()
-                .to_owned(),
-            trust_domain: headers::get(req.headers(), headers::CALLER_TRUST_DOMAIN)
-                .unwrap_or_default()
-                .to_owned(),
+        let caller = if self.mtls {
+            let Some(PeerIdentity(id)) = req.extensions().get::<PeerIdentity>().cloned() else {
+                return error_response(
+                    mode,
+                    ApiError::permission_denied(&self.app_id, "the caller presented no workload certificate"),
+                );
+            };
+            // The app sees the proven identity: whatever the request claimed is replaced.
+            headers::set_caller(req.headers_mut(), &id.app_id, &id.namespace);
+            CallerIdentity {
+                app_id: id.app_id,
+                namespace: id.namespace,
+                trust_domain: id.trust_domain,
+            }
+        } else {
+            CallerIdentity {
+                app_id: headers::get(req.headers(), CALLER_APP_ID)
+                    .unwrap_or_default()
+                    .to_owned(),
+                namespace: headers::get(req.headers(), CALLER_NAMESPACE)
+                    .unwrap_or_default()
+                    .to_owned(),
+                trust_domain: headers::get(req.headers(), headers::CALLER_TRUST_DOMAIN)
+                    .unwrap_or_default()
+                    .to_owned(),
+            }
         };
         let operation = req.uri().path().to_owned();
         let verb = (mode == Mode::Http).then(|| req.method().as_str().to_owned());

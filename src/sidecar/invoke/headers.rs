@@ -61,6 +61,14 @@ pub fn prepare_outgoing(
     }
 }
 
+/// Replaces the caller identity headers with a proven identity.
+pub fn set_caller(h: &mut HeaderMap, app_id: &str, namespace: &str) {
+    h.remove(CALLER_APP_ID);
+    h.remove(CALLER_NAMESPACE);
+    set(h, CALLER_APP_ID, app_id);
+    set(h, CALLER_NAMESPACE, namespace);
+}
+
 /// Removes the internal protocol headers before a request reaches the app.
 pub fn strip_internal(h: &mut HeaderMap) {
     strip_hop_by_hop(h);

@@ -4,6 +4,7 @@
 pub mod callee;
 pub mod endpoints;
 pub mod headers;
+pub mod mesh;
 pub mod target;
 
 use std::net::SocketAddr;
@@ -14,10 +15,9 @@ use axum::body::Body;
 use axum::http::{HeaderMap, HeaderName, HeaderValue, Request, Response, Uri};
 use bytes::Bytes;
 use http_body_util::BodyExt;
-use hyper_util::client::legacy::Client;
-use hyper_util::client::legacy::connect::HttpConnector;
 
-use crate::sidecar::net::{h2c_client, source_chain};
+use crate::sidecar::net::source_chain;
+use mesh::Mesh;
 pub use callee::{Callee, Mode};
 use endpoints::{Endpoints, HttpsClient, https_client};
 use target::Target;
@@ -35,7 +35,8 @@ pub struct Invoker {
     /// This sidecar's internal port: resolvers answer with the callee's address on the same port, as in Dapr.
     pub internal_port: u16,
     resolver: Arc<dyn NameResolver>,
-    internal: Client<HttpConnector, Body>,
+    /// Connections to other sidecars (mTLS when this sidecar has a workload identity).
+    mesh: Mesh,
     external: HttpsClient,
     endpoints: Arc<Endpoints>,
     /// Calls to this app itself skip the network.
@@ -58,7 +59,7 @@ impl Invoker {
             namespace: namespace.into(),
             internal_port,
             resolver,
-            internal: h2c_client(),
+            mesh: Mesh::plain(),
             external: https_client(),
             endpoints: Arc::default(),
             local,
@@ -71,6 +72,12 @@ impl Invoker {
     /// Timeouts, retries and circuit breakers for app targets.
     pub fn with_resiliency(mut self, resiliency: Arc<Resiliency>) -> Self {
         self.resiliency = resiliency;
+        self
+    }
+
+    /// Calls other sidecars over mutual TLS with `identity`.
+    pub fn with_mesh(mut self, mesh: Mesh) -> Self {
+        self.mesh = mesh;
         self
     }
 
@@ -132,7 +139,12 @@ impl Invoker {
         );
         parts.uri = path.parse().map_err(|e: axum::http::uri::InvalidUri| fail(&e))?;
         if app_id == self.app_id && namespace == self.namespace {
-            return Ok(self.local.handle(Request::from_parts(parts, body)).await);
+            let mut req = Request::from_parts(parts, body);
+            if let Some(identity) = self.mesh.identity() {
+                req.extensions_mut()
+                    .insert(crate::sidecar::server::PeerIdentity(identity.id().clone()));
+            }
+            return Ok(self.local.handle(req).await);
         }
         let replay = replayable(&parts.headers, body).await.map_err(|e| fail(&e))?;
         let request = ResolveRequest {
@@ -197,17 +209,21 @@ impl Invoker {
             })?,
         };
         let mut req = Request::from_parts(call.parts.clone(), body);
-        *req.uri_mut() = format!("http://{addr}{}", call.path)
+        *req.uri_mut() = format!("{}://{addr}{}", self.mesh.scheme(), call.path)
             .parse()
             .map_err(|e: axum::http::uri::InvalidUri| AttemptError::Other(e.to_string()))?;
         *req.version_mut() = axum::http::Version::HTTP_2;
-        match self.internal.request(req).await {
+        match self
+            .mesh
+            .request(&call.request.namespace, &call.request.app_id, req)
+            .await
+        {
             Ok(resp) => Ok(resp.map(Body::new)),
             Err(e) if e.is_connect() => {
                 self.resolver.invalidate(call.request);
-                Err(AttemptError::Transport(format!("{e}: {}", source_chain(&e))))
+                Err(AttemptError::Transport(e.to_string()))
             }
-            Err(e) => Err(AttemptError::Other(format!("{e}: {}", source_chain(&e)))),
+            Err(e) => Err(AttemptError::Other(e.to_string())),
         }
     }
 
