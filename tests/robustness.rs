@@ -271,6 +271,32 @@ async fn numbers_and_option_names_at_their_extremes_are_answered_as_dapr_answers
             "{options}: {body}"
         );
     }
+    // TTLs out of Dapr's range in a bulk save or a transaction (per item or for the whole transaction) refuse
+    // the whole request before anything is written.
+    let (status, body) = call(
+        "POST",
+        &base,
+        r#"[{"key":"t1","value":1},{"key":"t2","value":2,"metadata":{"ttlInSeconds":"2147483648"}}]"#,
+    )
+    .await;
+    assert_eq!((status, error_of(&body).0.as_str()), (500, "ERR_STATE_SAVE"), "{body}");
+    assert_eq!(
+        call("GET", &format!("{base}/t1"), "").await.0,
+        204,
+        "nothing of a refused bulk save is written"
+    );
+    for tx in [
+        r#"{"operations":[{"operation":"upsert","request":{"key":"t1","value":1}},{"operation":"upsert","request":{"key":"t2","value":1,"metadata":{"ttlInSeconds":"-2"}}}]}"#,
+        r#"{"operations":[{"operation":"upsert","request":{"key":"t1","value":1}}],"metadata":{"ttlInSeconds":"9223372036854775808"}}"#,
+    ] {
+        let (status, body) = call("POST", &format!("{base}/transaction"), tx).await;
+        assert_eq!(
+            (status, error_of(&body).0.as_str()),
+            (500, "ERR_STATE_TRANSACTION"),
+            "{tx}: {body}"
+        );
+        assert_eq!(call("GET", &format!("{base}/t1"), "").await.0, 204, "{tx}");
+    }
     for query in ["consistency=weak", "concurrency=sometimes"] {
         let (status, body) = call("DELETE", &format!("{base}/a?{query}"), "").await;
         assert_eq!(
@@ -452,6 +478,19 @@ async fn grpc_numbers_at_their_extremes_and_bounded_errors() {
         assert_eq!(keys, ["g2", "g1"], "parallelism {parallelism}");
         assert!(got.items.iter().all(|i| i.data == b"1"), "parallelism {parallelism}");
     }
+    // Option enums out of range are no option at all, as in Dapr (util.go maps them to "").
+    let mut odd = item("g3");
+    odd.options = Some(dapr::dapr::proto::common::v1::StateOptions {
+        concurrency: 99,
+        consistency: -5,
+    });
+    client
+        .save_state(SaveStateRequest {
+            store_name: "memory".into(),
+            states: vec![odd],
+        })
+        .await
+        .unwrap();
     let huge = "x".repeat(1 << 20);
     let unknown = client
         .get_state(GetStateRequest {
