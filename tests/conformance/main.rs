@@ -480,6 +480,35 @@ async fn redis_failed_writes_leave_foreign_keys_and_etags_are_integers(c: Ctx) {
     assert_eq!(value(&c, "legacy").await.as_deref(), Some("new"));
     let _: () = ::redis::cmd("DEL").arg(&full).query_async(&mut conn).await.unwrap();
 
+    // A hash another writer left with a `version` Redis cannot increment: checked by its etag like any key, and
+    // replaced whole by a write, never half-written.
+    let odd = format!("{}odd", c.rt.store("s").unwrap().prefix());
+    let _: () = ::redis::cmd("HSET")
+        .arg(&odd)
+        .arg("data")
+        .arg("theirs")
+        .arg("version")
+        .arg("v1.0")
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    let stale = [
+        TxOp::Upsert(item("first", "1")),
+        TxOp::Upsert(with_etag(item("odd", "x"), "1")),
+    ];
+    c.rt.transact("s", &stale).await.unwrap_err();
+    assert_eq!(value(&c, "first").await, None);
+    c.rt.transact(
+        "s",
+        &[TxOp::Upsert(item("first", "1")), TxOp::Upsert(item("odd", "mine"))],
+    )
+    .await
+    .unwrap();
+    assert_eq!(value(&c, "first").await.as_deref(), Some("1"));
+    assert_eq!(value(&c, "odd").await.as_deref(), Some("mine"));
+    assert_eq!(etag_of(&c, "odd").await, "1");
+    let _: () = ::redis::cmd("DEL").arg(&odd).query_async(&mut conn).await.unwrap();
+
     c.rt.save("s", &[item("v", "1")]).await.unwrap();
     let etag = etag_of(&c, "v").await;
     c.rt.save("s", &[with_etag(item("v", "2"), &format!("+{etag}"))])

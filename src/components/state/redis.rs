@@ -124,7 +124,9 @@ pub async fn build(md: Metadata) -> Result<Arc<dyn StateStore>, ComponentError> 
 /// ARGV per operation: op ("set"/"del"), etag, first-write flag, data, ttl. Checks every operation against the
 /// state the earlier ones leave, and only then writes: nothing is written before every check has passed, so a
 /// failed check (an error reply naming the operation's index and why) leaves every key as it was. A key of
-/// another type (a plain string an older writer left) reads as missing and is replaced only in the write phase.
+/// another type (a plain string an older writer left) reads as missing, and a hash whose `version` is no
+/// integer HINCRBY can raise keeps its etag for the check; both are replaced only in the write phase, so no
+/// write command can fail once writing has begun.
 static TRANSACTION: LazyLock<Script> = LazyLock::new(|| {
     Script::new(
         r#"
@@ -134,7 +136,8 @@ for i, key in ipairs(KEYS) do
   local cur = pending[key]
   if cur == nil then
     cur = redis.pcall("HGET", key, "version")
-    if type(cur) == "table" and cur.err then foreign[key] = true; cur = false end
+    if type(cur) == "table" and cur.err then foreign[key] = true; cur = false
+    elseif cur and (not string.match(cur, "^%-?%d+$") or #cur > 18) then foreign[key] = true end
   end
   local etag = ARGV[a + 2]
   if etag ~= "" then
