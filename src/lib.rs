@@ -5,6 +5,7 @@ pub mod cli;
 pub mod components;
 pub mod control_plane;
 pub mod crdgen;
+pub mod echo;
 pub mod injector;
 pub mod operator;
 pub mod resiliency;

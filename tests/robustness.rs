@@ -14,6 +14,8 @@ use tandem::components::state::{DeleteRequest, Feature, SetRequest, StateError, 
 use tandem::components::{ComponentError, Metadata, Registry};
 use tandem::sidecar::{Defaults, PortPolicy, Sidecar};
 
+use dapr::dapr::proto::runtime::v1 as runtime_v1;
+
 /// A state store with a bug: reading key `boom` panics — the first time while it holds its own lock.
 struct Buggy {
     inner: MemoryStore,
@@ -175,6 +177,350 @@ async fn ttls_beyond_daprs_range_are_refused_and_the_longest_one_reads_back() {
     assert_eq!((status, value.as_str()), (200, "1"));
     // The store still serves everyone after the refused ones.
     assert_eq!(call("POST", &base, r#"[{"key":"u","value":3}]"#).await.0, 204);
+    sidecar.rt.shutdown.cancel();
+    sidecar.wait().await.unwrap();
+}
+
+/// JSON error body `(errorCode, message)` of an answer.
+fn error_of(body: &str) -> (String, String) {
+    let v: serde_json::Value = serde_json::from_str(body).unwrap_or_else(|e| panic!("{e}: {body}"));
+    (
+        v["errorCode"].as_str().unwrap_or_default().to_owned(),
+        v["message"].as_str().unwrap_or_default().to_owned(),
+    )
+}
+
+#[tokio::test]
+async fn numbers_and_option_names_at_their_extremes_are_answered_as_dapr_answers_them() {
+    let dir = tempfile::tempdir().unwrap();
+    let sidecar = start(&dir).await;
+    let base = format!("http://127.0.0.1:{}/v1.0/state/memory", sidecar.ports.http);
+    assert_eq!(
+        call("POST", &base, r#"[{"key":"a","value":1},{"key":"b","value":2}]"#)
+            .await
+            .0,
+        204
+    );
+
+    // Bulk get: any 64-bit parallelism is served (Dapr runs every key at once for 0 or less); what is not a
+    // 64-bit integer is a malformed body.
+    for p in ["-1", "0", "1", "9223372036854775807", "-9223372036854775808"] {
+        let (status, body) = call(
+            "POST",
+            &format!("{base}/bulk"),
+            &format!(r#"{{"keys":["b","a"],"parallelism":{p}}}"#),
+        )
+        .await;
+        assert_eq!(status, 200, "parallelism {p}: {body}");
+        let items: Vec<serde_json::Value> = serde_json::from_str(&body).unwrap();
+        let got: Vec<(&str, &serde_json::Value)> =
+            items.iter().map(|i| (i["key"].as_str().unwrap(), &i["data"])).collect();
+        assert_eq!(
+            got,
+            [("b", &serde_json::json!(2)), ("a", &serde_json::json!(1))],
+            "parallelism {p}"
+        );
+    }
+    for p in ["1.5", r#""2""#, "1e30", "9223372036854775808"] {
+        let (status, body) = call(
+            "POST",
+            &format!("{base}/bulk"),
+            &format!(r#"{{"keys":["a"],"parallelism":{p}}}"#),
+        )
+        .await;
+        assert_eq!(
+            (status, error_of(&body).0.as_str()),
+            (400, "ERR_MALFORMED_REQUEST"),
+            "parallelism {p}: {body}"
+        );
+    }
+
+    // Concurrency and consistency names: the known ones work, an unknown one is the store's refusal, answered
+    // with the operation's code and 500 as daprd does.
+    for options in [
+        r#"{"concurrency":"first-write","consistency":"strong"}"#,
+        r#"{"concurrency":"last-write","consistency":"eventual"}"#,
+        r#"{}"#,
+    ] {
+        let body = format!(r#"[{{"key":"o-{}","value":1,"options":{options}}}]"#, options.len());
+        assert_eq!(call("POST", &base, &body).await.0, 204, "{options}");
+    }
+    for (options, why) in [
+        (
+            r#"{"concurrency":"sometimes"}"#,
+            "unrecognized concurrency model 'sometimes'",
+        ),
+        (r#"{"consistency":"weak"}"#, "unrecognized consistency model 'weak'"),
+    ] {
+        let (status, body) = call(
+            "POST",
+            &base,
+            &format!(r#"[{{"key":"o","value":1,"options":{options}}}]"#),
+        )
+        .await;
+        let (code, message) = error_of(&body);
+        assert_eq!((status, code.as_str()), (500, "ERR_STATE_SAVE"), "{options}: {body}");
+        assert!(message.contains(why), "{message}");
+        let tx = format!(
+            r#"{{"operations":[{{"operation":"upsert","request":{{"key":"o","value":1,"options":{options}}}}}]}}"#
+        );
+        let (status, body) = call("POST", &format!("{base}/transaction"), &tx).await;
+        assert_eq!(
+            (status, error_of(&body).0.as_str()),
+            (500, "ERR_STATE_TRANSACTION"),
+            "{options}: {body}"
+        );
+    }
+    // TTLs out of Dapr's range in a bulk save or a transaction (per item or for the whole transaction) refuse
+    // the whole request before anything is written.
+    let (status, body) = call(
+        "POST",
+        &base,
+        r#"[{"key":"t1","value":1},{"key":"t2","value":2,"metadata":{"ttlInSeconds":"2147483648"}}]"#,
+    )
+    .await;
+    assert_eq!((status, error_of(&body).0.as_str()), (500, "ERR_STATE_SAVE"), "{body}");
+    assert_eq!(
+        call("GET", &format!("{base}/t1"), "").await.0,
+        204,
+        "nothing of a refused bulk save is written"
+    );
+    for tx in [
+        r#"{"operations":[{"operation":"upsert","request":{"key":"t1","value":1}},{"operation":"upsert","request":{"key":"t2","value":1,"metadata":{"ttlInSeconds":"-2"}}}]}"#,
+        r#"{"operations":[{"operation":"upsert","request":{"key":"t1","value":1}}],"metadata":{"ttlInSeconds":"9223372036854775808"}}"#,
+    ] {
+        let (status, body) = call("POST", &format!("{base}/transaction"), tx).await;
+        assert_eq!(
+            (status, error_of(&body).0.as_str()),
+            (500, "ERR_STATE_TRANSACTION"),
+            "{tx}: {body}"
+        );
+        assert_eq!(call("GET", &format!("{base}/t1"), "").await.0, 204, "{tx}");
+    }
+    for query in ["consistency=weak", "concurrency=sometimes"] {
+        let (status, body) = call("DELETE", &format!("{base}/a?{query}"), "").await;
+        assert_eq!(
+            (status, error_of(&body).0.as_str()),
+            (500, "ERR_STATE_DELETE"),
+            "{query}: {body}"
+        );
+    }
+    assert_eq!(
+        call("GET", &format!("{base}/a"), "").await,
+        (200, "1".to_owned()),
+        "a refused delete deletes nothing"
+    );
+    // Reads ignore the consistency they are given, as Dapr's stores do.
+    assert_eq!(
+        call("GET", &format!("{base}/a?consistency=weak"), "").await,
+        (200, "1".to_owned())
+    );
+    assert_eq!(
+        call(
+            "DELETE",
+            &format!("{base}/a?consistency=strong&concurrency=last-write"),
+            ""
+        )
+        .await
+        .0,
+        204
+    );
+
+    // Query pages: zero and negative limits return everything, an offset past the end returns nothing, a token
+    // that is no offset is the store's refusal (500 ERR_STATE_QUERY, as in Dapr).
+    let query = format!("http://127.0.0.1:{}/v1.0-alpha1/state/memory/query", sidecar.ports.http);
+    for limit in ["0", "-1", "-9223372036854775808"] {
+        let (status, body) = call("POST", &query, &format!(r#"{{"page":{{"limit":{limit}}}}}"#)).await;
+        assert_eq!(status, 200, "{limit}: {body}");
+        let v: serde_json::Value = serde_json::from_str(&body).unwrap();
+        assert!(v["results"].as_array().unwrap().len() >= 3, "{limit}: {body}");
+        assert!(v.get("token").is_none(), "{body}");
+    }
+    let past_the_end = r#"{"page":{"limit":9223372036854775807,"token":"18446744073709551615"}}"#;
+    assert_eq!(call("POST", &query, past_the_end).await.0, 204);
+    for page in [r#"{"limit":1,"token":"-1"}"#, r#"{"limit":1.5}"#] {
+        let (status, body) = call("POST", &query, &format!(r#"{{"page":{page}}}"#)).await;
+        assert_eq!(
+            (status, error_of(&body).0.as_str()),
+            (500, "ERR_STATE_QUERY"),
+            "{page}: {body}"
+        );
+    }
+    sidecar.rt.shutdown.cancel();
+    sidecar.wait().await.unwrap();
+}
+
+#[tokio::test]
+async fn errors_repeat_only_a_bounded_prefix_of_what_was_sent() {
+    const MB: usize = 1 << 20;
+    let dir = tempfile::tempdir().unwrap();
+    let sidecar = start(&dir).await;
+    let http = format!("http://127.0.0.1:{}", sidecar.ports.http);
+    let base = format!("{http}/v1.0/state/memory");
+    let huge = "x".repeat(MB);
+    let huge_key = format!("k{huge}");
+    let saved = call("POST", &base, &format!(r#"[{{"key":"{huge_key}","value":1}}]"#)).await;
+    assert_eq!(saved.0, 204, "a long key is a valid key");
+    let cases = [
+        (
+            "illegal key",
+            "POST",
+            base.clone(),
+            format!(r#"[{{"key":"a||{huge}","value":1}}]"#),
+            400,
+            "ERR_MALFORMED_REQUEST",
+        ),
+        (
+            "stale etag on a long key",
+            "POST",
+            base.clone(),
+            format!(r#"[{{"key":"{huge_key}","value":2,"etag":"12345"}}]"#),
+            409,
+            "ERR_STATE_SAVE",
+        ),
+        (
+            "unknown store",
+            "GET",
+            format!("{http}/v1.0/state/{}/k", "s".repeat(30_000)),
+            String::new(),
+            400,
+            "ERR_STATE_STORE_NOT_FOUND",
+        ),
+        (
+            "concurrency",
+            "POST",
+            base.clone(),
+            format!(r#"[{{"key":"a","value":1,"options":{{"concurrency":"{huge}"}}}}]"#),
+            500,
+            "ERR_STATE_SAVE",
+        ),
+        (
+            "ttl",
+            "POST",
+            base.clone(),
+            format!(r#"[{{"key":"a","value":1,"metadata":{{"ttlInSeconds":"{huge}"}}}}]"#),
+            500,
+            "ERR_STATE_SAVE",
+        ),
+        (
+            "body",
+            "POST",
+            format!("{base}/bulk"),
+            format!(r#"{{"keys":["a"],"parallelism":"{huge}"}}"#),
+            400,
+            "ERR_MALFORMED_REQUEST",
+        ),
+        (
+            "operation",
+            "POST",
+            format!("{base}/transaction"),
+            format!(r#"{{"operations":[{{"operation":"{huge}","request":{{"key":"a"}}}}]}}"#),
+            400,
+            "ERR_NOT_SUPPORTED_STATE_OPERATION",
+        ),
+        (
+            "query token",
+            "POST",
+            format!("{http}/v1.0-alpha1/state/memory/query"),
+            format!(r#"{{"page":{{"limit":1,"token":"{huge}"}}}}"#),
+            500,
+            "ERR_STATE_QUERY",
+        ),
+    ];
+    for (what, method, url, body, status, code) in cases {
+        let (got, answer) = call(method, &url, &body).await;
+        assert_eq!(
+            (got, error_of(&answer).0.as_str()),
+            (status, code),
+            "{what}: {}",
+            &answer[..answer.len().min(300)]
+        );
+        assert!(answer.len() < 2048, "{what}: the error is {} bytes", answer.len());
+        assert!(answer.contains("bytes)"), "{what}: the cut is marked: {answer}");
+    }
+    sidecar.rt.shutdown.cancel();
+    sidecar.wait().await.unwrap();
+}
+
+#[tokio::test]
+async fn grpc_numbers_at_their_extremes_and_bounded_errors() {
+    use runtime_v1::dapr_client::DaprClient;
+    use runtime_v1::{GetBulkStateRequest, GetStateRequest, SaveStateRequest};
+    let dir = tempfile::tempdir().unwrap();
+    let sidecar = start(&dir).await;
+    let mut client = DaprClient::connect(format!("http://127.0.0.1:{}", sidecar.ports.grpc))
+        .await
+        .unwrap();
+    let item = |key: &str| dapr::dapr::proto::common::v1::StateItem {
+        key: key.to_owned(),
+        value: b"1".to_vec(),
+        ..Default::default()
+    };
+    client
+        .save_state(SaveStateRequest {
+            store_name: "memory".into(),
+            states: vec![item("g1"), item("g2")],
+        })
+        .await
+        .unwrap();
+    for parallelism in [i32::MIN, -1, 0, i32::MAX] {
+        let got = client
+            .get_bulk_state(GetBulkStateRequest {
+                store_name: "memory".into(),
+                keys: vec!["g2".into(), "g1".into()],
+                parallelism,
+                metadata: Default::default(),
+            })
+            .await
+            .unwrap_or_else(|e| panic!("parallelism {parallelism}: {e}"))
+            .into_inner();
+        let keys: Vec<&str> = got.items.iter().map(|i| i.key.as_str()).collect();
+        assert_eq!(keys, ["g2", "g1"], "parallelism {parallelism}");
+        assert!(got.items.iter().all(|i| i.data == b"1"), "parallelism {parallelism}");
+    }
+    // Option enums out of range are no option at all, as in Dapr (util.go maps them to "").
+    let mut odd = item("g3");
+    odd.options = Some(dapr::dapr::proto::common::v1::StateOptions {
+        concurrency: 99,
+        consistency: -5,
+    });
+    client
+        .save_state(SaveStateRequest {
+            store_name: "memory".into(),
+            states: vec![odd],
+        })
+        .await
+        .unwrap();
+    let huge = "x".repeat(1 << 20);
+    let unknown = client
+        .get_state(GetStateRequest {
+            store_name: huge.clone(),
+            key: "k".into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(unknown.code(), tonic::Code::InvalidArgument);
+    assert!(unknown.message().len() < 2048, "{} bytes", unknown.message().len());
+    assert!(
+        unknown.details().len() < 4096,
+        "{} bytes of details",
+        unknown.details().len()
+    );
+    let illegal = client
+        .save_state(SaveStateRequest {
+            store_name: "memory".into(),
+            states: vec![item(&format!("a||{huge}"))],
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(illegal.code(), tonic::Code::InvalidArgument);
+    assert!(illegal.message().len() < 2048, "{} bytes", illegal.message().len());
+    assert!(
+        illegal.details().len() < 4096,
+        "{} bytes of details",
+        illegal.details().len()
+    );
     sidecar.rt.shutdown.cancel();
     sidecar.wait().await.unwrap();
 }

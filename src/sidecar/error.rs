@@ -5,6 +5,7 @@ use tonic::Code;
 
 use crate::components::secretstores::SecretError;
 use crate::components::state::StateError;
+use crate::echo::{bound, echo};
 
 #[derive(Clone, Debug, PartialEq)]
 pub struct ApiError {
@@ -44,13 +45,18 @@ impl std::error::Error for ApiError {}
 
 pub type ApiResult<T> = Result<T, ApiError>;
 
+/// The longest message an error carries (HTTP body, gRPC `grpc-message`), whatever a store put in it.
+pub const MESSAGE_LIMIT: usize = 4096;
+
 impl ApiError {
+    /// An error; a message longer than [`MESSAGE_LIMIT`] is cut (each piece of user input in it is already
+    /// bounded by [`echo`], this bounds what a store's own error text adds).
     pub fn new(status: u16, grpc: Code, code: &'static str, message: impl Into<String>) -> Self {
         ApiError {
             status,
             grpc,
             code,
-            message: message.into(),
+            message: bound(message.into(), MESSAGE_LIMIT),
             reason: None,
             extras: None,
         }
@@ -68,7 +74,7 @@ impl ApiError {
 
     /// Names the resource the error is about (ResourceInfo).
     pub fn on_resource(mut self, kind: &'static str, name: &str) -> Self {
-        self.extras_mut().resource = Some((kind, name.to_owned()));
+        self.extras_mut().resource = Some((kind, echo(name).into()));
         self
     }
 
@@ -106,7 +112,7 @@ impl ApiError {
             400,
             Code::InvalidArgument,
             "ERR_MALFORMED_REQUEST",
-            format!("failed deserializing HTTP body: {detail}"),
+            format!("failed deserializing HTTP body: {}", echo(&detail.to_string())),
         )
     }
     pub fn bad_request(detail: impl std::fmt::Display) -> Self {
@@ -114,7 +120,7 @@ impl ApiError {
             400,
             Code::InvalidArgument,
             "ERR_BAD_REQUEST",
-            format!("invalid request: {detail}"),
+            format!("invalid request: {}", echo(&detail.to_string())),
         )
     }
     pub fn body_read(detail: impl std::fmt::Display) -> Self {
@@ -122,7 +128,7 @@ impl ApiError {
             400,
             Code::InvalidArgument,
             "ERR_BODY_READ",
-            format!("failed to read request body: {detail}"),
+            format!("failed to read request body: {}", echo(&detail.to_string())),
         )
     }
     /// Dapr answers unmatched routes from its service-invocation fallback.
@@ -149,7 +155,7 @@ impl ApiError {
             500,
             Code::Internal,
             "ERR_DIRECT_INVOKE",
-            format!("failed to invoke, id: {id}, err: {err}"),
+            format!("failed to invoke, id: {}, err: {err}", echo(id)),
         )
     }
     /// A gRPC call on the sidecar's port that names no app to proxy it to.
@@ -174,7 +180,10 @@ impl ApiError {
             403,
             Code::PermissionDenied,
             "ERR_DIRECT_INVOKE",
-            format!("failed to invoke, id: {id}, err: rpc error: code = PermissionDenied desc = {detail}"),
+            format!(
+                "failed to invoke, id: {}, err: rpc error: code = PermissionDenied desc = {detail}",
+                echo(id)
+            ),
         )
     }
 
@@ -210,7 +219,7 @@ impl ApiError {
             500,
             Code::FailedPrecondition,
             "ERR_STATE_STORE_NOT_CONFIGURED",
-            format!("state store {name} is not configured"),
+            format!("state store {} is not configured", echo(name)),
         )
         .with_reason("DAPR_STATE_NOT_CONFIGURED")
     }
@@ -219,43 +228,43 @@ impl ApiError {
             400,
             Code::InvalidArgument,
             "ERR_STATE_STORE_NOT_FOUND",
-            format!("state store {name} is not found"),
+            format!("state store {} is not found", echo(name)),
         )
         .with_reason("DAPR_STATE_NOT_FOUND")
     }
     pub fn illegal_key(key: &str) -> Self {
-        let message = format!("input key/keyPrefix '{key}' can't contain '||'");
+        let message = format!("input key/keyPrefix '{}' can't contain '||'", echo(key));
         let mut e = Self::new(400, Code::InvalidArgument, "ERR_MALFORMED_REQUEST", message.clone())
             .with_reason("DAPR_STATE_ILLEGAL_KEY");
-        e.extras_mut().bad_field = Some((key.to_owned(), message));
+        e.extras_mut().bad_field = Some((echo(key).into(), message));
         e
     }
     pub fn state_get(key: &str, store: &str, e: &StateError) -> Self {
         Self::from_state(
             e,
             "ERR_STATE_GET",
-            format!("fail to get {key} from state store {store}: {e}"),
+            format!("fail to get {} from state store {}: {e}", echo(key), echo(store)),
         )
     }
     pub fn state_save(store: &str, e: &StateError) -> Self {
         Self::from_state(
             e,
             "ERR_STATE_SAVE",
-            format!("failed saving state in state store {store}: {e}"),
+            format!("failed saving state in state store {}: {e}", echo(store)),
         )
     }
     pub fn state_delete(key: &str, e: &StateError) -> Self {
         Self::from_state(
             e,
             "ERR_STATE_DELETE",
-            format!("failed deleting state with key {key}: {e}"),
+            format!("failed deleting state with key {}: {e}", echo(key)),
         )
     }
     pub fn state_bulk_delete(store: &str, e: &StateError) -> Self {
         Self::from_state(
             e,
             "ERR_STATE_BULK_DELETE",
-            format!("failed deleting state in state store {store}: {e}"),
+            format!("failed deleting state in state store {}: {e}", echo(store)),
         )
     }
     pub fn state_bulk_get(e: &StateError) -> Self {
@@ -293,7 +302,7 @@ impl ApiError {
             500,
             Code::Internal,
             "ERR_STATE_QUERY",
-            format!("state store {store} query failed: {e}"),
+            format!("state store {} query failed: {e}", echo(store)),
         )
         .with_reason("DAPR_STATE_QUERY_FAILED")
     }
@@ -302,7 +311,7 @@ impl ApiError {
             400,
             Code::Unimplemented,
             "ERR_NOT_SUPPORTED_STATE_OPERATION",
-            format!("operation type {op} not supported"),
+            format!("operation type {} not supported", echo(op)),
         )
     }
     pub fn transactions_not_supported(store: &str) -> Self {
@@ -310,7 +319,7 @@ impl ApiError {
             500,
             Code::Unimplemented,
             "ERR_STATE_STORE_NOT_SUPPORTED",
-            format!("state store {store} doesn't support transactions"),
+            format!("state store {} doesn't support transactions", echo(store)),
         )
         .with_reason("DAPR_STATE_TRANSACTIONS_NOT_SUPPORTED")
     }
@@ -348,7 +357,7 @@ impl ApiError {
             401,
             Code::InvalidArgument,
             "ERR_SECRET_STORE_NOT_FOUND",
-            format!("failed finding secret store with key {name}"),
+            format!("failed finding secret store with key {}", echo(name)),
         )
     }
     pub fn secret_denied(key: &str, store: &str) -> Self {
@@ -356,7 +365,7 @@ impl ApiError {
             403,
             Code::PermissionDenied,
             "ERR_PERMISSION_DENIED",
-            format!("access denied by policy to get {key:?} from {store:?}"),
+            format!("access denied by policy to get {:?} from {:?}", echo(key), echo(store)),
         )
     }
     pub fn secret_get(key: &str, store: &str, e: &SecretError) -> Self {
@@ -364,7 +373,11 @@ impl ApiError {
             500,
             Code::Internal,
             "ERR_SECRET_GET",
-            format!("failed getting secret with key {key} from secret store {store}: {e}"),
+            format!(
+                "failed getting secret with key {} from secret store {}: {e}",
+                echo(key),
+                echo(store)
+            ),
         )
     }
     pub fn bulk_secret_get(store: &str, e: &SecretError) -> Self {
@@ -372,7 +385,7 @@ impl ApiError {
             500,
             Code::Internal,
             "ERR_SECRET_GET",
-            format!("failed getting secrets from secret store {store}: {e}"),
+            format!("failed getting secrets from secret store {}: {e}", echo(store)),
         )
     }
 
@@ -382,7 +395,7 @@ impl ApiError {
             400,
             Code::InvalidArgument,
             "ERR_METADATA_SET",
-            format!("failed setting metadata: {e}"),
+            format!("failed setting metadata: {}", echo(&e.to_string())),
         )
     }
 }

@@ -338,6 +338,200 @@ async fn query_unsupported(c: Ctx) {
     assert_eq!((err.status, err.code), (500, "ERR_STATE_QUERY"), "{}", c.backend);
 }
 
+/// A key named more than once in one save, bulk delete or transaction ends as its last write leaves it, on every
+/// store, every time.
+async fn duplicate_keys_last_write_wins(c: Ctx) {
+    for round in 0..10 {
+        let key = format!("dup{round}");
+        let items: Vec<SaveItem> = (1..=5).map(|v| item(&key, &v.to_string())).collect();
+        c.rt.save("s", &items).await.unwrap();
+        assert_eq!(
+            value(&c, &key).await.as_deref(),
+            Some("5"),
+            "{}: round {round}",
+            c.backend
+        );
+    }
+    c.rt.transact("s", &[TxOp::Upsert(item("t", "1")), TxOp::Upsert(item("t", "2"))])
+        .await
+        .unwrap();
+    assert_eq!(value(&c, "t").await.as_deref(), Some("2"), "{}", c.backend);
+    c.rt.transact("s", &[TxOp::Upsert(item("u", "1")), TxOp::Delete(delete("u", None))])
+        .await
+        .unwrap();
+    assert_eq!(value(&c, "u").await, None, "{}", c.backend);
+    c.rt.transact("s", &[TxOp::Delete(delete("t", None)), TxOp::Upsert(item("t", "3"))])
+        .await
+        .unwrap();
+    assert_eq!(value(&c, "t").await.as_deref(), Some("3"), "{}", c.backend);
+    c.rt.bulk_delete("s", &[delete("t", None), delete("t", None)])
+        .await
+        .unwrap();
+    assert_eq!(value(&c, "t").await, None, "{}", c.backend);
+    // Both writes carry the key's current etag: the first one changes it, so the second conflicts, and the
+    // request, all or nothing, changes nothing.
+    let etag = etag_of(&c, "dup0").await;
+    let twice = [with_etag(item("dup0", "a"), &etag), with_etag(item("dup0", "b"), &etag)];
+    let err = c.rt.save("s", &twice).await.unwrap_err();
+    assert_eq!((err.status, err.code), (409, "ERR_STATE_SAVE"), "{}: {err}", c.backend);
+    assert_eq!(value(&c, "dup0").await.as_deref(), Some("5"), "{}", c.backend);
+    // A bulk get names the key as often as it was asked for.
+    let got =
+        c.rt.bulk_get("s", &["dup1".to_owned(), "dup1".to_owned()], 2)
+            .await
+            .unwrap();
+    let data: Vec<Option<&[u8]>> = got.iter().map(|b| b.item.as_ref().map(|i| &i.data[..])).collect();
+    assert_eq!(data, [Some(&b"5"[..]), Some(&b"5"[..])], "{}", c.backend);
+}
+
+/// A bulk save, bulk delete or transaction of five keys whose third write conflicts leaves all five as they were.
+async fn a_write_failing_halfway_applies_nothing(c: Ctx) {
+    c.rt.save("s", &[item("h1", "old"), item("h3", "old"), item("h5", "old")])
+        .await
+        .unwrap();
+    let before = [
+        ("h1", Some("old")),
+        ("h2", None),
+        ("h3", Some("old")),
+        ("h4", None),
+        ("h5", Some("old")),
+    ];
+    let unchanged = |what: &'static str| {
+        let c = &c;
+        async move {
+            for (key, expected) in before {
+                assert_eq!(value(c, key).await.as_deref(), expected, "{}: {what} {key}", c.backend);
+            }
+        }
+    };
+    let stale = "999999";
+    let save = [
+        item("h1", "new"),
+        item("h2", "new"),
+        with_etag(item("h3", "new"), stale),
+        item("h4", "new"),
+        item("h5", "new"),
+    ];
+    let err = c.rt.save("s", &save).await.unwrap_err();
+    assert_eq!((err.status, err.code), (409, "ERR_STATE_SAVE"), "{}: {err}", c.backend);
+    unchanged("bulk save").await;
+
+    let deletes = [
+        delete("h1", None),
+        delete("h2", None),
+        delete("h3", Some(stale)),
+        delete("h4", None),
+        delete("h5", None),
+    ];
+    let err = c.rt.bulk_delete("s", &deletes).await.unwrap_err();
+    assert_eq!(
+        (err.status, err.code),
+        (409, "ERR_STATE_BULK_DELETE"),
+        "{}: {err}",
+        c.backend
+    );
+    unchanged("bulk delete").await;
+
+    let tx = [
+        TxOp::Upsert(item("h1", "new")),
+        TxOp::Delete(delete("h5", None)),
+        TxOp::Upsert(with_etag(item("h3", "new"), stale)),
+        TxOp::Upsert(item("h4", "new")),
+        TxOp::Upsert(item("h2", "new")),
+    ];
+    let err = c.rt.transact("s", &tx).await.unwrap_err();
+    assert_eq!(
+        (err.status, err.code),
+        (500, "ERR_STATE_TRANSACTION"),
+        "{}: {err}",
+        c.backend
+    );
+    unchanged("transaction").await;
+
+    // Without the conflict, all five apply.
+    let etag = etag_of(&c, "h3").await;
+    let mut fixed = save;
+    fixed[2].etag = Some(etag);
+    c.rt.save("s", &fixed).await.unwrap();
+    for key in ["h1", "h2", "h3", "h4", "h5"] {
+        assert_eq!(value(&c, key).await.as_deref(), Some("new"), "{}: {key}", c.backend);
+    }
+}
+
+/// Redis: a key another client left as a plain string is replaced by a write, but a failed transaction leaves it
+/// as it was; and etags are read as Dapr reads them, as decimal integers.
+async fn redis_failed_writes_leave_foreign_keys_and_etags_are_integers(c: Ctx) {
+    let full = format!("{}legacy", c.rt.store("s").unwrap().prefix());
+    let client = ::redis::Client::open("redis://127.0.0.1:6379").unwrap();
+    let mut conn = client.get_multiplexed_async_connection().await.unwrap();
+    ::redis::cmd("SET")
+        .arg(&full)
+        .arg("plain")
+        .query_async::<()>(&mut conn)
+        .await
+        .unwrap();
+    let failing = [
+        TxOp::Upsert(item("legacy", "new")),
+        TxOp::Upsert(with_etag(item("absent", "x"), "7")),
+    ];
+    c.rt.transact("s", &failing).await.unwrap_err();
+    assert_eq!(value(&c, "legacy").await.as_deref(), Some("plain"));
+    c.rt.save("s", &[item("legacy", "new")]).await.unwrap();
+    assert_eq!(value(&c, "legacy").await.as_deref(), Some("new"));
+    let _: () = ::redis::cmd("DEL").arg(&full).query_async(&mut conn).await.unwrap();
+
+    // A hash another writer left with a `version` Redis cannot increment: checked by its etag like any key, and
+    // replaced whole by a write, never half-written.
+    let odd = format!("{}odd", c.rt.store("s").unwrap().prefix());
+    let _: () = ::redis::cmd("HSET")
+        .arg(&odd)
+        .arg("data")
+        .arg("theirs")
+        .arg("version")
+        .arg("v1.0")
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    let stale = [
+        TxOp::Upsert(item("first", "1")),
+        TxOp::Upsert(with_etag(item("odd", "x"), "1")),
+    ];
+    c.rt.transact("s", &stale).await.unwrap_err();
+    assert_eq!(value(&c, "first").await, None);
+    c.rt.transact(
+        "s",
+        &[TxOp::Upsert(item("first", "1")), TxOp::Upsert(item("odd", "mine"))],
+    )
+    .await
+    .unwrap();
+    assert_eq!(value(&c, "first").await.as_deref(), Some("1"));
+    assert_eq!(value(&c, "odd").await.as_deref(), Some("mine"));
+    assert_eq!(etag_of(&c, "odd").await, "1");
+    let _: () = ::redis::cmd("DEL").arg(&odd).query_async(&mut conn).await.unwrap();
+
+    c.rt.save("s", &[item("v", "1")]).await.unwrap();
+    let etag = etag_of(&c, "v").await;
+    c.rt.save("s", &[with_etag(item("v", "2"), &format!("+{etag}"))])
+        .await
+        .unwrap();
+    assert_eq!(value(&c, "v").await.as_deref(), Some("2"));
+    for (etag, status) in [("-1", 409), ("99999999999999999999", 400), ("1.0", 400), (" 1", 400)] {
+        let err = c.rt.save("s", &[with_etag(item("v", "3"), etag)]).await.unwrap_err();
+        assert_eq!(
+            (err.status, err.code),
+            (status, "ERR_STATE_SAVE"),
+            "etag {etag:?}: {err}"
+        );
+    }
+}
+
+async fn value(c: &Ctx, key: &str) -> Option<String> {
+    c.rt.get("s", key)
+        .await
+        .unwrap()
+        .map(|i| String::from_utf8_lossy(&i.data).into_owned())
+}
+
 macro_rules! suite {
     ($backend:ident: $($case:ident),* $(,)?) => {
         mod $backend {
@@ -352,9 +546,12 @@ macro_rules! suite {
 }
 
 suite!(memory: set_get_roundtrip, binary_values_roundtrip, etag_rules, first_write, delete_rules, bulk_get,
-    transactions_are_all_or_nothing, ttl, apps_do_not_see_each_others_keys, optimistic_concurrency_under_contention, query);
+    transactions_are_all_or_nothing, ttl, apps_do_not_see_each_others_keys, optimistic_concurrency_under_contention, query,
+    duplicate_keys_last_write_wins, a_write_failing_halfway_applies_nothing);
 suite!(sqlite: set_get_roundtrip, binary_values_roundtrip, etag_rules, first_write, delete_rules, bulk_get,
-    transactions_are_all_or_nothing, ttl, apps_do_not_see_each_others_keys, optimistic_concurrency_under_contention, query);
+    transactions_are_all_or_nothing, ttl, apps_do_not_see_each_others_keys, optimistic_concurrency_under_contention, query,
+    duplicate_keys_last_write_wins, a_write_failing_halfway_applies_nothing);
 suite!(redis: set_get_roundtrip, binary_values_roundtrip, etag_rules, first_write, delete_rules, bulk_get,
     transactions_are_all_or_nothing, ttl, apps_do_not_see_each_others_keys, optimistic_concurrency_under_contention,
-    query_unsupported);
+    query_unsupported, duplicate_keys_last_write_wins, a_write_failing_halfway_applies_nothing,
+    redis_failed_writes_leave_foreign_keys_and_etags_are_integers);

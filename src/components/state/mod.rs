@@ -15,6 +15,7 @@ use futures::StreamExt;
 use futures::future::BoxFuture;
 
 use super::{ComponentKind, Kind};
+use crate::echo::echo;
 
 pub use query::{Query, QueryItem, QueryResponse};
 
@@ -198,18 +199,40 @@ pub fn check_etag(
     concurrency: Concurrency,
     key: &str,
 ) -> Result<(), StateError> {
-    match given.filter(|e| !e.is_empty()) {
+    let conflict = match given.filter(|e| !e.is_empty()) {
         Some(given) => match current {
-            None => Err(StateError::EtagMismatch(format!(
-                "state does not exist or expired for key {key}"
-            ))),
-            Some(cur) if cur != given => Err(StateError::EtagMismatch(format!("etag does not match for key {key}"))),
-            Some(_) => Ok(()),
+            None => Some(EtagConflict::Missing),
+            Some(cur) if cur != given => Some(EtagConflict::Mismatch),
+            Some(_) => None,
         },
-        None if concurrency == Concurrency::FirstWrite && current.is_some() => Err(StateError::EtagMismatch(format!(
-            "item {key} already exists and no etag was given with first-write concurrency"
-        ))),
-        None => Ok(()),
+        None if concurrency == Concurrency::FirstWrite && current.is_some() => Some(EtagConflict::Exists),
+        None => None,
+    };
+    conflict.map_or(Ok(()), |c| Err(c.error(key)))
+}
+
+/// Why a write's etag check failed; stores that check etags server-side (Redis) report one of these.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum EtagConflict {
+    /// An etag was given for a key that does not exist (or expired).
+    Missing,
+    /// The given etag is not the key's current one.
+    Mismatch,
+    /// First-write without an etag, on a key that exists.
+    Exists,
+}
+
+impl EtagConflict {
+    /// The etag-mismatch error for `key` (named by a bounded prefix).
+    pub fn error(self, key: &str) -> StateError {
+        let key = echo(key);
+        StateError::EtagMismatch(match self {
+            EtagConflict::Missing => format!("state does not exist or expired for key {key}"),
+            EtagConflict::Mismatch => format!("etag does not match for key {key}"),
+            EtagConflict::Exists => {
+                format!("item {key} already exists and no etag was given with first-write concurrency")
+            }
+        })
     }
 }
 

@@ -6,6 +6,8 @@ use std::cmp::Ordering;
 use bytes::Bytes;
 use serde_json::Value;
 
+use crate::echo::echo;
+
 #[derive(Clone, Debug, PartialEq)]
 pub enum Filter {
     Eq(String, Value),
@@ -31,7 +33,8 @@ pub struct Query {
     pub sort: Vec<Sort>,
     /// Page size; 0 means everything.
     pub limit: usize,
-    /// Opaque continuation token from a previous page.
+    /// Continuation token from a previous page: the offset of its first result. It is checked when the query
+    /// runs, as Dapr's stores do.
     pub token: Option<String>,
 }
 
@@ -67,7 +70,7 @@ impl Query {
                 let descending = match entry.get("order").and_then(Value::as_str).unwrap_or("ASC") {
                     o if o.eq_ignore_ascii_case("ASC") => false,
                     o if o.eq_ignore_ascii_case("DESC") => true,
-                    o => return Err(format!("sort order {o:?} must be ASC or DESC")),
+                    o => return Err(format!("sort order {:?} must be ASC or DESC", echo(o))),
                 };
                 sort.push(Sort {
                     key: key.into(),
@@ -77,8 +80,11 @@ impl Query {
         }
         let (mut limit, mut token) = (0, None);
         if let Some(p) = obj.get("page").filter(|p| !p.is_null()) {
-            if let Some(l) = p.get("limit") {
-                limit = l.as_u64().ok_or("\"page.limit\" must be a non-negative integer")? as usize;
+            if let Some(l) = p.get("limit").filter(|l| !l.is_null()) {
+                // Dapr reads the limit as a Go int and pages only when it is positive: 0 and negative limits
+                // return everything. A limit that is not a 64-bit integer fails to parse, as in Dapr.
+                let l = l.as_i64().ok_or("\"page.limit\" must be an integer")?;
+                limit = usize::try_from(l.max(0)).unwrap_or(usize::MAX);
             }
             token = p
                 .get("token")
@@ -118,13 +124,18 @@ impl Query {
         });
         let start = match &self.token {
             None => 0,
-            Some(t) => t.parse::<usize>().map_err(|_| format!("invalid page token {t:?}"))?,
+            Some(t) => t.parse::<usize>().map_err(|_| {
+                format!(
+                    "invalid page token {:?}: must be an offset from a previous page",
+                    echo(t)
+                )
+            })?,
         };
         let total = matched.len();
         let end = if self.limit == 0 {
             total
         } else {
-            (start + self.limit).min(total)
+            start.saturating_add(self.limit).min(total)
         };
         let results = matched
             .into_iter()
@@ -176,7 +187,8 @@ fn parse_filter(v: &Value) -> Result<Filter, String> {
         "OR" => Filter::Or(list(arg)?),
         other => {
             return Err(format!(
-                "unsupported filter operator {other:?} (EQ, NEQ, GT, GTE, LT, LTE, IN, AND, OR)"
+                "unsupported filter operator {:?} (EQ, NEQ, GT, GTE, LT, LTE, IN, AND, OR)",
+                echo(other)
             ));
         }
     })
@@ -281,6 +293,36 @@ mod tests {
         let q = Query::parse(&json!({"filter": {"GT": {"person.id": 1040}}})).unwrap();
         assert_eq!(keys(&q.run(rows()).unwrap()), ["3", "4"]);
         assert_eq!(Query::parse(&json!({})).unwrap().run(rows()).unwrap().results.len(), 4);
+    }
+
+    #[test]
+    fn page_limits_and_tokens_at_their_extremes() {
+        // Dapr pages only with a positive limit: zero and negative limits return everything.
+        for limit in [0, -1, i64::MIN] {
+            let q = Query::parse(&json!({"page": {"limit": limit}})).unwrap();
+            let all = q.run(rows()).unwrap();
+            assert_eq!((all.results.len(), all.token), (4, None), "limit {limit}");
+        }
+        // The largest limit and offsets past the end page without overflowing.
+        let q = Query::parse(&json!({"page": {"limit": i64::MAX, "token": usize::MAX.to_string()}})).unwrap();
+        let past = q.run(rows()).unwrap();
+        assert_eq!((past.results.len(), past.token), (0, None));
+        let q = Query::parse(&json!({"page": {"limit": 3, "token": "3"}})).unwrap();
+        assert_eq!(keys(&q.run(rows()).unwrap()), ["4"]);
+        // Limits that are not 64-bit integers, and tokens that are not offsets, are errors.
+        for limit in [json!(1.5), json!("2"), json!(u64::MAX), json!(1e30)] {
+            assert!(Query::parse(&json!({"page": {"limit": limit}})).is_err(), "{limit}");
+        }
+        for token in ["-1", "x", "99999999999999999999999"] {
+            let q = Query::parse(&json!({"page": {"limit": 1, "token": token}})).unwrap();
+            assert!(q.run(rows()).unwrap_err().contains("invalid page token"), "{token}");
+        }
+        let huge = "9".repeat(1 << 20);
+        let q = Query::parse(&json!({"page": {"limit": 1, "token": huge}})).unwrap();
+        assert!(
+            q.run(rows()).unwrap_err().len() < 1024,
+            "the error echoes a bounded prefix of the token"
+        );
     }
 
     #[test]

@@ -72,7 +72,7 @@ pub async fn build(md: Metadata) -> Result<Arc<dyn StateStore>, ComponentError> 
 fn now_ms() -> i64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_millis() as i64)
+        .map(|d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
         .unwrap_or(0)
 }
 
@@ -143,7 +143,11 @@ fn read(conn: &Connection, table: &str, key: &str) -> Result<Option<StateItem>, 
         Ok(StateItem {
             data: Bytes::from(data),
             etag: Some(etag.to_string()),
-            expires_at: exp.map(|ms| UNIX_EPOCH + Duration::from_millis(ms as u64)),
+            // A row's expiry is what this store wrote, but the file may come from elsewhere: no arithmetic on it
+            // may overflow.
+            expires_at: exp
+                .and_then(|ms| u64::try_from(ms).ok())
+                .and_then(|ms| UNIX_EPOCH.checked_add(Duration::from_millis(ms))),
         })
     })
     .optional()
@@ -157,7 +161,10 @@ fn apply(tx: &rusqlite::Transaction<'_>, table: &str, op: &TransactionOp) -> Res
     match op {
         TransactionOp::Set(r) => {
             let now = now_ms();
-            let exp = r.ttl.filter(|t| *t > 0).map(|t| now + t * 1000);
+            let exp = r
+                .ttl
+                .filter(|t| *t > 0)
+                .map(|t| t.saturating_mul(1000).saturating_add(now));
             let version = (rand::random::<u64>() >> 1) as i64;
             tx.prepare_cached(&format!(
                 "INSERT OR REPLACE INTO {table} (key, value, etag, expiration_time, update_time) VALUES (?1, ?2, ?3, ?4, ?5)"

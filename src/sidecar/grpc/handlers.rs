@@ -8,12 +8,13 @@ use tonic::{Request, Response, Status};
 
 use super::DaprApi;
 use super::convert;
+use crate::echo::echo;
 use crate::sidecar::error::ApiError;
-use crate::sidecar::state::{DeleteItem, TxOp, item_metadata};
+use crate::sidecar::state::{DeleteItem, TxOp, bulk_parallelism, item_metadata};
 
 type Reply<T> = Result<Response<T>, Status>;
 
-#[instrument(level = "debug", name = "grpc.get_state", skip_all, fields(store = %req.get_ref().store_name))]
+#[instrument(level = "debug", name = "grpc.get_state", skip_all, fields(store = %echo(&req.get_ref().store_name)))]
 pub async fn get_state(api: &DaprApi, req: Request<rt::GetStateRequest>) -> Reply<rt::GetStateResponse> {
     let r = req.into_inner();
     let item = api.rt.state.get(&r.store_name, &r.key).await?;
@@ -27,14 +28,14 @@ pub async fn get_state(api: &DaprApi, req: Request<rt::GetStateRequest>) -> Repl
     }))
 }
 
-#[instrument(level = "debug", name = "grpc.get_bulk_state", skip_all, fields(store = %req.get_ref().store_name))]
+#[instrument(level = "debug", name = "grpc.get_bulk_state", skip_all, fields(store = %echo(&req.get_ref().store_name)))]
 pub async fn get_bulk_state(api: &DaprApi, req: Request<rt::GetBulkStateRequest>) -> Reply<rt::GetBulkStateResponse> {
     let r = req.into_inner();
     if r.keys.is_empty() {
         api.rt.state.store(&r.store_name)?;
         return Ok(Response::new(rt::GetBulkStateResponse::default()));
     }
-    let parallelism = usize::try_from(r.parallelism).unwrap_or(0).clamp(1, 100);
+    let parallelism = bulk_parallelism(i64::from(r.parallelism));
     let items = api.rt.state.bulk_get(&r.store_name, &r.keys, parallelism).await?;
     let items = items
         .into_iter()
@@ -56,7 +57,7 @@ pub async fn get_bulk_state(api: &DaprApi, req: Request<rt::GetBulkStateRequest>
     Ok(Response::new(rt::GetBulkStateResponse { items }))
 }
 
-#[instrument(level = "debug", name = "grpc.save_state", skip_all, fields(store = %req.get_ref().store_name))]
+#[instrument(level = "debug", name = "grpc.save_state", skip_all, fields(store = %echo(&req.get_ref().store_name)))]
 pub async fn save_state(api: &DaprApi, req: Request<rt::SaveStateRequest>) -> Reply<()> {
     let r = req.into_inner();
     api.rt.state.store(&r.store_name)?;
@@ -72,7 +73,7 @@ pub async fn save_state(api: &DaprApi, req: Request<rt::SaveStateRequest>) -> Re
     Ok(Response::new(()))
 }
 
-#[instrument(level = "debug", name = "grpc.delete_state", skip_all, fields(store = %req.get_ref().store_name))]
+#[instrument(level = "debug", name = "grpc.delete_state", skip_all, fields(store = %echo(&req.get_ref().store_name)))]
 pub async fn delete_state(api: &DaprApi, req: Request<rt::DeleteStateRequest>) -> Reply<()> {
     let r = req.into_inner();
     let item = DeleteItem {
@@ -85,7 +86,7 @@ pub async fn delete_state(api: &DaprApi, req: Request<rt::DeleteStateRequest>) -
     Ok(Response::new(()))
 }
 
-#[instrument(level = "debug", name = "grpc.delete_bulk_state", skip_all, fields(store = %req.get_ref().store_name))]
+#[instrument(level = "debug", name = "grpc.delete_bulk_state", skip_all, fields(store = %echo(&req.get_ref().store_name)))]
 pub async fn delete_bulk_state(api: &DaprApi, req: Request<rt::DeleteBulkStateRequest>) -> Reply<()> {
     let r = req.into_inner();
     let items: Vec<_> = r.states.into_iter().map(convert::delete_item).collect();
@@ -93,7 +94,7 @@ pub async fn delete_bulk_state(api: &DaprApi, req: Request<rt::DeleteBulkStateRe
     Ok(Response::new(()))
 }
 
-#[instrument(level = "debug", name = "grpc.execute_state_transaction", skip_all, fields(store = %req.get_ref().store_name))]
+#[instrument(level = "debug", name = "grpc.execute_state_transaction", skip_all, fields(store = %echo(&req.get_ref().store_name)))]
 pub async fn execute_state_transaction(api: &DaprApi, req: Request<rt::ExecuteStateTransactionRequest>) -> Reply<()> {
     let r = req.into_inner();
     api.rt.state.store(&r.store_name)?;
@@ -115,7 +116,7 @@ pub async fn execute_state_transaction(api: &DaprApi, req: Request<rt::ExecuteSt
     Ok(Response::new(()))
 }
 
-#[instrument(level = "debug", name = "grpc.query_state_alpha1", skip_all, fields(store = %req.get_ref().store_name))]
+#[instrument(level = "debug", name = "grpc.query_state_alpha1", skip_all, fields(store = %echo(&req.get_ref().store_name)))]
 pub async fn query_state_alpha1(api: &DaprApi, req: Request<rt::QueryStateRequest>) -> Reply<rt::QueryStateResponse> {
     let r = req.into_inner();
     let resp = api.rt.state.query(&r.store_name, r.query.as_bytes()).await?;
@@ -135,7 +136,7 @@ pub async fn query_state_alpha1(api: &DaprApi, req: Request<rt::QueryStateReques
     }))
 }
 
-#[instrument(level = "debug", name = "grpc.get_secret", skip_all, fields(store = %req.get_ref().store_name))]
+#[instrument(level = "debug", name = "grpc.get_secret", skip_all, fields(store = %echo(&req.get_ref().store_name)))]
 pub async fn get_secret(api: &DaprApi, req: Request<rt::GetSecretRequest>) -> Reply<rt::GetSecretResponse> {
     let r = req.into_inner();
     let secret = api
@@ -148,7 +149,7 @@ pub async fn get_secret(api: &DaprApi, req: Request<rt::GetSecretRequest>) -> Re
     }))
 }
 
-#[instrument(level = "debug", name = "grpc.get_bulk_secret", skip_all, fields(store = %req.get_ref().store_name))]
+#[instrument(level = "debug", name = "grpc.get_bulk_secret", skip_all, fields(store = %echo(&req.get_ref().store_name)))]
 pub async fn get_bulk_secret(
     api: &DaprApi,
     req: Request<rt::GetBulkSecretRequest>,
@@ -185,7 +186,7 @@ pub async fn set_metadata(api: &DaprApi, req: Request<rt::SetMetadataRequest>) -
     Ok(Response::new(()))
 }
 
-#[instrument(level = "debug", name = "grpc.invoke_service", skip_all, fields(app_id = %req.get_ref().id))]
+#[instrument(level = "debug", name = "grpc.invoke_service", skip_all, fields(app_id = %echo(&req.get_ref().id)))]
 pub async fn invoke_service(
     api: &DaprApi,
     req: Request<rt::InvokeServiceRequest>,

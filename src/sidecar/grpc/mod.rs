@@ -87,7 +87,8 @@ async fn catch_panic(req: axum::extract::Request, next: axum::middleware::Next) 
         Ok(resp) => resp,
         Err(panic) => {
             let panic = super::http::panic_message(&*panic);
-            tracing::error!(method, panic, "a gRPC handler panicked");
+            let method = crate::echo::echo(&method);
+            tracing::error!(%method, panic, "a gRPC handler panicked");
             ApiError::internal_bug().into_grpc_response()
         }
     }

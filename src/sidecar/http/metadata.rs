@@ -33,7 +33,7 @@ pub async fn healthz_outbound(State(st): State<ApiState>) -> ApiResult<StatusCod
     }
 }
 
-#[instrument(level = "debug", name = "http.metadata.put_metadata", skip_all, fields(store = path.store()))]
+#[instrument(level = "debug", name = "http.metadata.put_metadata", skip_all, fields(store = %crate::echo::echo(path.store())))]
 pub async fn put_metadata(State(st): State<ApiState>, path: DaprPath, body: Body) -> ApiResult<StatusCode> {
     let key = path.store().to_owned();
     let bytes = read_body(body, st.max_body).await.map_err(ApiError::body_read)?;

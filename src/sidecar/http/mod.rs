@@ -126,7 +126,8 @@ pub async fn catch_panic(req: Request, next: Next) -> Response {
     match futures::FutureExt::catch_unwind(std::panic::AssertUnwindSafe(next.run(req))).await {
         Ok(resp) => resp,
         Err(panic) => {
-            tracing::error!(%method, path, panic = panic_message(&*panic), "a request handler panicked");
+            let path = crate::echo::echo(&path);
+            tracing::error!(%method, %path, panic = panic_message(&*panic), "a request handler panicked");
             ApiError::internal_bug().into_response()
         }
     }
@@ -177,7 +178,8 @@ async fn observe(State(st): State<ApiState>, req: Request, next: Next) -> Respon
     };
     st.metrics.http_request(&method, route, status, elapsed);
     if st.api_logging {
-        tracing::info!(target: "dapr.runtime.http-info", method = %method, path, status = resp.status().as_u16(), duration_ms = elapsed.as_secs_f64() * 1e3, "HTTP API called");
+        let path = crate::echo::echo(&path);
+        tracing::info!(target: "dapr.runtime.http-info", method = %method, %path, status = resp.status().as_u16(), duration_ms = elapsed.as_secs_f64() * 1e3, "HTTP API called");
     }
     resp
 }

@@ -8,7 +8,7 @@ use tracing::instrument;
 use super::{ApiState, DaprPath, json_response, query_metadata};
 use crate::sidecar::error::ApiResult;
 
-#[instrument(level = "debug", name = "http.secrets.get", skip_all, fields(store = path.store()))]
+#[instrument(level = "debug", name = "http.secrets.get", skip_all, fields(store = %crate::echo::echo(path.store())))]
 pub async fn get(
     State(st): State<ApiState>,
     path: DaprPath,
@@ -20,7 +20,7 @@ pub async fn get(
     Ok(json_response(StatusCode::OK, secret))
 }
 
-#[instrument(level = "debug", name = "http.secrets.bulk", skip_all, fields(store = path.store()))]
+#[instrument(level = "debug", name = "http.secrets.bulk", skip_all, fields(store = %crate::echo::echo(path.store())))]
 pub async fn bulk(
     State(st): State<ApiState>,
     path: DaprPath,

@@ -12,8 +12,9 @@ use serde_json::value::RawValue;
 
 use super::{ApiState, DaprPath, json_data, json_response, query_metadata, query_param, read_body};
 use crate::components::state::{Concurrency, StateError};
+use crate::echo::echo;
 use crate::sidecar::error::{ApiError, ApiResult};
-use crate::sidecar::state::{DeleteItem, SaveItem, TxOp, item_metadata};
+use crate::sidecar::state::{DeleteItem, SaveItem, TxOp, bulk_parallelism, item_metadata};
 
 type Params = Query<Vec<(String, String)>>;
 
@@ -22,8 +23,17 @@ struct ItemOptions {
     #[serde(default, alias = "Concurrency")]
     concurrency: Option<String>,
     #[serde(default, alias = "Consistency")]
-    #[allow(dead_code)]
     consistency: Option<String>,
+}
+
+impl ItemOptions {
+    fn concurrency(options: Option<&Self>) -> Result<Concurrency, StateError> {
+        let Some(o) = options else {
+            return Ok(Concurrency::Unspecified);
+        };
+        consistency(o.consistency.as_deref())?;
+        concurrency(o.concurrency.as_deref())
+    }
 }
 
 /// One state item as Dapr's HTTP API writes it.
@@ -41,13 +51,29 @@ struct HttpItem {
     options: Option<ItemOptions>,
 }
 
-/// Parses Dapr's concurrency names; anything else is the store's "unrecognized" error.
+/// Parses Dapr's concurrency names; anything else is the error Dapr's stores give (components-contrib
+/// `state/request_options.go`), which daprd answers with the operation's code and a 500.
 pub(crate) fn concurrency(v: Option<&str>) -> Result<Concurrency, StateError> {
     match v.unwrap_or_default() {
         "" => Ok(Concurrency::Unspecified),
         "first-write" => Ok(Concurrency::FirstWrite),
         "last-write" => Ok(Concurrency::LastWrite),
-        other => Err(StateError::Backend(format!("unrecognized concurrency model '{other}'"))),
+        other => Err(StateError::Backend(format!(
+            "unrecognized concurrency model '{}'",
+            echo(other)
+        ))),
+    }
+}
+
+/// Checks a consistency name (`strong`, `eventual` or none). tandem's stores are all strongly consistent, so
+/// the value changes nothing, but an unknown one is refused on writes as Dapr's stores refuse it.
+pub(crate) fn consistency(v: Option<&str>) -> Result<(), StateError> {
+    match v.unwrap_or_default() {
+        "" | "strong" | "eventual" => Ok(()),
+        other => Err(StateError::Backend(format!(
+            "unrecognized consistency model '{}'",
+            echo(other)
+        ))),
     }
 }
 
@@ -62,13 +88,15 @@ fn stored_value(v: Option<&RawValue>) -> Bytes {
     }
 }
 
+/// What a bad option value in an item is answered with: the code of the operation it came in.
+type OptionError<'a> = &'a dyn Fn(&StateError) -> ApiError;
+
 impl HttpItem {
-    fn into_save(self, store: &str, query_md: &BTreeMap<String, String>) -> ApiResult<SaveItem> {
+    fn into_save(self, query_md: &BTreeMap<String, String>, bad_option: OptionError<'_>) -> ApiResult<SaveItem> {
         if self.key.is_empty() {
             return Err(ApiError::empty_key_http());
         }
-        let concurrency = concurrency(self.options.as_ref().and_then(|o| o.concurrency.as_deref()))
-            .map_err(|e| ApiError::state_save(store, &e))?;
+        let concurrency = ItemOptions::concurrency(self.options.as_ref()).map_err(|e| bad_option(&e))?;
         let mut metadata = self.metadata;
         metadata.extend(query_md.iter().map(|(k, v)| (k.clone(), v.clone())));
         Ok(SaveItem {
@@ -80,9 +108,8 @@ impl HttpItem {
         })
     }
 
-    fn into_delete(self, query_md: &BTreeMap<String, String>) -> ApiResult<DeleteItem> {
-        let concurrency = concurrency(self.options.as_ref().and_then(|o| o.concurrency.as_deref()))
-            .map_err(|e| ApiError::state_delete(&self.key, &e))?;
+    fn into_delete(self, query_md: &BTreeMap<String, String>, bad_option: OptionError<'_>) -> ApiResult<DeleteItem> {
+        let concurrency = ItemOptions::concurrency(self.options.as_ref()).map_err(|e| bad_option(&e))?;
         let mut metadata = self.metadata;
         metadata.extend(query_md.iter().map(|(k, v)| (k.clone(), v.clone())));
         Ok(DeleteItem {
@@ -101,7 +128,7 @@ async fn json_body<T: for<'de> Deserialize<'de>>(st: &ApiState, body: Body) -> A
     serde_json::from_slice(&bytes).map_err(ApiError::malformed_request)
 }
 
-#[instrument(level = "debug", name = "http.state.save", skip_all, fields(store = path.store()))]
+#[instrument(level = "debug", name = "http.state.save", skip_all, fields(store = %echo(path.store())))]
 pub async fn save(
     State(st): State<ApiState>,
     path: DaprPath,
@@ -114,7 +141,7 @@ pub async fn save(
     let md = query_metadata(&params);
     let items = items
         .into_iter()
-        .map(|i| i.into_save(&store, &md))
+        .map(|i| i.into_save(&md, &|e| ApiError::state_save(&store, e)))
         .collect::<ApiResult<Vec<_>>>()?;
     if !items.is_empty() {
         st.rt.state.save(&store, &items).await?;
@@ -122,7 +149,7 @@ pub async fn save(
     Ok(StatusCode::NO_CONTENT)
 }
 
-#[instrument(level = "debug", name = "http.state.get", skip_all, fields(store = path.store()))]
+#[instrument(level = "debug", name = "http.state.get", skip_all, fields(store = %echo(path.store())))]
 pub async fn get(
     State(st): State<ApiState>,
     path: DaprPath,
@@ -146,7 +173,7 @@ pub async fn get(
     Ok((StatusCode::OK, headers, item.data).into_response())
 }
 
-#[instrument(level = "debug", name = "http.state.delete", skip_all, fields(store = path.store()))]
+#[instrument(level = "debug", name = "http.state.delete", skip_all, fields(store = %echo(path.store())))]
 pub async fn delete(
     State(st): State<ApiState>,
     path: DaprPath,
@@ -158,7 +185,9 @@ pub async fn delete(
     let etag = headers
         .get(header::IF_MATCH)
         .map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned());
-    let concurrency = concurrency(query_param(&params, "concurrency")).map_err(|e| ApiError::state_delete(&key, &e))?;
+    let concurrency = consistency(query_param(&params, "consistency"))
+        .and_then(|()| concurrency(query_param(&params, "concurrency")))
+        .map_err(|e| ApiError::state_delete(&key, &e))?;
     let item = DeleteItem {
         key,
         etag,
@@ -190,12 +219,12 @@ struct BulkGetItem {
     error: Option<String>,
 }
 
-#[instrument(level = "debug", name = "http.state.bulk_get", skip_all, fields(store = path.store()))]
+#[instrument(level = "debug", name = "http.state.bulk_get", skip_all, fields(store = %echo(path.store())))]
 pub async fn bulk_get(State(st): State<ApiState>, path: DaprPath, body: Body) -> ApiResult<Response> {
     let store = path.store().to_owned();
     st.rt.state.store(&store)?;
     let req: BulkGetRequest = json_body(&st, body).await?;
-    let parallelism = usize::try_from(req.parallelism).unwrap_or(0).clamp(1, 100);
+    let parallelism = bulk_parallelism(req.parallelism);
     let items = st.rt.state.bulk_get(&store, &req.keys, parallelism).await?;
     let out: Vec<BulkGetItem> = items
         .into_iter()
@@ -240,7 +269,7 @@ struct TransactionOperation {
     request: HttpItem,
 }
 
-#[instrument(level = "debug", name = "http.state.transaction", skip_all, fields(store = path.store()))]
+#[instrument(level = "debug", name = "http.state.transaction", skip_all, fields(store = %echo(path.store())))]
 pub async fn transaction(
     State(st): State<ApiState>,
     path: DaprPath,
@@ -253,13 +282,15 @@ pub async fn transaction(
     let mut md = req.metadata;
     md.extend(query_metadata(&params));
     let mut ops = Vec::with_capacity(req.operations.len());
+    // Dapr hands option values to the store's transaction, which refuses an unknown one as a failed transaction.
+    let bad_option: OptionError<'_> = &ApiError::state_transaction;
     for op in req.operations {
         if op.request.key.contains("||") {
             return Err(ApiError::illegal_key(&op.request.key));
         }
         ops.push(match op.operation.as_str() {
-            "upsert" => TxOp::Upsert(op.request.into_save(&store, &md)?),
-            "delete" => TxOp::Delete(op.request.into_delete(&md)?),
+            "upsert" => TxOp::Upsert(op.request.into_save(&md, bad_option)?),
+            "delete" => TxOp::Delete(op.request.into_delete(&md, bad_option)?),
             other => return Err(ApiError::unsupported_operation(other)),
         });
     }
@@ -282,7 +313,7 @@ struct QueryBody {
     token: Option<String>,
 }
 
-#[instrument(level = "debug", name = "http.state.query", skip_all, fields(store = path.store()))]
+#[instrument(level = "debug", name = "http.state.query", skip_all, fields(store = %echo(path.store())))]
 pub async fn query(State(st): State<ApiState>, path: DaprPath, body: Body) -> ApiResult<Response> {
     let store = path.store().to_owned();
     st.rt.state.store(&store)?;

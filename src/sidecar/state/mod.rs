@@ -11,6 +11,7 @@ use crate::components::state::{
     TransactionOp,
 };
 use crate::components::{Kind, Metadata, metadata::parse_bool};
+use crate::echo::echo;
 use crate::sidecar::components::{ComponentTable, Handle, Loaded};
 use crate::sidecar::error::{ApiError, ApiResult};
 
@@ -150,9 +151,23 @@ fn ttl(metadata: &BTreeMap<String, String>) -> Result<Option<i64>, StateError> {
                 "incorrect value for metadata 'ttlInSeconds': must be -1 or greater".into(),
             )),
             Err(e) => Err(StateError::Backend(format!(
-                "incorrect value for metadata 'ttlInSeconds': {v:?}: {e}"
+                "incorrect value for metadata 'ttlInSeconds': {:?}: {e}",
+                echo(v)
             ))),
         },
+    }
+}
+
+/// The most lookups one bulk get runs at a time.
+pub const MAX_PARALLELISM: usize = 100;
+
+/// How many lookups a bulk get runs at a time for the `parallelism` a request asks for. Dapr runs every key at
+/// once for 0 or a negative value (components-contrib `state/bulk.go`), and as many as asked otherwise; tandem
+/// does the same up to [`MAX_PARALLELISM`], so no value (negative, zero or huge) is an error or a burden.
+pub fn bulk_parallelism(requested: i64) -> usize {
+    match usize::try_from(requested) {
+        Ok(n) if n > 0 => n.min(MAX_PARALLELISM),
+        _ => MAX_PARALLELISM,
     }
 }
 
@@ -170,6 +185,34 @@ fn combine(errors: Vec<StateError>) -> StateError {
         }
     } else {
         StateError::Backend(text)
+    }
+}
+
+/// The writes of one bulk save or bulk delete, in request order. On a transactional store they are one
+/// transaction: every write or none (an etag conflict on the third of five keys leaves all five as they were),
+/// and a key named twice ends as its last write leaves it, on every backend. Dapr hands bulk writes to the store
+/// one by one in parallel, so a duplicate key's outcome is a race and a conflict leaves the other writes
+/// applied; tandem keeps Dapr's answers (the same codes and statuses) and makes the outcome deterministic.
+/// A store without transactions gets the writes one at a time, in order, and every failure is reported.
+async fn write_all(entry: &Store, ops: Vec<TransactionOp>) -> Result<(), StateError> {
+    if ops.is_empty() {
+        return Ok(());
+    }
+    if entry.features().contains(&Feature::Transactional) {
+        return entry.transact(&ops).await;
+    }
+    let mut errors = vec![];
+    for op in &ops {
+        let done = match op {
+            TransactionOp::Set(r) => entry.set(r).await,
+            TransactionOp::Delete(r) => entry.delete(r).await,
+        };
+        errors.extend(done.err());
+    }
+    if errors.is_empty() {
+        Ok(())
+    } else {
+        Err(combine(errors))
     }
 }
 
@@ -248,13 +291,12 @@ impl State {
                 Err(e) => return Err(ApiError::state_save(store, &e)),
             }
         }
-        let results = futures::future::join_all(requests.iter().map(|r| entry.set(r))).await;
-        let errors: Vec<StateError> = results.into_iter().filter_map(Result::err).collect();
-        match errors.len() {
-            0 => Ok(()),
-            1 if items.len() == 1 => Err(ApiError::state_save(store, &errors.into_iter().next().expect("one"))),
-            _ => Err(ApiError::state_save(store, &combine(errors))),
-        }
+        let written = if let [one] = requests.as_slice() {
+            entry.set(one).await
+        } else {
+            write_all(&entry, requests.into_iter().map(TransactionOp::Set).collect()).await
+        };
+        written.map_err(|e| ApiError::state_save(store, &e))
     }
 
     fn delete_request(entry: &Store, item: &DeleteItem) -> ApiResult<DeleteRequest> {
@@ -276,17 +318,13 @@ impl State {
 
     pub async fn bulk_delete(&self, store: &str, items: &[DeleteItem]) -> ApiResult<()> {
         let entry = self.store(store)?;
-        let requests = items
+        let ops = items
             .iter()
-            .map(|i| Self::delete_request(&entry, i))
+            .map(|i| Self::delete_request(&entry, i).map(TransactionOp::Delete))
             .collect::<ApiResult<Vec<_>>>()?;
-        let results = futures::future::join_all(requests.iter().map(|r| entry.delete(r))).await;
-        let errors: Vec<StateError> = results.into_iter().filter_map(Result::err).collect();
-        if errors.is_empty() {
-            Ok(())
-        } else {
-            Err(ApiError::state_bulk_delete(store, &combine(errors)))
-        }
+        write_all(&entry, ops)
+            .await
+            .map_err(|e| ApiError::state_bulk_delete(store, &e))
     }
 
     pub async fn transact(&self, store: &str, ops: &[TxOp]) -> ApiResult<()> {
