@@ -51,8 +51,8 @@ for target in "${targets[@]}"; do
   rm -f "$log"
 done
 
+echo "fuzz-parsers: $((${#targets[@]} - ${#failed[@]})) passed, ${#failed[@]} failed"
 if [ ${#failed[@]} -gt 0 ]; then
   echo "parser fuzzing found crashes in: ${failed[*]} (inputs under fuzz/artifacts/)" >&2
   exit 1
 fi
-echo "parser fuzzing: ${#targets[@]} targets, ${seconds} s each, no crash"

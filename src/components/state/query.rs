@@ -124,7 +124,7 @@ impl Query {
         let end = if self.limit == 0 {
             total
         } else {
-            (start + self.limit).min(total)
+            start.saturating_add(self.limit).min(total)
         };
         let results = matched
             .into_iter()
@@ -289,5 +289,13 @@ mod tests {
         assert!(Query::parse(&json!({"filter": {"AND": [{"EQ": {"a": 1}}]}})).is_err());
         assert!(Query::parse(&json!({"sort": [{"key": "a", "order": "UP"}]})).is_err());
         assert!(Query::parse(&json!([1])).is_err());
+    }
+
+    #[test]
+    fn the_largest_page_limit_past_the_first_page_is_the_rest() {
+        let q = Query::parse(&json!({"page": {"limit": u64::MAX, "token": "1"}})).unwrap();
+        let r = q.run(rows()).unwrap();
+        assert_eq!(keys(&r), ["2", "3", "4"]);
+        assert_eq!(r.token, None);
     }
 }
