@@ -54,7 +54,7 @@ def no_server_error_but_daprs(ctx, response, case):
     if error is not None:
         code, message = error
         for operation, codes, pattern in DAPR_CLIENT_MISTAKE_5XX:
-            if re.search(operation, label) and re.fullmatch(codes, code) and re.search(pattern, message):
+            if re.search(operation, label) and re.fullmatch(codes, code) and re.search(pattern, message, re.DOTALL):
                 return None
     raise AssertionError(
         f"{label} answered {response.status_code} to a client's request: {response.content[:500]!r} "
