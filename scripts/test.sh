@@ -3,7 +3,8 @@
 # the real release binary (the one users run) with the official Dapr Python SDK and plain HTTP. Needs Redis on
 # 127.0.0.1:6379 (see .ci/run). Suites that cannot run here say so as skipped: the e2e cluster tests when no
 # Kubernetes cluster answers (E2E_REQUIRE_CLUSTER=1 makes that a failure), the real-API-server tests when the
-# Kubernetes binaries are missing (scripts/kube-control-plane.sh builds them).
+# Kubernetes binaries are missing (scripts/kube-control-plane.sh builds them). Last, the HTTP API is fuzzed against
+# openapi/tandem-http.yaml (scripts/fuzz-api.sh) and the request parsers with cargo-fuzz (scripts/fuzz-parsers.sh).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -32,3 +33,8 @@ fi
 
 export TANDEM_BIN="$CARGO_TARGET_DIR/release/tandem"
 .venv/bin/pytest -q -rs tests/python
+
+# The published contract, fuzzed: schemathesis against the release binary (API_FUZZ_SECONDS, default 150 s), then
+# every cargo-fuzz parser target (FUZZ_SECONDS each, default 30 s, plus its build: cached in $CARGO_TARGET_DIR/fuzz).
+scripts/fuzz-api.sh
+scripts/fuzz-parsers.sh

@@ -101,8 +101,9 @@ pub fn parse_bool(v: &str) -> Option<bool> {
 pub fn parse_duration(v: &str) -> Result<Duration, String> {
     let v = v.trim();
     if let Ok(secs) = v.parse::<f64>() {
-        if secs >= 0.0 && secs.is_finite() {
-            return Ok(Duration::from_secs_f64(secs));
+        // try_: seconds beyond what a Duration holds (e.g. `1e300`) are an error, not a panic.
+        if let Ok(d) = Duration::try_from_secs_f64(secs) {
+            return Ok(d);
         }
     }
     humantime::parse_duration(v).map_err(|e| format!("{v:?} is not a duration (e.g. 5s, 1m30s, 500ms): {e}"))
@@ -134,5 +135,7 @@ mod tests {
         assert_eq!(parse_duration("500ms").unwrap(), Duration::from_millis(500));
         assert_eq!(parse_duration("2").unwrap(), Duration::from_secs(2));
         assert!(parse_duration("soon").is_err());
+        assert!(parse_duration("1e300").is_err());
+        assert!(parse_duration("-1").is_err());
     }
 }

@@ -138,7 +138,12 @@ pub fn load_configuration(path: &str) -> Result<Configuration, LoadError> {
         path: path.into(),
         message: e.to_string(),
     })?;
-    for (i, doc) in serde_yaml::Deserializer::from_str(&text).enumerate() {
+    parse_configuration(&text, path)
+}
+
+/// Parses and validates the first Configuration document of `text` (read from `path`).
+pub fn parse_configuration(text: &str, path: &Path) -> Result<Configuration, LoadError> {
+    for (i, doc) in serde_yaml::Deserializer::from_str(text).enumerate() {
         let invalid = |message: String| LoadError::Invalid {
             path: path.into(),
             message: format!("document {}: {message}", i + 1),

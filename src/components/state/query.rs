@@ -332,4 +332,12 @@ mod tests {
         assert!(Query::parse(&json!({"sort": [{"key": "a", "order": "UP"}]})).is_err());
         assert!(Query::parse(&json!([1])).is_err());
     }
+
+    #[test]
+    fn the_largest_page_limit_past_the_first_page_is_the_rest() {
+        let q = Query::parse(&json!({"page": {"limit": u64::MAX, "token": "1"}})).unwrap();
+        let r = q.run(rows()).unwrap();
+        assert_eq!(keys(&r), ["2", "3", "4"]);
+        assert_eq!(r.token, None);
+    }
 }

@@ -2,8 +2,12 @@
 
 mod invoke;
 mod metadata;
+pub mod openapi;
 mod secrets;
 mod state;
+
+/// The request-body decoders of the state handlers, public for the fuzz targets in `fuzz/`.
+pub use state::{decode_bulk_get, decode_save, decode_transaction};
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -92,6 +96,7 @@ pub fn router(state: ApiState) -> Router {
         .route("/v1.0/secrets/{store}/bulk", get(secrets::bulk))
         .route("/v1.0/secrets/{store}/{key}", get(secrets::get))
         .route("/v1.0/shutdown", post(metadata::shutdown))
+        .route("/v1.0/openapi.yaml", get(openapi::document))
         .route("/v1.0/invoke/{*rest}", axum::routing::any(invoke::invoke))
         // Dapr answers unknown paths and wrong methods from its invocation fallback: a `dapr-app-id` header
         // proxies the call to that app, anything else is 404 ERR_DIRECT_INVOKE.

@@ -121,11 +121,47 @@ impl HttpItem {
     }
 }
 
-async fn json_body<T: for<'de> Deserialize<'de>>(st: &ApiState, body: Body) -> ApiResult<T> {
-    let bytes = read_body(body, st.max_body)
-        .await
-        .map_err(ApiError::malformed_request)?;
-    serde_json::from_slice(&bytes).map_err(ApiError::malformed_request)
+async fn json_body(st: &ApiState, body: Body) -> ApiResult<Bytes> {
+    read_body(body, st.max_body).await.map_err(ApiError::malformed_request)
+}
+
+/// Decodes a save body (`[{"key","value","etag","metadata","options"}]`) into the items to save, with the
+/// request's `metadata.*` query parameters merged into each item's metadata.
+pub fn decode_save(store: &str, body: &[u8], query_md: &BTreeMap<String, String>) -> ApiResult<Vec<SaveItem>> {
+    let items: Vec<HttpItem> = serde_json::from_slice(body).map_err(ApiError::malformed_request)?;
+    items
+        .into_iter()
+        .map(|i| i.into_save(query_md, &|e| ApiError::state_save(store, e)))
+        .collect()
+}
+
+/// Decodes a bulk-get body (`{"keys", "parallelism"}`): the keys and the parallelism as Dapr applies it.
+pub fn decode_bulk_get(body: &[u8]) -> ApiResult<(Vec<String>, usize)> {
+    let req: BulkGetRequest = serde_json::from_slice(body).map_err(ApiError::malformed_request)?;
+    let parallelism = bulk_parallelism(req.parallelism);
+    Ok((req.keys, parallelism))
+}
+
+/// Decodes a transaction body (`{"operations": [{"operation", "request"}], "metadata"}`) into its operations,
+/// with the body's and the query's metadata merged into each item's.
+pub fn decode_transaction(_store: &str, body: &[u8], query_md: &BTreeMap<String, String>) -> ApiResult<Vec<TxOp>> {
+    let req: TransactionRequest = serde_json::from_slice(body).map_err(ApiError::malformed_request)?;
+    let mut md = req.metadata;
+    md.extend(query_md.iter().map(|(k, v)| (k.clone(), v.clone())));
+    let mut ops = Vec::with_capacity(req.operations.len());
+    // Dapr hands option values to the store's transaction, which refuses an unknown one as a failed transaction.
+    let bad_option: OptionError<'_> = &ApiError::state_transaction;
+    for op in req.operations {
+        if op.request.key.contains("||") {
+            return Err(ApiError::illegal_key(&op.request.key));
+        }
+        ops.push(match op.operation.as_str() {
+            "upsert" => TxOp::Upsert(op.request.into_save(&md, bad_option)?),
+            "delete" => TxOp::Delete(op.request.into_delete(&md, bad_option)?),
+            other => return Err(ApiError::unsupported_operation(other)),
+        });
+    }
+    Ok(ops)
 }
 
 #[instrument(level = "debug", name = "http.state.save", skip_all, fields(store = %echo(path.store())))]
@@ -137,12 +173,7 @@ pub async fn save(
 ) -> ApiResult<StatusCode> {
     let store = path.store().to_owned();
     st.rt.state.store(&store)?;
-    let items: Vec<HttpItem> = json_body(&st, body).await?;
-    let md = query_metadata(&params);
-    let items = items
-        .into_iter()
-        .map(|i| i.into_save(&md, &|e| ApiError::state_save(&store, e)))
-        .collect::<ApiResult<Vec<_>>>()?;
+    let items = decode_save(&store, &json_body(&st, body).await?, &query_metadata(&params))?;
     if !items.is_empty() {
         st.rt.state.save(&store, &items).await?;
     }
@@ -223,9 +254,8 @@ struct BulkGetItem {
 pub async fn bulk_get(State(st): State<ApiState>, path: DaprPath, body: Body) -> ApiResult<Response> {
     let store = path.store().to_owned();
     st.rt.state.store(&store)?;
-    let req: BulkGetRequest = json_body(&st, body).await?;
-    let parallelism = bulk_parallelism(req.parallelism);
-    let items = st.rt.state.bulk_get(&store, &req.keys, parallelism).await?;
+    let (keys, parallelism) = decode_bulk_get(&json_body(&st, body).await?)?;
+    let items = st.rt.state.bulk_get(&store, &keys, parallelism).await?;
     let out: Vec<BulkGetItem> = items
         .into_iter()
         .map(|b| match (b.item, b.error) {
@@ -278,22 +308,7 @@ pub async fn transaction(
 ) -> ApiResult<StatusCode> {
     let store = path.store().to_owned();
     st.rt.state.store(&store)?;
-    let req: TransactionRequest = json_body(&st, body).await?;
-    let mut md = req.metadata;
-    md.extend(query_metadata(&params));
-    let mut ops = Vec::with_capacity(req.operations.len());
-    // Dapr hands option values to the store's transaction, which refuses an unknown one as a failed transaction.
-    let bad_option: OptionError<'_> = &ApiError::state_transaction;
-    for op in req.operations {
-        if op.request.key.contains("||") {
-            return Err(ApiError::illegal_key(&op.request.key));
-        }
-        ops.push(match op.operation.as_str() {
-            "upsert" => TxOp::Upsert(op.request.into_save(&md, bad_option)?),
-            "delete" => TxOp::Delete(op.request.into_delete(&md, bad_option)?),
-            other => return Err(ApiError::unsupported_operation(other)),
-        });
-    }
+    let ops = decode_transaction(&store, &json_body(&st, body).await?, &query_metadata(&params))?;
     st.rt.state.transact(&store, &ops).await?;
     Ok(StatusCode::NO_CONTENT)
 }

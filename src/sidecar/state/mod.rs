@@ -142,7 +142,7 @@ fn is_actor_store(c: &Loaded) -> bool {
 
 /// `ttlInSeconds` from request metadata: an integer from -1 to 2^31-1 (Dapr's range; longer would reach past
 /// the dates a timestamp can hold).
-fn ttl(metadata: &BTreeMap<String, String>) -> Result<Option<i64>, StateError> {
+pub fn ttl(metadata: &BTreeMap<String, String>) -> Result<Option<i64>, StateError> {
     match metadata.get("ttlInSeconds") {
         None => Ok(None),
         Some(v) => match v.trim().parse::<i64>() {

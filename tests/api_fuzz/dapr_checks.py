@@ -1,0 +1,62 @@
+"""Schemathesis checks for tandem's HTTP API (loaded by scripts/fuzz-api.sh through SCHEMATHESIS_HOOKS).
+
+`no_server_error_but_daprs` stands in for schemathesis' `not_a_server_error`: a 5xx answer fails the run, except
+the few that Dapr itself gives for a client's mistake, which a drop-in replacement must give too. Each exception
+names the operation, the error code and the message it must carry, and where Dapr answers so; anything else —
+`ERR_INTERNAL` (a panic), a 502/503, a 5xx without Dapr's error body — fails.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+
+import schemathesis
+
+# (operation label regex, errorCode, message regex): Dapr's own 5xx answers to a client's mistake.
+DAPR_CLIENT_MISTAKE_5XX = [
+    # healthz?appid=<another app>: Dapr's healthz handler answers 500 ERR_HEALTH_APPID_NOT_MATCH.
+    (r"^GET /v1\.0/healthz$", "ERR_HEALTH_APPID_NOT_MATCH", r"^dapr app-id does not match$"),
+    # An unparsable query body: Dapr's QueryStateAlpha1 answers ErrStateQueryFailed (500).
+    (r"^(POST|PUT) /v1\.0-alpha1/state/\{store\}/query$", "ERR_STATE_QUERY", r"failed to parse JSON query body"),
+    # A secret the store does not have: Dapr's GetSecret answers ErrSecretGet (500).
+    (r"^GET /v1\.0/secrets/\{store\}/\{key\}$", "ERR_SECRET_GET", r"secret .* not found$"),
+    # Request options the store refuses (checked inside the component in Dapr, so answered as a store failure):
+    # a ttlInSeconds out of range or not a number, an unknown concurrency model.
+    (r"^(POST|PUT) /v1\.0/state/\{store\}$", "ERR_STATE_SAVE",
+     r"incorrect value for metadata 'ttlInSeconds'|unrecognized concurrency model"),
+    (r"^DELETE /v1\.0/state/\{store\}/", "ERR_STATE_DELETE", r"unrecognized concurrency model"),
+    # Transactions: every failure is 500 ERR_STATE_TRANSACTION in Dapr, etag conflicts included.
+    (r"^(POST|PUT) /v1\.0/state/\{store\}/transaction$", "ERR_STATE_TRANSACTION",
+     r"incorrect value for metadata 'ttlInSeconds'|etag"),
+    (r"^(POST|PUT) /v1\.0/state/\{store\}/transaction$", "ERR_STATE_SAVE|ERR_STATE_DELETE",
+     r"unrecognized concurrency model"),
+]
+
+
+def _dapr_error(response) -> tuple[str, str] | None:
+    try:
+        body = json.loads(response.content)
+    except (ValueError, UnicodeDecodeError):
+        return None
+    if not isinstance(body, dict) or not isinstance(body.get("errorCode"), str):
+        return None
+    return body["errorCode"], str(body.get("message", ""))
+
+
+@schemathesis.check
+def no_server_error_but_daprs(ctx, response, case):
+    """No 5xx, except Dapr's own 5xx answers to a client's mistake (DAPR_CLIENT_MISTAKE_5XX)."""
+    if response.status_code < 500:
+        return None
+    label = case.operation.label
+    error = _dapr_error(response)
+    if error is not None:
+        code, message = error
+        for operation, codes, pattern in DAPR_CLIENT_MISTAKE_5XX:
+            if re.search(operation, label) and re.fullmatch(codes, code) and re.search(pattern, message, re.DOTALL):
+                return None
+    raise AssertionError(
+        f"{label} answered {response.status_code} to a client's request: {response.content[:500]!r} "
+        "(a 5xx is allowed only where Dapr answers the same mistake with one; see tests/api_fuzz/dapr_checks.py)"
+    )
