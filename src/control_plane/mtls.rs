@@ -131,13 +131,13 @@ impl WorkloadIdentity {
             namespace: namespace.into(),
             app_id: app_id.into(),
         };
-        let mut config = rustls::ClientConfig::builder_with_provider(self.provider.clone())
+        // No ALPN here: the HTTP client offers the protocols it speaks (h2).
+        let config = rustls::ClientConfig::builder_with_provider(self.provider.clone())
             .with_safe_default_protocol_versions()
             .map_err(|e| e.to_string())?
             .dangerous()
             .with_custom_certificate_verifier(Arc::new(verifier))
             .with_client_cert_resolver(Arc::new(Presented(self.clone())));
-        config.alpn_protocols = vec![b"h2".to_vec()];
         Ok(Arc::new(config))
     }
 }
