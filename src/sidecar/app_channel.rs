@@ -18,6 +18,9 @@ use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+
+/// Invocations held at once while the app starts; more fail at once.
+pub const MAX_HELD: usize = 1024;
 use tokio_util::sync::CancellationToken;
 use tonic::transport::{Channel, Endpoint};
 
@@ -45,6 +48,9 @@ pub enum AppCallError {
     /// Dapr's `ErrAppUnhealthy`: the health probe marked the app unhealthy.
     #[error("app is not in a healthy state")]
     Unhealthy,
+    /// The app did not start listening within the hold.
+    #[error("app is not ready: {0}")]
+    NotReady(String),
     #[error("{0}")]
     Failed(String),
 }
@@ -62,6 +68,12 @@ pub struct AppChannel {
     /// Sent to the app as `dapr-api-token` (APP_API_TOKEN).
     token: Option<HeaderValue>,
     healthy: AtomicBool,
+    /// Whether the app has listened on its port yet (start-up).
+    listening: tokio::sync::watch::Sender<bool>,
+    /// Invocations waiting for the app to start listening, bounded by [`MAX_HELD`].
+    held: std::sync::atomic::AtomicUsize,
+    /// How long an early invocation may wait for the app to listen (`--app-ready-hold`).
+    hold: Duration,
     /// `--app-max-concurrency` permits.
     concurrency: Option<Arc<Semaphore>>,
     /// The largest request body read whole (an HTTP-style call to a gRPC app), `--max-body-size`.
@@ -106,9 +118,37 @@ impl AppChannel {
             grpc,
             token,
             healthy: AtomicBool::new(true),
+            listening: tokio::sync::watch::Sender::new(false),
+            held: std::sync::atomic::AtomicUsize::new(0),
+            hold: args.app_ready_hold,
             concurrency,
             max_body,
         }))
+    }
+
+    /// Waits, within the configured hold (`--app-ready-hold`), until the app has started listening: an invocation
+    /// arriving while the app is still starting is held rather than failed. At most [`MAX_HELD`] wait at once.
+    pub async fn until_listening(&self) -> Result<(), AppCallError> {
+        if *self.listening.borrow() {
+            return Ok(());
+        }
+        if self.held.fetch_add(1, Ordering::AcqRel) >= MAX_HELD {
+            self.held.fetch_sub(1, Ordering::AcqRel);
+            return Err(AppCallError::NotReady(format!(
+                "the app has not started listening on port {} yet and {MAX_HELD} calls already wait for it",
+                self.port
+            )));
+        }
+        let mut rx = self.listening.subscribe();
+        let waited = tokio::time::timeout(self.hold, rx.wait_for(|l| *l)).await;
+        self.held.fetch_sub(1, Ordering::AcqRel);
+        match waited {
+            Ok(Ok(_)) => Ok(()),
+            _ => Err(AppCallError::NotReady(format!(
+                "the app did not start listening on port {} within {:?} (--app-ready-hold)",
+                self.port, self.hold
+            ))),
+        }
     }
 
     pub fn is_healthy(&self) -> bool {
@@ -249,6 +289,7 @@ impl AppChannel {
         loop {
             if tokio::net::TcpStream::connect(&addr).await.is_ok() {
                 tracing::info!(address = %addr, waited_ms = started.elapsed().as_millis() as u64, "app is listening");
+                self.listening.send_replace(true);
                 return;
             }
             if last_log.elapsed() > Duration::from_secs(5) {

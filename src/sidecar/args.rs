@@ -95,6 +95,10 @@ pub struct Args {
     /// Consecutive failed probes before the app counts as unhealthy.
     #[arg(long, default_value_t = 3)]
     pub app_health_threshold: u32,
+    /// How long an invocation arriving before the app listens on --app-port is held for it (tandem's; 0 fails
+    /// such calls at once). At most 1024 are held.
+    #[arg(long, default_value = "30s", value_parser = humantime::parse_duration)]
+    pub app_ready_hold: std::time::Duration,
     /// Address of the placement service (used by actors).
     #[arg(long)]
     pub placement_host_address: Option<String>,

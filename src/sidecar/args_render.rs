@@ -56,6 +56,7 @@ impl Args {
             app_health_probe_interval,
             app_health_probe_timeout,
             app_health_threshold,
+            app_ready_hold,
             placement_host_address,
             control_plane_address,
             enable_mtls,
@@ -128,6 +129,9 @@ impl Args {
             &d.app_health_probe_timeout,
         );
         r.value("app_health_threshold", app_health_threshold, &d.app_health_threshold);
+        if app_ready_hold != &d.app_ready_hold {
+            r.push("app_ready_hold", &humantime::format_duration(*app_ready_hold).to_string());
+        }
         r.option(
             "placement_host_address",
             placement_host_address,
@@ -264,6 +268,7 @@ mod tests {
             app_health_probe_interval: 7,
             app_health_probe_timeout: 900,
             app_health_threshold: 4,
+            app_ready_hold: std::time::Duration::from_secs(5),
             placement_host_address: Some("placement:50005".into()),
             control_plane_address: "tandem-api.tandem-system.svc:443".into(),
             enable_mtls: true,

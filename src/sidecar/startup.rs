@@ -441,7 +441,7 @@ struct Assembled {
     loader: ComponentLoader,
     /// The handler of the internal port.
     callee: Arc<invoke::Callee>,
-    /// This sidecar, as name resolution registers it once the app is ready.
+    /// This sidecar, as name resolution registers it once its components are ready.
     me: nameresolution::Instance,
 }
 
@@ -528,7 +528,7 @@ struct Startup {
     resources: Resources,
     channel: Option<Arc<AppChannel>>,
     probe: Option<HealthProbe>,
-    /// This sidecar, as name resolution registers it once the app is ready.
+    /// This sidecar, as name resolution registers it once its components are ready.
     me: nameresolution::Instance,
     operator: Option<(OperatorClient, SidecarResources)>,
     started: Instant,
@@ -559,16 +559,18 @@ async fn initialise(rt: Arc<Runtime>, loader: ComponentLoader, s: Startup) {
             span,
         ));
     }
+    // Registered before the app listens: calls that find this sidecar early are held until the app is ready
+    // (`--app-ready-hold`), so apps started together lose no early call.
+    if let Err(e) = rt.invoker.resolver().register(&s.me).await {
+        tracing::error!("registering with name resolution failed, tandem will exit: {e}");
+        rt.fail(e.to_string());
+        return;
+    }
     if let Some(channel) = &s.channel {
         channel.wait_until_listening(&rt.shutdown).await;
         if let Some(p) = s.probe {
             channel.spawn_health_probe(p, rt.shutdown.clone());
         }
-    }
-    if let Err(e) = rt.invoker.resolver().register(&s.me).await {
-        tracing::error!("registering with name resolution failed, tandem will exit: {e}");
-        rt.fail(e.to_string());
-        return;
     }
     rt.health.set_ready();
     tracing::info!(

@@ -247,6 +247,7 @@ fn flags_are_the_ones_the_operator_and_injector_parse() {
             "--api-port=6500",
             "--health-port=8080",
             "--leader-elect",
+            "--enable-mtls=true",
             "--log-level=info"
         ]
     );
@@ -259,9 +260,19 @@ fn flags_are_the_ones_the_operator_and_injector_parse() {
             "--webhook-name=tandem-sidecar-injector",
             "--service-name=tandem-sidecar-injector",
             "--sidecar-image=ghcr.io/tandem-rs/tandem:0.1.0",
+            "--enable-mtls=true",
             "--log-level=info",
         ]
     );
+    // mtls.enabled=false switches both off.
+    let docs = render_chart(json!({"mtls": {"enabled": false}}));
+    for name in ["tandem-operator", "tandem-sidecar-injector"] {
+        let args = strings(&find(&docs, "Deployment", name)["spec"]["template"]["spec"]["containers"][0]["args"])
+            .into_iter()
+            .map(str::to_owned)
+            .collect::<Vec<_>>();
+        assert!(args.contains(&"--enable-mtls=false".to_owned()), "{name}: {args:?}");
+    }
 }
 
 #[test]

@@ -727,6 +727,30 @@ def test_sigterm_exits_zero_within_grace(fresh_sidecars):
         requests.get(sc.url("/v1.0/healthz"), timeout=2)
 
 
+def test_half_sent_requests_never_delay_exit_past_the_grace_period(fresh_sidecars):
+    """Clients that started a request and stopped mid-way (headers half sent, a body promised and not sent, an
+    HTTP/2 stream left open) do not hold the sidecar past --dapr-graceful-shutdown-seconds."""
+    import socket
+
+    sc = fresh_sidecars.start("halfsent", [component("mem", "state.in-memory")],
+                              extra_args=["--dapr-graceful-shutdown-seconds", "2"])
+    held = []
+    for payload in (b"POST /v1.0/state/mem HTTP/1.1\r\nhost: x\r\ncontent-le",
+                    b"POST /v1.0/state/mem HTTP/1.1\r\nhost: x\r\ncontent-length: 100000\r\n\r\n[{\"key\":",
+                    b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"):
+        s = socket.create_connection(("127.0.0.1", sc.http_port), timeout=5)
+        s.sendall(payload)
+        held.append(s)
+    time.sleep(0.5)
+    started = time.monotonic()
+    sc.proc.send_signal(signal.SIGTERM)
+    sc.proc.wait(timeout=15)
+    elapsed = time.monotonic() - started
+    for s in held:
+        s.close()
+    assert elapsed < 4, f"exit took {elapsed:.1f} s with a 2 s grace period"
+
+
 def test_sigterm_exits_when_nobody_reads_its_logs_any_more(tandem, tmp_path):
     """The log reader went away (a closed pipe): logging fails, and SIGTERM must still stop the sidecar."""
     http_port = free_port()

@@ -7,6 +7,7 @@ import hashlib
 import json
 import os
 import threading
+import time
 
 import grpc
 import pytest
@@ -392,3 +393,46 @@ def test_calls_to_an_unhealthy_app_are_refused_until_it_recovers(sidecars, mesh,
             "calls did not reach the app again once it was healthy"
     finally:
         app.stop()
+
+
+def test_an_early_call_is_held_until_the_callee_app_listens(sidecars, mesh, tmp_path):
+    """Two apps started together: the callee's sidecar registers once its components are ready and holds calls
+    that arrive while its app is still starting (--app-ready-hold), instead of failing them."""
+    port = free_port()
+    sc = sidecars.spawn("latecomer", config=nr_config(mesh.db), extra_args=["--app-port", str(port)])
+    url = mesh.web.url("/v1.0/invoke/latecomer/method/early")
+    # The sidecar registers before its app listens (it is not healthy yet: /v1.0/healthz waits for the app).
+    import sqlite3
+
+    def registered() -> bool:
+        with sqlite3.connect(mesh.db) as db:
+            return bool(db.execute("SELECT 1 FROM hosts WHERE app_id = 'latecomer'").fetchall())
+
+    assert poll_until(registered, 15), sc.stderr()
+    assert requests.get(sc.url("/v1.0/healthz"), timeout=5).status_code != 204
+    results: list = []
+    caller = threading.Thread(target=lambda: results.append(requests.post(url, data=b"first", timeout=30)))
+    caller.start()
+    time.sleep(3)
+    assert not results, "the early call was answered before the app listened"
+    app = start_app("echo_http.py", "latecomer", tmp_path, port=port)
+    try:
+        caller.join(timeout=30)
+        assert results and results[0].status_code == 200, results and results[0].text
+        assert results[0].json()["body"] == "first"
+    finally:
+        app.stop()
+
+
+def test_an_early_call_fails_clearly_when_the_app_never_listens(sidecars, mesh):
+    sidecars.spawn("nobody", config=nr_config(mesh.db), extra_args=["--app-port", str(free_port()),
+                                                                    "--app-ready-hold", "1s"])
+    url = mesh.web.url("/v1.0/invoke/nobody/method/x")
+
+    def refused_as_not_ready():
+        r = requests.get(url, timeout=10)
+        return r.status_code == 500 and "did not start listening" in r.json().get("message", "")
+
+    assert poll_until(refused_as_not_ready, timeout=15, interval=0.5)
+    r = requests.get(url, timeout=10)
+    assert r.json()["errorCode"] == "ERR_DIRECT_INVOKE" and "--app-ready-hold" in r.json()["message"], r.text

@@ -335,7 +335,7 @@ mod tests {
 
     #[test]
     fn the_largest_page_limit_past_the_first_page_is_the_rest() {
-        let q = Query::parse(&json!({"page": {"limit": u64::MAX, "token": "1"}})).unwrap();
+        let q = Query::parse(&json!({"page": {"limit": i64::MAX, "token": "1"}})).unwrap();
         let r = q.run(rows()).unwrap();
         assert_eq!(keys(&r), ["2", "3", "4"]);
         assert_eq!(r.token, None);

@@ -111,6 +111,10 @@ impl Callee {
             return error_response(mode, ApiError::permission_denied(&self.app_id, &message));
         }
         headers::strip_internal(req.headers_mut());
+        // An early call (the sidecar is registered, its app still starting) waits for the app, bounded.
+        if let Err(e) = app.until_listening().await {
+            return error_response(mode, ApiError::direct_invoke(&self.app_id, &e.to_string()));
+        }
         let result = match mode {
             Mode::Grpc => app.forward_grpc(req).await,
             Mode::Http => app.invoke_method(req).await,
