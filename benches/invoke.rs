@@ -5,7 +5,8 @@
 //!     BENCH_TANDEM_BIN=/path/to/other/tandem cargo bench --bench invoke   # the same run against another build
 //!
 //! Prints added p50/p90/p99 latency at the fixed rate, maximum throughput at 32 connections, CPU seconds per
-//! 1000 requests and RSS of each sidecar idle and under load.
+//! 1000 requests and RSS of each sidecar idle and under load; then the same calls between a second pair of
+//! sidecars talking mutual TLS (`--enable-mtls`, certificates from tandem's certificate authority code).
 
 mod common;
 
@@ -100,18 +101,32 @@ async fn max_throughput(client: &HttpClient, url: &str, conns: usize, secs: u64)
     (total as f64 / started.elapsed().as_secs_f64(), total)
 }
 
-fn start_sidecar(dir: &std::path::Path, app_id: &str, app_port: Option<u16>) -> (tokio::process::Child, u16) {
+/// `DAPR_CERT_*` environment for a sidecar of `app_id`, signed by `ca`.
+fn mtls_env(ca: &tandem::operator::ca::Authority, app_id: &str) -> Vec<(String, String)> {
+    use tandem::control_plane::identity::{SpiffeId, key_and_csr};
+    let id = SpiffeId::new("public", "default", app_id).unwrap();
+    let (key, csr) = key_and_csr(&id).unwrap();
+    let issued = ca.sign(&csr, &id, Duration::from_secs(3600), Duration::from_secs(60)).unwrap();
+    vec![
+        ("DAPR_CERT_CHAIN".into(), issued.chain_pem),
+        ("DAPR_CERT_KEY".into(), key.serialize_pem()),
+        ("DAPR_TRUST_ANCHORS".into(), issued.trust_bundle_pem),
+    ]
+}
+
+fn start_sidecar(
+    dir: &std::path::Path,
+    app_id: &str,
+    app_port: Option<u16>,
+    mtls: Option<&tandem::operator::ca::Authority>,
+) -> (tokio::process::Child, u16) {
     let http = free_port();
     let mut cmd = tokio::process::Command::new(tandem_bin());
+    cmd.args(["sidecar", "--app-id", app_id, "--log-level", "warn", "--enable-metrics=false"]);
+    if let Some(ca) = mtls {
+        cmd.arg("--enable-mtls").envs(mtls_env(ca, app_id));
+    }
     cmd.args([
-        "sidecar",
-        "--app-id",
-        app_id,
-        "--log-level",
-        "warn",
-        "--enable-metrics=false",
-    ])
-    .args([
         "--dapr-http-port",
         &http.to_string(),
         "--dapr-grpc-port",
@@ -154,20 +169,26 @@ async fn main() {
     .unwrap();
     let app_port = free_port();
     tokio::spawn(serve_app(app_port));
-    let (callee, _) = start_sidecar(dir.path(), "bench-app", Some(app_port));
-    let (caller, caller_http) = start_sidecar(dir.path(), "bench-client", None);
+    let (callee, _) = start_sidecar(dir.path(), "bench-app", Some(app_port), None);
+    let (caller, caller_http) = start_sidecar(dir.path(), "bench-client", None, None);
+    let (ca, _) = tandem::operator::ca::Authority::generate("public").unwrap();
+    let (mtls_callee, _) = start_sidecar(dir.path(), "bench-app-mtls", Some(app_port), Some(&ca));
+    let (mtls_caller, mtls_http) = start_sidecar(dir.path(), "bench-client-mtls", None, Some(&ca));
     let mut connector = HttpConnector::new();
     connector.set_nodelay(true);
     let client: HttpClient = Client::builder(TokioExecutor::new())
         .pool_max_idle_per_host(256)
         .build(connector);
     wait_ready(&client, caller_http).await;
+    wait_ready(&client, mtls_http).await;
     let (caller_pid, callee_pid) = (caller.id().unwrap(), callee.id().unwrap());
     let direct = format!("http://127.0.0.1:{app_port}/ping");
     let via = format!("http://127.0.0.1:{caller_http}/v1.0/invoke/bench-app/method/ping");
+    let via_mtls = format!("http://127.0.0.1:{mtls_http}/v1.0/invoke/bench-app-mtls/method/ping");
     // Warm up connection pools on every hop.
     for _ in 0..200 {
         call(&client, &via, &Bytes::from_static(b"w")).await;
+        call(&client, &via_mtls, &Bytes::from_static(b"w")).await;
         call(&client, &direct, &Bytes::from_static(b"w")).await;
     }
     let idle = (rss_mb(caller_pid), rss_mb(callee_pid));
@@ -214,6 +235,15 @@ async fn main() {
         "RSS: caller sidecar {:.1} MB idle, {:.1} MB after load; callee sidecar {:.1} MB idle, {:.1} MB after load",
         idle.0, loaded.0, idle.1, loaded.1
     );
+    let m = fixed_rate(&client, &via_mtls, rate, secs).await;
+    let (mtls_rps, _) = max_throughput(&client, &via_mtls, conns, secs).await;
+    println!(
+        "with mTLS between the sidecars: added {:>+7.3} ms p50 {:>+7.3} ms p90 {:>+7.3} ms p99 at {rate} req/s; \
+         max {mtls_rps:.0} req/s",
+        ms(m.p50) - ms(d.p50),
+        ms(m.p90) - ms(d.p90),
+        ms(m.p99) - ms(d.p99),
+    );
     let _ = Arc::new(());
-    drop((caller, callee));
+    drop((caller, callee, mtls_caller, mtls_callee));
 }

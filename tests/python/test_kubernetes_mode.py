@@ -33,6 +33,7 @@ HOT_RELOAD_TIMEOUT = 8.0
 WEB_TOKEN = "web-token-" + uuid.uuid4().hex[:8]
 BILLING_TOKEN = "billing-token-" + uuid.uuid4().hex[:8]
 OTHER_NS_TOKEN = "other-token-" + uuid.uuid4().hex[:8]
+UNBOUND_TOKEN = "unbound-token-" + uuid.uuid4().hex[:8]
 POD_NAME_EXTRA = "authentication.kubernetes.io/pod-name"
 
 
@@ -120,7 +121,12 @@ def apiserver(db_path) -> Iterator[FakeApiServer]:
     sa = f"system:serviceaccount:{NS}:default"
     api.add_token(WEB_TOKEN, sa, [AUDIENCE], {POD_NAME_EXTRA: ["web-5d8f7-abcde"]})
     api.add_token(BILLING_TOKEN, sa, [AUDIENCE], {POD_NAME_EXTRA: ["billing-0"]})
-    api.add_token(OTHER_NS_TOKEN, "system:serviceaccount:other:default", [AUDIENCE])
+    api.add_token(OTHER_NS_TOKEN, "system:serviceaccount:other:default", [AUDIENCE],
+                  {POD_NAME_EXTRA: ["anything-0"]})
+    api.add_token(UNBOUND_TOKEN, sa, [AUDIENCE])
+    other_pod = pod("anything-0", "anything")
+    other_pod["metadata"]["namespace"] = "other"
+    api.apply(other_pod)
     api.apply(pod("web-5d8f7-abcde", "web"))
     api.apply(pod("billing-0", "billing"))
     api.apply(FakeApiServer.secret(NS, "sqlite-conn", {"connectionString": str(db_path)}))
@@ -143,8 +149,10 @@ def operator(tandem, apiserver, workdir) -> Iterator[Operator]:
     api_port, health_port = free_port(), free_port()
     log = workdir / "operator.log"
     proc = subprocess.Popen(
+        # The certificate authority is exercised against a real API server (test_real_apiserver.py); the fake one
+        # serves no Secrets or ConfigMaps to keep its trust bundle in.
         [tandem, "operator", "--api-port", str(api_port), "--health-port", str(health_port),
-         "--log-level", "debug"],
+         "--enable-mtls=false", "--log-level", "debug"],
         env=env, stdout=open(log, "wb"), stderr=subprocess.STDOUT,
     )
     op = Operator(proc, api_port, health_port, log)
@@ -330,6 +338,10 @@ def test_operator_api_authenticates_and_confines_callers(operator):
                      timeout=5)
     assert r.status_code == 200, r.text
     assert [c["metadata"]["name"] for c in r.json()["components"]] == ["elsewhere"]
+    # A token bound to no pod proves no app id: no app's resources for it.
+    r = requests.get(url, params={"appId": "web"}, headers={"Authorization": f"Bearer {UNBOUND_TOKEN}"}, timeout=5)
+    assert (r.status_code, r.json()["errorCode"]) == (403, "ERR_PERMISSION_DENIED"), r.text
+    assert "not bound to a pod" in r.json()["message"]
 
 
 def test_operator_writes_ready_status_and_events(operator, apiserver):
