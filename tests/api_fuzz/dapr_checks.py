@@ -19,18 +19,18 @@ DAPR_CLIENT_MISTAKE_5XX = [
     (r"^GET /v1\.0/healthz$", "ERR_HEALTH_APPID_NOT_MATCH", r"^dapr app-id does not match$"),
     # An unparsable query body: Dapr's QueryStateAlpha1 answers ErrStateQueryFailed (500).
     (r"^(POST|PUT) /v1\.0-alpha1/state/\{store\}/query$", "ERR_STATE_QUERY", r"failed to parse JSON query body"),
+    # A page token no earlier page gave: the store's query fails, which Dapr answers ErrStateQueryFailed (500).
+    (r"^(POST|PUT) /v1\.0-alpha1/state/\{store\}/query$", "ERR_STATE_QUERY", r"invalid page token"),
     # A secret the store does not have: Dapr's GetSecret answers ErrSecretGet (500).
     (r"^GET /v1\.0/secrets/\{store\}/\{key\}$", "ERR_SECRET_GET", r"secret .* not found$"),
     # Request options the store refuses (checked inside the component in Dapr, so answered as a store failure):
     # a ttlInSeconds out of range or not a number, an unknown concurrency model.
     (r"^(POST|PUT) /v1\.0/state/\{store\}$", "ERR_STATE_SAVE",
-     r"incorrect value for metadata 'ttlInSeconds'|unrecognized concurrency model"),
-    (r"^DELETE /v1\.0/state/\{store\}/", "ERR_STATE_DELETE", r"unrecognized concurrency model"),
+     r"incorrect value for metadata 'ttlInSeconds'|unrecognized (concurrency|consistency) model"),
+    (r"^DELETE /v1\.0/state/\{store\}/", "ERR_STATE_DELETE", r"unrecognized (concurrency|consistency) model"),
     # Transactions: every failure is 500 ERR_STATE_TRANSACTION in Dapr, etag conflicts included.
     (r"^(POST|PUT) /v1\.0/state/\{store\}/transaction$", "ERR_STATE_TRANSACTION",
-     r"incorrect value for metadata 'ttlInSeconds'|etag"),
-    (r"^(POST|PUT) /v1\.0/state/\{store\}/transaction$", "ERR_STATE_SAVE|ERR_STATE_DELETE",
-     r"unrecognized concurrency model"),
+     r"incorrect value for metadata 'ttlInSeconds'|etag|unrecognized (concurrency|consistency) model"),
 ]
 
 
