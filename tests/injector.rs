@@ -40,6 +40,7 @@ impl Drop for Injector {
 async fn start_bootstrapped() -> Injector {
     let own = tls::bootstrap(&tls::dns_names(SERVICE, NAMESPACE)).unwrap();
     let webhook = Arc::new(Webhook {
+        system_mtls: Arc::new(true.into()),
         config: InjectorConfig {
             sidecar_image: "ghcr.io/tandem/tandem:1.0".into(),
             image_pull_policy: None,

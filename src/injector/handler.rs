@@ -30,6 +30,9 @@ const BODY_LIMIT: usize = 16 * 1024 * 1024;
 pub struct Webhook {
     pub config: InjectorConfig,
     pub requesters: AllowedRequesters,
+    /// `spec.mtls.enabled` of the control plane's `daprsystem` Configuration (true when there is none): with
+    /// `config.mtls`, whether injected sidecars get `--enable-mtls`.
+    pub system_mtls: Arc<std::sync::atomic::AtomicBool>,
 }
 
 pub fn router(webhook: Arc<Webhook>) -> Router {
@@ -121,7 +124,9 @@ pub fn review(webhook: &Webhook, req: &AdmissionRequest<DynamicObject>) -> Admis
     let pod = serde_json::to_value(object)
         .and_then(serde_json::from_value::<Pod>)
         .map_err(|e| Deny::UnreadablePod(e.to_string()));
-    match pod.and_then(|pod| patch_for(&pod, &webhook.config)) {
+    let mut config = webhook.config.clone();
+    config.mtls &= webhook.system_mtls.load(std::sync::atomic::Ordering::Relaxed);
+    match pod.and_then(|pod| patch_for(&pod, &config)) {
         Ok(None) => allowed,
         Ok(Some(patch)) => match allowed.clone().with_patch(patch) {
             Ok(r) => {
@@ -148,6 +153,7 @@ mod tests {
 
     fn webhook() -> Webhook {
         Webhook {
+            system_mtls: Arc::new(true.into()),
             config: InjectorConfig {
                 sidecar_image: "tandem:test".into(),
                 image_pull_policy: None,
@@ -214,5 +220,21 @@ mod tests {
             patch
         );
         assert_eq!(wire["response"]["patchType"], "JSONPatch");
+    }
+
+    #[test]
+    fn sidecars_get_mtls_when_the_chart_and_daprsystem_both_want_it() {
+        let injected_flags = |chart: bool, system: bool| {
+            let mut w = webhook();
+            w.config.mtls = chart;
+            w.system_mtls.store(system, std::sync::atomic::Ordering::Relaxed);
+            let resp = review(&w, &request("Pod", "CREATE", annotated_pod()));
+            let patch = String::from_utf8(resp.patch.expect("the pod is patched")).unwrap();
+            assert!(patch.contains("--app-id"), "{patch}");
+            patch.contains("--enable-mtls")
+        };
+        assert!(injected_flags(true, true));
+        assert!(!injected_flags(true, false), "daprsystem spec.mtls.enabled: false turns it off");
+        assert!(!injected_flags(false, true));
     }
 }

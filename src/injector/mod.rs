@@ -213,14 +213,65 @@ pub async fn serve(
     tokio::join!(https, health);
 }
 
+/// Keeps `enabled` in step with `spec.mtls.enabled` of the `daprsystem` Configuration in the control plane's
+/// namespace, as Dapr's injector decides whether sidecars get mTLS: absent or unreadable means enabled.
+async fn follow_system_mtls(
+    client: kube::Client,
+    namespace: String,
+    enabled: Arc<std::sync::atomic::AtomicBool>,
+    shutdown: CancellationToken,
+) {
+    use crate::control_plane::{DaprKind, DaprResource};
+    let api: kube::Api<kube::api::DynamicObject> =
+        kube::Api::namespaced_with(client, &namespace, &DaprKind::Configuration.api_resource());
+    loop {
+        let now = match api.get_opt("daprsystem").await {
+            Ok(Some(obj)) => match DaprResource::from_dynamic(DaprKind::Configuration, &obj) {
+                Ok(DaprResource::Configuration(c)) => c.mtls().map(|m| m.enabled).unwrap_or(true),
+                _ => true,
+            },
+            Ok(None) => true,
+            Err(e) => {
+                tracing::debug!("cannot read Configuration {namespace}/daprsystem: {e}");
+                enabled.load(std::sync::atomic::Ordering::Relaxed)
+            }
+        };
+        if enabled.swap(now, std::sync::atomic::Ordering::Relaxed) != now {
+            tracing::info!(mtls = now, "daprsystem spec.mtls.enabled changed: new sidecars follow it");
+        }
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            _ = tokio::time::sleep(std::time::Duration::from_secs(10)) => {}
+        }
+    }
+}
+
 /// `tandem injector`.
 pub async fn run(args: InjectorArgs) -> anyhow::Result<()> {
     let shutdown = CancellationToken::new();
     crate::sidecar::cancel_on_signals(shutdown.clone());
     let requesters = requester::AllowedRequesters::new(&args.allowed_service_accounts).map_err(anyhow::Error::msg)?;
+    let system_mtls = Arc::new(std::sync::atomic::AtomicBool::new(true));
+    if args.enable_mtls {
+        match kube::Client::try_default().await {
+            Ok(client) => {
+                tokio::spawn(follow_system_mtls(
+                    client,
+                    args.control_plane_namespace.clone(),
+                    system_mtls.clone(),
+                    shutdown.clone(),
+                ));
+            }
+            Err(e) => tracing::warn!(
+                "cannot read the daprsystem Configuration (no Kubernetes client: {e}); injecting --enable-mtls as \
+                 --enable-mtls says"
+            ),
+        }
+    }
     let webhook = Arc::new(Webhook {
         config: args.injector_config(),
         requesters,
+        system_mtls,
     });
     let ready = Readiness::default();
 

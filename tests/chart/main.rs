@@ -441,11 +441,12 @@ fn rbac_grants_only_what_each_role_needs() {
         ))
     );
     let injector_ns = grants(find(&docs, "Role", "tandem-injector"));
-    assert!(injector_ns.iter().all(|(_, r, _, _)| r == "secrets"));
+    assert!(injector_ns.iter().all(|(g, r, v, names)| r == "secrets"
+        || (g == "dapr.io" && r == "configurations" && v == "get" && names == &["daprsystem"])));
     assert!(
         injector_ns
             .iter()
-            .filter(|(_, _, v, _)| v != "create")
+            .filter(|(_, r, v, _)| r == "secrets" && v != "create")
             .all(|(_, _, _, names)| names == &["tandem-sidecar-injector-tls"]),
         "get/update only reach the injector's own Secret"
     );

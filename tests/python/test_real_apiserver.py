@@ -428,7 +428,7 @@ def injector(installed, tandem) -> Iterator[Background]:
     kubeconfig = installed.write_kubeconfig("injector", token, SYSTEM_NS)
     port, health = free_port(), free_port()
     inj = Background([tandem, "injector", "--port", str(port), "--health-port", str(health),
-                      "--sidecar-image", "tandem:test"],
+                      "--sidecar-image", "tandem:test", "--enable-mtls=true"],
                      installed.workdir / "injector.log", {"KUBECONFIG": str(kubeconfig), "POD_NAMESPACE": SYSTEM_NS})
     # The chart's Service has a selector, but no pod runs here: its Endpoints point at this process instead (no
     # endpoints controller runs to overwrite them).
@@ -465,6 +465,8 @@ def test_the_api_server_calls_the_injector_for_annotated_pods(installed, injecto
     daprd = containers["daprd"]
     assert daprd["image"] == "tandem:test"
     assert daprd["args"][:1] == ["sidecar"] and "--mode" in daprd["args"]
+    # The chart's mtls.enabled, and no daprsystem Configuration saying otherwise: the sidecar gets mTLS.
+    assert "--enable-mtls=true" in daprd["args"], daprd["args"]
     assert stored["metadata"]["labels"]["dapr.io/sidecar-injected"] == "true"
     app_env = {e["name"]: e.get("value") for e in containers["app"]["env"]}
     assert app_env["DAPR_HTTP_PORT"] == "3500" and app_env["DAPR_GRPC_PORT"] == "50001"
