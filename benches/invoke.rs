@@ -106,7 +106,9 @@ fn mtls_env(ca: &tandem::operator::ca::Authority, app_id: &str) -> Vec<(String, 
     use tandem::control_plane::identity::{SpiffeId, key_and_csr};
     let id = SpiffeId::new("public", "default", app_id).unwrap();
     let (key, csr) = key_and_csr(&id).unwrap();
-    let issued = ca.sign(&csr, &id, Duration::from_secs(3600), Duration::from_secs(60)).unwrap();
+    let issued = ca
+        .sign(&csr, &id, Duration::from_secs(3600), Duration::from_secs(60))
+        .unwrap();
     vec![
         ("DAPR_CERT_CHAIN".into(), issued.chain_pem),
         ("DAPR_CERT_KEY".into(), key.serialize_pem()),
@@ -122,7 +124,14 @@ fn start_sidecar(
 ) -> (tokio::process::Child, u16) {
     let http = free_port();
     let mut cmd = tokio::process::Command::new(tandem_bin());
-    cmd.args(["sidecar", "--app-id", app_id, "--log-level", "warn", "--enable-metrics=false"]);
+    cmd.args([
+        "sidecar",
+        "--app-id",
+        app_id,
+        "--log-level",
+        "warn",
+        "--enable-metrics=false",
+    ]);
     if let Some(ca) = mtls {
         cmd.arg("--enable-mtls").envs(mtls_env(ca, app_id));
     }

@@ -10,7 +10,7 @@ cd "$(dirname "$0")/.."
 
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$PWD/target}"
 
-if [ ! -x .venv/bin/pytest ] || [ ! -x .venv/bin/helm ] || ! .venv/bin/python -c "import dapr.clients, requests, dnslib" 2>/dev/null; then
+if [ ! -x .venv/bin/pytest ] || [ ! -x .venv/bin/helm ] || ! .venv/bin/python -c "import dapr.clients, requests, dnslib, flask" 2>/dev/null; then
   python3 -m venv .venv
   .venv/bin/pip install --quiet --disable-pip-version-check -r tests/python/requirements.txt
 fi

@@ -16,6 +16,15 @@ async fn main() -> ExitCode {
         Command::Crds(args) => tandem::crdgen::run(args).map(|()| ExitCode::SUCCESS),
         Command::Operator(args) => tandem::operator::run(*args).await.map(|()| ExitCode::SUCCESS),
         Command::Injector(args) => tandem::injector::run(*args).await.map(|()| ExitCode::SUCCESS),
+        Command::List(args) => tandem::run::verbs::list(args),
+        Command::Stop(args) => tandem::run::verbs::stop(args).await,
+        Command::Invoke(args) => tandem::run::verbs::invoke(args).await,
+        Command::Publish(args) => tandem::run::verbs::publish(args).await,
+        Command::Version(args) => tandem::run::verbs::version(args),
+        Command::Completion { shell } => {
+            tandem::cli::completion(shell);
+            Ok(ExitCode::SUCCESS)
+        }
     };
     match result {
         Ok(code) => code,

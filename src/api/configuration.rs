@@ -272,20 +272,21 @@ impl Configuration {
             return Ok(MtlsSpec::default());
         };
         let raw: RawMtls = serde_json::from_value(v.clone()).map_err(|e| format!("spec.mtls: {e}"))?;
-        let duration = |field: &str, v: Option<String>, default: Duration, range: std::ops::RangeInclusive<Duration>| {
-            let Some(v) = v.filter(|v| !v.trim().is_empty()) else {
-                return Ok(default);
+        let duration =
+            |field: &str, v: Option<String>, default: Duration, range: std::ops::RangeInclusive<Duration>| {
+                let Some(v) = v.filter(|v| !v.trim().is_empty()) else {
+                    return Ok(default);
+                };
+                let d = humantime::parse_duration(v.trim()).map_err(|e| format!("spec.mtls.{field} {v:?}: {e}"))?;
+                if !range.contains(&d) {
+                    return Err(format!(
+                        "spec.mtls.{field} {v:?} is out of range ({} to {})",
+                        humantime::format_duration(*range.start()),
+                        humantime::format_duration(*range.end())
+                    ));
+                }
+                Ok(d)
             };
-            let d = humantime::parse_duration(v.trim()).map_err(|e| format!("spec.mtls.{field} {v:?}: {e}"))?;
-            if !range.contains(&d) {
-                return Err(format!(
-                    "spec.mtls.{field} {v:?} is out of range ({} to {})",
-                    humantime::format_duration(*range.start()),
-                    humantime::format_duration(*range.end())
-                ));
-            }
-            Ok(d)
-        };
         let defaults = MtlsSpec::default();
         Ok(MtlsSpec {
             enabled: raw.enabled.unwrap_or(defaults.enabled),
@@ -384,7 +385,12 @@ mod tests {
             (m.enabled, m.workload_cert_ttl, m.allowed_clock_skew),
             (false, Duration::from_secs(3600), Duration::from_secs(60))
         );
-        assert!(with(json!({"workloadCertTTL": "1s"})).mtls().unwrap_err().contains("out of range"));
+        assert!(
+            with(json!({"workloadCertTTL": "1s"}))
+                .mtls()
+                .unwrap_err()
+                .contains("out of range")
+        );
         assert!(with(json!({"workloadCertTTL": "99999999h"})).mtls().is_err());
         assert!(with(json!({"allowedClockSkew": "soon"})).mtls().is_err());
         assert!(with(json!({"enabled": "yes"})).mtls().is_err());

@@ -95,7 +95,11 @@ impl SpiffeId {
 
 impl fmt::Display for SpiffeId {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "spiffe://{}/ns/{}/{}", self.trust_domain, self.namespace, self.app_id)
+        write!(
+            f,
+            "spiffe://{}/ns/{}/{}",
+            self.trust_domain, self.namespace, self.app_id
+        )
     }
 }
 
@@ -134,7 +138,10 @@ mod tests {
     #[test]
     fn spiffe_ids_parse_and_print_as_dapr_writes_them() {
         let id = SpiffeId::parse("spiffe://public/ns/default/orders").unwrap();
-        assert_eq!((id.trust_domain.as_str(), id.namespace.as_str(), id.app_id.as_str()), ("public", "default", "orders"));
+        assert_eq!(
+            (id.trust_domain.as_str(), id.namespace.as_str(), id.app_id.as_str()),
+            ("public", "default", "orders")
+        );
         assert_eq!(id.to_string(), "spiffe://public/ns/default/orders");
         for bad in [
             "http://public/ns/default/orders",

@@ -25,7 +25,9 @@ pub struct Credentials {
 
 impl std::fmt::Debug for Credentials {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Credentials").field("key_pem", &"<hidden>").finish_non_exhaustive()
+        f.debug_struct("Credentials")
+            .field("key_pem", &"<hidden>")
+            .finish_non_exhaustive()
     }
 }
 
@@ -148,8 +150,8 @@ fn load(creds: &Credentials, provider: &CryptoProvider) -> Result<Current, Strin
         .map_err(|e| format!("unreadable certificate chain: {e}"))?;
     let leaf = chain.first().ok_or("the certificate chain is empty")?;
     let not_after = not_after(leaf)?;
-    let key = PrivateKeyDer::from_pem_slice(creds.key_pem.as_bytes())
-        .map_err(|e| format!("unreadable private key: {e}"))?;
+    let key =
+        PrivateKeyDer::from_pem_slice(creds.key_pem.as_bytes()).map_err(|e| format!("unreadable private key: {e}"))?;
     let key = CertifiedKey::from_der(chain, key, provider).map_err(|e| format!("unusable key: {e}"))?;
     Ok(Current {
         key: Arc::new(key),
@@ -170,7 +172,9 @@ struct Presented(Arc<WorkloadIdentity>);
 
 impl std::fmt::Debug for WorkloadIdentity {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("WorkloadIdentity").field("id", &self.id.to_string()).finish()
+        f.debug_struct("WorkloadIdentity")
+            .field("id", &self.id.to_string())
+            .finish()
     }
 }
 

@@ -234,7 +234,10 @@ mod tests {
             patch.contains("--enable-mtls")
         };
         assert!(injected_flags(true, true));
-        assert!(!injected_flags(true, false), "daprsystem spec.mtls.enabled: false turns it off");
+        assert!(
+            !injected_flags(true, false),
+            "daprsystem spec.mtls.enabled: false turns it off"
+        );
         assert!(!injected_flags(false, true));
     }
 }

@@ -237,7 +237,10 @@ async fn follow_system_mtls(
             }
         };
         if enabled.swap(now, std::sync::atomic::Ordering::Relaxed) != now {
-            tracing::info!(mtls = now, "daprsystem spec.mtls.enabled changed: new sidecars follow it");
+            tracing::info!(
+                mtls = now,
+                "daprsystem spec.mtls.enabled changed: new sidecars follow it"
+            );
         }
         tokio::select! {
             _ = shutdown.cancelled() => return,

@@ -117,7 +117,11 @@ pub async fn run(args: OperatorArgs) -> anyhow::Result<()> {
             .await
             .context("cannot set up the certificate authority (--enable-mtls)")?;
         state = state.with_ca(Arc::new(authority), &args.lease_namespace);
-        tracing::info!("certificate authority ready: trust bundle in {}/{}", args.lease_namespace, ca::TRUST_BUNDLE);
+        tracing::info!(
+            "certificate authority ready: trust bundle in {}/{}",
+            args.lease_namespace,
+            ca::TRUST_BUNDLE
+        );
     }
     let scheme = if tls.is_some() { "https" } else { "http" };
     tracing::info!("sidecar API listening on {scheme}://0.0.0.0:{}", args.api_port);

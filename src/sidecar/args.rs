@@ -20,25 +20,25 @@ pub enum Mode {
 #[derive(Clone, Debug, ClapArgs)]
 pub struct Args {
     /// A unique ID for the application, used for service discovery, state encapsulation and pub/sub consumer ID.
-    #[arg(long, default_value = "")]
+    #[arg(short = 'a', long, default_value = "")]
     pub app_id: String,
     /// The port the application is listening on; none means no app channel.
-    #[arg(long)]
+    #[arg(short = 'p', long)]
     pub app_port: Option<u16>,
     /// Protocol for the app: http or grpc (https, grpcs and h2c are not supported yet).
-    #[arg(long, default_value = "http")]
+    #[arg(short = 'P', long, default_value = "http")]
     pub app_protocol: String,
     /// Address the app listens on.
     #[arg(long, default_value = "127.0.0.1")]
     pub app_channel_address: String,
     /// HTTP port for the Dapr API (0 picks a free port).
-    #[arg(long)]
+    #[arg(short = 'H', long)]
     pub dapr_http_port: Option<u16>,
     /// gRPC port for the Dapr API (0 picks a free port).
-    #[arg(long)]
+    #[arg(short = 'G', long)]
     pub dapr_grpc_port: Option<u16>,
     /// gRPC port for sidecar-to-sidecar calls (0 picks a free port).
-    #[arg(long)]
+    #[arg(short = 'I', long)]
     pub dapr_internal_grpc_port: Option<u16>,
     /// Address the internal (sidecar-to-sidecar) server listens on; all interfaces by default.
     #[arg(long, default_value = "0.0.0.0")]
@@ -47,7 +47,7 @@ pub struct Args {
     #[arg(long)]
     pub dapr_public_port: Option<u16>,
     /// Port for Prometheus metrics (0 picks a free port).
-    #[arg(long)]
+    #[arg(short = 'M', long)]
     pub metrics_port: Option<u16>,
     /// Serve metrics.
     #[arg(long, action = go_bool!(), default_value_t = true, num_args = 0..=1, default_missing_value = "true")]
@@ -56,10 +56,10 @@ pub struct Args {
     #[arg(long, default_value = "127.0.0.1", value_delimiter = ',')]
     pub dapr_listen_addresses: Vec<String>,
     /// Folder of resource YAML (Components, Subscriptions, HTTPEndpoints, Resiliency); repeatable.
-    #[arg(long = "resources-path", alias = "components-path")]
+    #[arg(short = 'd', long = "resources-path", alias = "components-path")]
     pub resources_path: Vec<String>,
     /// Path to a Configuration YAML file (standalone) or Configuration name (kubernetes).
-    #[arg(long, default_value = "")]
+    #[arg(short = 'c', long, default_value = "")]
     pub config: String,
     #[arg(long, value_enum, default_value_t = Mode::Standalone)]
     pub mode: Mode,

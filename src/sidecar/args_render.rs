@@ -130,7 +130,10 @@ impl Args {
         );
         r.value("app_health_threshold", app_health_threshold, &d.app_health_threshold);
         if app_ready_hold != &d.app_ready_hold {
-            r.push("app_ready_hold", &humantime::format_duration(*app_ready_hold).to_string());
+            r.push(
+                "app_ready_hold",
+                &humantime::format_duration(*app_ready_hold).to_string(),
+            );
         }
         r.option(
             "placement_host_address",

@@ -45,7 +45,13 @@ pub async fn obtain(
     };
     let (identity, lifetime) = request(expected, operator).await?;
     tracing::info!(id = %identity.id(), valid_for = ?lifetime, "workload certificate issued");
-    tokio::spawn(renew(identity.clone(), expected.clone(), operator.clone(), lifetime, shutdown));
+    tokio::spawn(renew(
+        identity.clone(),
+        expected.clone(),
+        operator.clone(),
+        lifetime,
+        shutdown,
+    ));
     Ok(identity)
 }
 
@@ -76,7 +82,10 @@ async fn sign(expected: &SpiffeId, operator: &OperatorClient) -> anyhow::Result<
 }
 
 fn remaining(identity: &WorkloadIdentity) -> Duration {
-    identity.not_after().duration_since(SystemTime::now()).unwrap_or_default()
+    identity
+        .not_after()
+        .duration_since(SystemTime::now())
+        .unwrap_or_default()
 }
 
 async fn request(expected: &SpiffeId, operator: &OperatorClient) -> anyhow::Result<(Arc<WorkloadIdentity>, Duration)> {
@@ -119,7 +128,11 @@ async fn renew(
     }
 }
 
-async fn rotate(identity: &WorkloadIdentity, expected: &SpiffeId, operator: &OperatorClient) -> anyhow::Result<Duration> {
+async fn rotate(
+    identity: &WorkloadIdentity,
+    expected: &SpiffeId,
+    operator: &OperatorClient,
+) -> anyhow::Result<Duration> {
     let (creds, _) = sign(expected, operator).await?;
     identity.rotate(&creds).map_err(anyhow::Error::msg)?;
     Ok(remaining(identity))

@@ -29,7 +29,9 @@ pub struct Bundle {
 
 impl std::fmt::Debug for Bundle {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Bundle").field("issuer_key", &"<hidden>").finish_non_exhaustive()
+        f.debug_struct("Bundle")
+            .field("issuer_key", &"<hidden>")
+            .finish_non_exhaustive()
     }
 }
 
@@ -117,7 +119,9 @@ impl Authority {
     /// expiry.
     pub fn sign(&self, csr_pem: &str, id: &SpiffeId, ttl: Duration, skew: Duration) -> Result<Issued, String> {
         if csr_pem.len() > MAX_CSR_BYTES {
-            return Err(format!("the certificate signing request is larger than {MAX_CSR_BYTES} bytes"));
+            return Err(format!(
+                "the certificate signing request is larger than {MAX_CSR_BYTES} bytes"
+            ));
         }
         let csr = CertificateSigningRequestParams::from_pem(csr_pem)
             .map_err(|e| format!("the certificate signing request is not valid: {e}"))?;
@@ -168,7 +172,10 @@ fn pem_certificates(pem: &str) -> Result<Vec<Vec<u8>>, String> {
     use rustls::pki_types::CertificateDer;
     use rustls::pki_types::pem::PemObject;
     CertificateDer::pem_slice_iter(pem.as_bytes())
-        .map(|c| c.map(|c| c.to_vec()).map_err(|e| format!("unreadable PEM certificate: {e}")))
+        .map(|c| {
+            c.map(|c| c.to_vec())
+                .map_err(|e| format!("unreadable PEM certificate: {e}"))
+        })
         .collect()
 }
 
@@ -204,7 +211,10 @@ mod tests {
         let wi = WorkloadIdentity::new(&creds, &issued.trust_bundle_pem).unwrap();
         assert_eq!(wi.id(), &id);
         let left = wi.not_after().duration_since(SystemTime::now()).unwrap();
-        assert!(left <= Duration::from_secs(3600) && left > Duration::from_secs(3500), "{left:?}");
+        assert!(
+            left <= Duration::from_secs(3600) && left > Duration::from_secs(3500),
+            "{left:?}"
+        );
         // The same bundle reloaded signs certificates the first one trusts.
         let again = Authority::from_bundle(&bundle).unwrap();
         let other = SpiffeId::new("public", "shop", "cart").unwrap();
@@ -213,7 +223,11 @@ mod tests {
         // Rotation keeps the identity and refuses another one.
         let (_, same) = issue(&ca, &id, Duration::from_secs(60));
         wi.rotate(&same).unwrap();
-        assert!(wi.rotate(&creds).unwrap_err().contains("not spiffe://public/ns/shop/orders"));
+        assert!(
+            wi.rotate(&creds)
+                .unwrap_err()
+                .contains("not spiffe://public/ns/shop/orders")
+        );
     }
 
     #[test]
@@ -233,14 +247,35 @@ mod tests {
         let asked = SpiffeId::new("public", "kube-system", "admin").unwrap();
         let (key, csr) = key_and_csr(&asked).unwrap();
         let granted = SpiffeId::new("public", "default", "web").unwrap();
-        let issued = ca.sign(&csr, &granted, Duration::from_secs(60), Duration::ZERO).unwrap();
+        let issued = ca
+            .sign(&csr, &granted, Duration::from_secs(60), Duration::ZERO)
+            .unwrap();
         let creds = Credentials {
             chain_pem: issued.chain_pem,
             key_pem: key.serialize_pem(),
         };
-        assert_eq!(WorkloadIdentity::new(&creds, ca.trust_bundle_pem()).unwrap().id(), &granted);
-        assert!(ca.sign("-----BEGIN CERTIFICATE REQUEST-----\nAAAA\n-----END CERTIFICATE REQUEST-----\n", &granted, Duration::from_secs(1), Duration::ZERO).is_err());
-        assert!(ca.sign(&"x".repeat(MAX_CSR_BYTES + 1), &granted, Duration::from_secs(1), Duration::ZERO).is_err());
+        assert_eq!(
+            WorkloadIdentity::new(&creds, ca.trust_bundle_pem()).unwrap().id(),
+            &granted
+        );
+        assert!(
+            ca.sign(
+                "-----BEGIN CERTIFICATE REQUEST-----\nAAAA\n-----END CERTIFICATE REQUEST-----\n",
+                &granted,
+                Duration::from_secs(1),
+                Duration::ZERO
+            )
+            .is_err()
+        );
+        assert!(
+            ca.sign(
+                &"x".repeat(MAX_CSR_BYTES + 1),
+                &granted,
+                Duration::from_secs(1),
+                Duration::ZERO
+            )
+            .is_err()
+        );
     }
 
     #[test]

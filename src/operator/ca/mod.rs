@@ -55,7 +55,8 @@ fn from_secret(secret: &Secret) -> anyhow::Result<Bundle> {
         let bytes = data
             .get(key)
             .ok_or_else(|| anyhow::anyhow!("Secret {} has no key {key}", secret.name_any()))?;
-        String::from_utf8(bytes.0.clone()).map_err(|_| anyhow::anyhow!("Secret {} key {key} is not PEM", secret.name_any()))
+        String::from_utf8(bytes.0.clone())
+            .map_err(|_| anyhow::anyhow!("Secret {} key {key} is not PEM", secret.name_any()))
     };
     Ok(Bundle {
         ca_crt: get("ca.crt")?,
@@ -94,8 +95,12 @@ async fn publish_roots(client: &Client, namespace: &str, ca_crt: &str) -> anyhow
         data: Some([("ca.crt".to_owned(), ca_crt.to_owned())].into()),
         ..Default::default()
     };
-    maps.patch(TRUST_BUNDLE, &PatchParams::apply("tandem-operator").force(), &Patch::Apply(&map))
-        .await?;
+    maps.patch(
+        TRUST_BUNDLE,
+        &PatchParams::apply("tandem-operator").force(),
+        &Patch::Apply(&map),
+    )
+    .await?;
     Ok(())
 }
 

@@ -15,8 +15,8 @@ use tracing::{Instrument, instrument};
 
 use super::cache::Change;
 use super::{ApiError, ApiState, Caller};
-use crate::control_plane::kinds::{DaprKind, DaprResource};
 use crate::control_plane::identity::SpiffeId;
+use crate::control_plane::kinds::{DaprKind, DaprResource};
 use crate::control_plane::wire::{
     CertificateRequest, CertificateResponse, EventType, ResourceEvent, SidecarResources, heartbeat_line,
 };
@@ -205,7 +205,11 @@ pub async fn certificate(
     }
     let trust_domain = match caller.config.as_deref() {
         None => "public".to_owned(),
-        Some(name) => match st.cache.get(DaprKind::Configuration, &caller.namespace, name).as_deref() {
+        Some(name) => match st
+            .cache
+            .get(DaprKind::Configuration, &caller.namespace, name)
+            .as_deref()
+        {
             Some(DaprResource::Configuration(c)) => c
                 .spec
                 .access_control

@@ -429,7 +429,10 @@ async fn certificates_carry_the_identity_of_the_tokens_pod_never_the_callers_cla
     let client = |token: &str| {
         let path = h.dir.path().join(token);
         std::fs::write(&path, token).unwrap();
-        OperatorClient::builder(&format!("http://{addr}")).token_file(&path).build().unwrap()
+        OperatorClient::builder(&format!("http://{addr}"))
+            .token_file(&path)
+            .build()
+            .unwrap()
     };
     // The request asks to be an admin elsewhere; the certificate names the pod's app in the pod's namespace,
     // in the trust domain of the pod's Configuration (none here: public).
@@ -448,7 +451,10 @@ async fn certificates_carry_the_identity_of_the_tokens_pod_never_the_callers_cla
             .unwrap()
             .as_secs(),
     );
-    assert!((23 * 3600..=24 * 3600).contains(&left), "Dapr's default 24h lifetime, got {left}s");
+    assert!(
+        (23 * 3600..=24 * 3600).contains(&left),
+        "Dapr's default 24h lifetime, got {left}s"
+    );
 
     let err = client("token-shop").certificate(&csr).await.unwrap_err();
     assert_eq!(err.status(), Some(403), "an unbound token proves no app: {err}");

@@ -17,9 +17,9 @@ use bytes::Bytes;
 use http_body_util::BodyExt;
 
 use crate::sidecar::net::source_chain;
-use mesh::Mesh;
 pub use callee::{Callee, Mode};
 use endpoints::{Endpoints, HttpsClient, https_client};
+use mesh::Mesh;
 use target::Target;
 
 use crate::components::nameresolution::{NameResolver, ResolveRequest};

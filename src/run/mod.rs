@@ -1,5 +1,12 @@
 //! `tandem run`: a sidecar with embedded defaults beside the user's app, like `dapr run`.
 
+pub mod client;
+pub mod file;
+pub mod registry;
+pub mod status;
+pub mod supervisor;
+pub mod verbs;
+
 use std::path::PathBuf;
 use std::process::ExitCode;
 
@@ -14,6 +21,12 @@ use crate::sidecar::{Args, Defaults, PortPolicy, Sidecar};
 pub struct RunArgs {
     #[command(flatten)]
     pub sidecar: Args,
+    /// Run every app of a Dapr run file (`dapr.yaml`, or a directory holding one; `-` reads standard input).
+    #[arg(short = 'f', long = "run-file")]
+    pub run_file: Option<String>,
+    /// Started by `tandem run -f`, which records the app for `tandem list` itself.
+    #[arg(long, hide = true)]
+    pub supervised: bool,
     /// The app to start beside the sidecar (after `--`); without it the sidecar runs alone.
     #[arg(last = true)]
     pub command: Vec<String>,
@@ -50,15 +63,32 @@ pub fn defaults() -> Defaults {
 }
 
 pub async fn run(mut args: RunArgs) -> anyhow::Result<ExitCode> {
+    if let Some(path) = &args.run_file {
+        if !args.command.is_empty() {
+            anyhow::bail!("--run-file starts the apps its file names; it takes no command after --");
+        }
+        let ignored = flags_beside_run_file();
+        if !ignored.is_empty() {
+            status::warning(
+                &supervisor::Sink::console(),
+                &format!("flags given with --run-file are ignored: {}", ignored.join(" ")),
+            );
+        }
+        let file = file::load(&file::locate(path)?)?;
+        return supervisor::run(file).await;
+    }
     // Local development: other machines have no business on the internal port.
     if args.sidecar.dapr_internal_grpc_listen_address == "0.0.0.0" {
         args.sidecar.dapr_internal_grpc_listen_address = "127.0.0.1".into();
     }
     let sidecar = Sidecar::start(args.sidecar.clone(), PortPolicy::DefaultsIfFree, defaults()).await?;
     let shutdown = sidecar.rt.shutdown.clone();
+    let console = supervisor::Sink::console();
     let Some((program, rest)) = args.command.split_first() else {
+        let _registration = register(&args, &sidecar.ports, 0);
         crate::sidecar::cancel_on_signals(shutdown);
         sidecar.wait().await?;
+        status::success(&console, "Exited Dapr successfully");
         return Ok(ExitCode::SUCCESS);
     };
     let mut cmd = Command::new(program);
@@ -82,6 +112,7 @@ pub async fn run(mut args: RunArgs) -> anyhow::Result<ExitCode> {
     };
     tracing::info!(pid = child.id(), app = %program, "app started");
     let pid = child.id();
+    let _registration = register(&args, &sidecar.ports, pid.unwrap_or(0));
     let forward = tokio::spawn(forward_signals(pid));
     let status = tokio::select! {
         s = child.wait() => s?,
@@ -93,17 +124,63 @@ pub async fn run(mut args: RunArgs) -> anyhow::Result<ExitCode> {
     };
     forward.abort();
     tracing::info!(%status, "app exited");
+    supervisor::report_app(&console, Ok(status));
     shutdown.cancel();
     sidecar.wait().await?;
+    status::success(&console, "Exited Dapr successfully");
     Ok(ExitCode::from(status.code().map(|c| c as u8).unwrap_or(1)))
+}
+
+/// Records this app for `tandem list` (a supervised sidecar is recorded by its supervisor).
+fn register(args: &RunArgs, ports: &crate::sidecar::Ports, app_pid: u32) -> Option<registry::Registration> {
+    if args.supervised {
+        return None;
+    }
+    let me = std::process::id();
+    let entry = registry::Entry {
+        app_id: args.sidecar.app_id.clone(),
+        http_port: ports.http,
+        grpc_port: ports.grpc,
+        app_port: args.sidecar.app_port.unwrap_or(0),
+        metrics_enabled: ports.metrics.is_some(),
+        command: args.command.join(" "),
+        started: registry::now(),
+        daprd_pid: me,
+        cli_pid: me,
+        app_pid,
+        max_request_body_size: args.sidecar.max_body_bytes().unwrap_or(0) as u64,
+        run_template_path: String::new(),
+        run_template_name: String::new(),
+        app_log_path: String::new(),
+        daprd_log_path: String::new(),
+        cli_start: registry::start_ticks(me).unwrap_or(0),
+    };
+    registry::register(&registry::dir(), 0, &entry)
+        .inspect_err(|e| tracing::warn!("recording the app for `tandem list`: {e}"))
+        .ok()
+}
+
+/// The flags (names only: values may be secrets) given on the command line beside `--run-file`.
+fn flags_beside_run_file() -> Vec<String> {
+    let mut out = Vec::new();
+    let mut skip_value = false;
+    for a in std::env::args().skip_while(|a| a != "run").skip(1) {
+        if std::mem::take(&mut skip_value) {
+            continue;
+        }
+        if a == "-f" || a == "--run-file" {
+            skip_value = true;
+        } else if a.starts_with("--run-file=") || (a.starts_with("-f") && a.len() > 2 && !a.starts_with("--")) {
+        } else if a.starts_with('-') {
+            out.push(a.split('=').next().unwrap_or_default().to_string());
+        }
+    }
+    out
 }
 
 fn send(pid: Option<u32>, signal: libc::c_int) {
     if let Some(pid) = pid {
-        // SAFETY: kill(2) on our own child's pid has no memory-safety preconditions.
-        unsafe {
-            libc::kill(pid as libc::pid_t, signal);
-        }
+        registry::signal(pid, signal, false);
     }
 }
 
