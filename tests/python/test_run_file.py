@@ -335,3 +335,33 @@ def test_version_and_completions(tandem, tmp_path):
     check = subprocess.run(["bash", "-c", f"source <({tandem} completion bash) && complete -p tandem"],
                            capture_output=True, text=True, env=env_for(tmp_path))
     assert check.returncode == 0 and "tandem" in check.stdout, check.stderr
+
+
+def test_nothing_outlives_a_killed_run(tandem, tmp_path):
+    d = tmp_path / "p"
+    (d / "sleeper").mkdir(parents=True)
+    (d / "dapr.yaml").write_text(textwrap.dedent(f"""\
+        version: 1
+        apps:
+          - appDirPath: sleeper
+            command: ["{sys.executable}", "-c", "import time; time.sleep(600)"]
+        """))
+    run = Run(tandem, tmp_path, ".", d)
+    try:
+        assert poll_until(lambda: "sleeper" in listed(tandem, tmp_path), 60), run.text()
+        e = listed(tandem, tmp_path)["sleeper"]
+        os.kill(e["cliPid"], signal.SIGKILL)
+        run.proc.wait(timeout=10)
+
+        def gone(pid):
+            try:
+                os.kill(pid, 0)
+            except ProcessLookupError:
+                return True
+            # An exited child not yet reaped by init still answers; its state says it is over.
+            return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] == "Z"
+
+        assert poll_until(lambda: gone(e["daprdPid"]) and gone(e["appPid"]), 15), "sidecar or app outlived the run"
+        assert listed(tandem, tmp_path) == {}
+    finally:
+        run.kill()
