@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Property-based fuzzing of the sidecar's HTTP API against its published contract (openapi/tandem-http.yaml):
-# starts the release binary with an in-memory state store, a local-file secret store and an API token, checks
+# starts the release binary with an in-memory state store and pub/sub, a local-file secret store and an API token, checks
 # that the sidecar serves the checked-in document, then runs schemathesis (tests/api_fuzz/requirements.txt) for
 # API_FUZZ_SECONDS (default 150) with these checks on every answer:
 #   no_server_error_but_daprs   no 5xx but Dapr's own answers to a client's mistake (tests/api_fuzz/dapr_checks.py)
@@ -41,6 +41,14 @@ metadata:
   name: statestore
 spec:
   type: state.in-memory
+  version: v1
+---
+apiVersion: dapr.io/v1alpha1
+kind: Component
+metadata:
+  name: pubsub
+spec:
+  type: pubsub.in-memory
   version: v1
 ---
 apiVersion: dapr.io/v1alpha1

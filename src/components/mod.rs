@@ -5,6 +5,7 @@ pub mod instance;
 pub mod kind;
 pub mod metadata;
 pub mod nameresolution;
+pub mod pubsub;
 pub mod registry;
 pub mod secretstores;
 pub mod sqlite;

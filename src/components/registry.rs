@@ -10,6 +10,7 @@ use futures::future::BoxFuture;
 use super::instance::Instance;
 use super::kind::{ComponentKind, Kind};
 use super::nameresolution::{self, NameResolver};
+use super::pubsub::{self, PubSub};
 use super::secretstores::{self, SecretStore};
 use super::state::{self, StateStore};
 use super::{ComponentError, Metadata};
@@ -41,6 +42,9 @@ impl Registry {
         r.register::<dyn StateStore, _, _>("state.in-memory", "v1", state::memory::build);
         r.register::<dyn StateStore, _, _>("state.sqlite", "v1", state::sqlite::build);
         r.register::<dyn StateStore, _, _>("state.redis", "v1", state::redis::build);
+        r.register::<dyn PubSub, _, _>("pubsub.in-memory", "v1", pubsub::memory::build);
+        r.register::<dyn PubSub, _, _>("pubsub.redis", "v1", pubsub::redis::build);
+        r.register::<dyn PubSub, _, _>("pubsub.sqlite", "v1", pubsub::sqlite::build);
         r.register::<dyn SecretStore, _, _>("secretstores.local.file", "v1", secretstores::local_file::build);
         r.register::<dyn SecretStore, _, _>("secretstores.local.env", "v1", secretstores::local_env::build);
         r.register::<dyn SecretStore, _, _>("secretstores.kubernetes", "v1", secretstores::kubernetes::build);

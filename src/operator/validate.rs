@@ -272,8 +272,8 @@ mod tests {
 
     #[test]
     fn categories_tandem_lacks_are_accepted_on_shape() {
-        let v = verdict(&component("pubsub.kafka", json!([])));
-        assert!(v.ready && v.message.contains("no pubsub components yet"), "{v:?}");
+        let v = verdict(&component("lock.redis", json!([])));
+        assert!(v.ready && v.message.contains("no lock components yet"), "{v:?}");
     }
 
     #[test]

@@ -68,6 +68,8 @@ pub struct AppChannel {
     /// Sent to the app as `dapr-api-token` (APP_API_TOKEN).
     token: Option<HeaderValue>,
     healthy: AtomicBool,
+    /// The health as the probe last saw it, for those who pause while the app is unhealthy (subscriptions).
+    health: tokio::sync::watch::Sender<bool>,
     /// Whether the app has listened on its port yet (start-up).
     listening: tokio::sync::watch::Sender<bool>,
     /// Invocations waiting for the app to start listening, bounded by [`MAX_HELD`].
@@ -118,6 +120,7 @@ impl AppChannel {
             grpc,
             token,
             healthy: AtomicBool::new(true),
+            health: tokio::sync::watch::Sender::new(true),
             listening: tokio::sync::watch::Sender::new(false),
             held: std::sync::atomic::AtomicUsize::new(0),
             hold: args.app_ready_hold,
@@ -153,6 +156,16 @@ impl AppChannel {
 
     pub fn is_healthy(&self) -> bool {
         self.healthy.load(Ordering::Acquire)
+    }
+
+    /// Follows the app's health: `true` while healthy.
+    pub fn health_changes(&self) -> tokio::sync::watch::Receiver<bool> {
+        self.health.subscribe()
+    }
+
+    /// Whether the app has started listening.
+    pub fn is_listening(&self) -> bool {
+        *self.listening.borrow()
     }
 
     /// What every call to the app goes through: refused while the app is unhealthy, then a concurrency permit
@@ -281,6 +294,96 @@ impl AppChannel {
         }
     }
 
+    /// A call the sidecar itself makes to an HTTP app (an event delivery, `GET /dapr/subscribe`): `body` sent with
+    /// `content_type` and `headers`, the status and up to `--max-body-size` of the answer returned. Events are
+    /// refused while the app is unhealthy (`check_health`).
+    pub async fn call_http(
+        &self,
+        method: axum::http::Method,
+        path: &str,
+        body: bytes::Bytes,
+        content_type: &str,
+        extra: &[(String, String)],
+        check_health: bool,
+    ) -> Result<(u16, bytes::Bytes), AppCallError> {
+        let mut hdrs = HeaderMap::new();
+        let _permit = self.admit(&mut hdrs, check_health).await?;
+        let path = if path.starts_with('/') {
+            path.to_owned()
+        } else {
+            format!("/{path}")
+        };
+        let uri: Uri = format!("http://{}:{}{path}", self.address, self.port)
+            .parse()
+            .map_err(|e| AppCallError::Failed(format!("path {path:?}: {e}")))?;
+        let mut req = Request::builder()
+            .method(method)
+            .uri(uri)
+            .body(Body::from(body))
+            .map_err(|e| AppCallError::Failed(e.to_string()))?;
+        *req.headers_mut() = hdrs;
+        if let Ok(ct) = HeaderValue::from_str(content_type) {
+            req.headers_mut().insert("content-type", ct);
+        }
+        for (k, v) in extra {
+            if let (Ok(k), Ok(v)) = (
+                axum::http::HeaderName::from_bytes(k.as_bytes()),
+                HeaderValue::from_str(v),
+            ) {
+                if !req.headers().contains_key(&k) {
+                    req.headers_mut().insert(k, v);
+                }
+            }
+        }
+        let resp = self
+            .http
+            .request(req)
+            .await
+            .map_err(|e| AppCallError::Failed(format!("{e}: {}", source_chain(&e))))?;
+        let status = resp.status().as_u16();
+        let body = http_body_util::Limited::new(resp.into_body(), self.max_body)
+            .collect()
+            .await
+            .map(|c| c.to_bytes())
+            .map_err(|e| AppCallError::Failed(format!("reading the app's answer: {e}")))?;
+        Ok((status, body))
+    }
+
+    /// A gRPC `AppCallback` call the sidecar makes (topic events, subscriptions, bindings), with the app token
+    /// and `metadata` attached. The outer error says the app could not be called at all; the inner one is the
+    /// app's own answer.
+    pub async fn callback<T, R, F, Fut>(
+        &self,
+        message: T,
+        metadata: &[(String, String)],
+        check_health: bool,
+        call: F,
+    ) -> Result<Result<R, tonic::Status>, AppCallError>
+    where
+        F: FnOnce(AppCallbackClient<Channel>, tonic::Request<T>) -> Fut,
+        Fut: std::future::Future<Output = Result<tonic::Response<R>, tonic::Status>>,
+    {
+        let mut hdrs = HeaderMap::new();
+        let _permit = self.admit(&mut hdrs, check_health).await?;
+        let mut request = tonic::Request::new(message);
+        for (name, value) in hdrs
+            .iter()
+            .map(|(k, v)| (k.as_str(), v.as_bytes()))
+            .chain(metadata.iter().map(|(k, v)| (k.as_str(), v.as_bytes())))
+        {
+            if let (Ok(k), Ok(v)) = (
+                tonic::metadata::MetadataKey::from_bytes(name.to_ascii_lowercase().as_bytes()),
+                tonic::metadata::MetadataValue::try_from(value),
+            ) {
+                request.metadata_mut().insert(k, v);
+            }
+        }
+        let client = AppCallbackClient::new(self.grpc.clone())
+            .max_decoding_message_size(self.max_body)
+            .max_encoding_message_size(self.max_body);
+        Ok(call(client, request).await.map(tonic::Response::into_inner))
+    }
+
     /// Waits until the app accepts TCP connections on its port (or shutdown begins).
     pub async fn wait_until_listening(&self, shutdown: &CancellationToken) {
         let addr = format!("{}:{}", self.address, self.port);
@@ -344,11 +447,13 @@ impl AppChannel {
                     failures = 0;
                     if !channel.healthy.swap(true, Ordering::AcqRel) {
                         tracing::info!("app is healthy again");
+                        channel.health.send_replace(true);
                     }
                 } else {
                     failures += 1;
                     if failures >= probe.threshold && channel.healthy.swap(false, Ordering::AcqRel) {
                         tracing::warn!(failures, "app is unhealthy");
+                        channel.health.send_replace(false);
                     }
                 }
             }

@@ -389,6 +389,105 @@ impl ApiError {
         )
     }
 
+    // Pub/sub.
+    pub fn pubsub_name_empty() -> Self {
+        Self::new(404, Code::InvalidArgument, "ERR_PUBSUB_EMPTY", "pubsub name is empty")
+            .with_reason("DAPR_PUBSUB_NAME_EMPTY")
+    }
+    pub fn pubsub_not_found(name: &str) -> Self {
+        Self::new(
+            404,
+            Code::InvalidArgument,
+            "ERR_PUBSUB_NOT_FOUND",
+            format!("pubsub {} is not found", echo(name)),
+        )
+        .with_reason("DAPR_PUBSUB_NOT_FOUND")
+    }
+    pub fn topic_empty(name: &str) -> Self {
+        Self::new(
+            404,
+            Code::InvalidArgument,
+            "ERR_TOPIC_NAME_EMPTY",
+            format!("topic is empty in pubsub {}", echo(name)),
+        )
+        .with_reason("DAPR_PUBSUB_TOPIC_NAME_EMPTY")
+        .on_resource("pubsub", name)
+    }
+    pub fn pubsub_forbidden(name: &str, topic: &str, app_id: &str) -> Self {
+        Self::new(
+            403,
+            Code::PermissionDenied,
+            "ERR_PUBSUB_FORBIDDEN",
+            format!("topic {} is not allowed for app id {}", echo(topic), echo(app_id)),
+        )
+        .with_reason("DAPR_PUBSUB_FORBIDDEN")
+        .on_resource("pubsub", name)
+    }
+    pub fn pubsub_publish(name: &str, topic: &str, e: impl std::fmt::Display) -> Self {
+        Self::new(
+            500,
+            Code::Internal,
+            "ERR_PUBSUB_PUBLISH_MESSAGE",
+            format!(
+                "error when publishing to topic {} in pubsub {}: {e}",
+                echo(topic),
+                echo(name)
+            ),
+        )
+        .with_reason("DAPR_PUBSUB_PUBLISH_MESSAGE")
+        .on_resource("pubsub", name)
+    }
+    pub fn pubsub_metadata(name: &str, e: impl std::fmt::Display) -> Self {
+        Self::new(
+            400,
+            Code::InvalidArgument,
+            "ERR_PUBSUB_REQUEST_METADATA",
+            format!("failed deserializing metadata. Error: {e}"),
+        )
+        .with_reason("DAPR_PUBSUB_METADATA_DESERIALIZATION")
+        .on_resource("pubsub", name)
+    }
+    /// Dapr answers 500 here; the cause is always the request (data that claims to be a CloudEvent and is not
+    /// a JSON object), so tandem answers 400.
+    pub fn pubsub_cloudevent(name: &str, e: impl std::fmt::Display) -> Self {
+        Self::new(
+            400,
+            Code::InvalidArgument,
+            "ERR_PUBSUB_CLOUD_EVENTS_SER",
+            format!("cannot create cloudevent: {e}"),
+        )
+        .with_reason("DAPR_PUBSUB_CLOUD_EVENT_CREATION")
+        .on_resource("pubsub", name)
+    }
+    pub fn pubsub_unmarshal_events(name: &str, topic: &str, e: impl std::fmt::Display) -> Self {
+        Self::new(
+            400,
+            Code::InvalidArgument,
+            "ERR_PUBSUB_EVENTS_SER",
+            format!(
+                "error when unmarshaling the request for topic {} pubsub {}: {e}",
+                echo(topic),
+                echo(name)
+            ),
+        )
+        .with_reason("DAPR_PUBSUB_UNMARSHAL_EVENTS")
+        .on_resource("pubsub", name)
+    }
+    pub fn pubsub_marshal_events(name: &str, topic: &str, e: impl std::fmt::Display) -> Self {
+        Self::new(
+            400,
+            Code::InvalidArgument,
+            "ERR_PUBSUB_EVENTS_SER",
+            format!(
+                "error marshaling events to bytes for topic {} pubsub {}. error: {e}",
+                echo(topic),
+                echo(name)
+            ),
+        )
+        .with_reason("DAPR_PUBSUB_MARSHAL_EVENTS")
+        .on_resource("pubsub", name)
+    }
+
     // Metadata.
     pub fn metadata_set(e: impl std::fmt::Display) -> Self {
         Self::new(

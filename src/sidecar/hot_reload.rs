@@ -73,7 +73,7 @@ pub async fn follow(rt: Arc<Runtime>, loader: ComponentLoader, client: OperatorC
                 if !deleted {
                     current.subscriptions.push(s);
                 }
-                rt.metadata.set_subscriptions(current.subscriptions.clone());
+                rt.subscriber.set_declarative(&current.subscriptions).await;
             }
             DaprResource::HttpEndpoint(e) => {
                 let name = e.metadata.name.clone();

@@ -15,6 +15,7 @@ pub mod invoke;
 pub mod metadata;
 pub mod metrics;
 pub mod net;
+pub mod pubsub;
 pub mod resources;
 pub mod runtime;
 pub mod secrets;
@@ -77,6 +78,9 @@ impl Sidecar {
         let shutdown = self.rt.shutdown.clone();
         shutdown.cancelled().await;
         self.init.abort();
+        // Subscriptions stop first: no new message is taken, and deliveries under way finish while the app and
+        // the components are still there.
+        self.rt.subscriber.shutdown().await;
         let deadline = tokio::time::Instant::now() + self.grace;
         tracing::info!(grace = ?self.grace, "shutting down: draining in-flight requests");
         let drained =

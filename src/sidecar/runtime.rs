@@ -8,6 +8,8 @@ use super::app_channel::AppChannel;
 use super::components::{ComponentTable, References};
 use super::invoke::Invoker;
 use super::metadata::SidecarMetadata;
+use super::pubsub::PubSubApi;
+use super::pubsub::subscriber::Subscriber;
 use super::secrets::Secrets;
 use super::state::State;
 use crate::api::Configuration;
@@ -49,10 +51,12 @@ pub struct Runtime {
     pub references: References,
     pub state: State,
     pub secrets: Secrets,
-    pub metadata: SidecarMetadata,
+    pub metadata: Arc<SidecarMetadata>,
     pub invoker: Arc<Invoker>,
     /// The channel to the app, when it has a port.
     pub app: Option<Arc<AppChannel>>,
+    pub pubsub: PubSubApi,
+    pub subscriber: Arc<Subscriber>,
 }
 
 /// The parts a [`Runtime`] is made of.
@@ -66,11 +70,26 @@ pub struct Parts {
     pub metadata: SidecarMetadata,
     pub invoker: Arc<Invoker>,
     pub app: Option<Arc<AppChannel>>,
+    pub resiliency: Arc<crate::resiliency::Resiliency>,
+    /// `--dapr-graceful-shutdown-seconds`.
+    pub grace: std::time::Duration,
 }
 
 impl Runtime {
     pub fn new(parts: Parts) -> Self {
+        let metadata = Arc::new(parts.metadata);
+        let pubsub = PubSubApi::new(parts.components.clone(), &parts.app_id);
+        let subscriber = Arc::new(Subscriber::new(
+            parts.components.clone(),
+            pubsub.clone(),
+            parts.resiliency,
+            metadata.clone(),
+            parts.app.clone(),
+            parts.grace,
+        ));
         Runtime {
+            pubsub,
+            subscriber,
             state: State::new(parts.components.clone(), &parts.app_id),
             app_id: parts.app_id,
             namespace: parts.namespace,
@@ -81,7 +100,7 @@ impl Runtime {
             components: parts.components,
             references: parts.references,
             secrets: parts.secrets,
-            metadata: parts.metadata,
+            metadata,
             invoker: parts.invoker,
             app: parts.app,
         }

@@ -498,7 +498,6 @@ async fn assemble(args: &Args, plan: &Plan, ports: &Ports) -> anyhow::Result<Ass
         table.clone(),
         invoker.endpoints().clone(),
     );
-    metadata.set_subscriptions(plan.resources.subscriptions.clone());
     let references = References::new(table.clone(), &args.app_id, &args.namespace, args.mode);
     let rt = Arc::new(Runtime::new(Parts {
         app_id: args.app_id.clone(),
@@ -510,6 +509,8 @@ async fn assemble(args: &Args, plan: &Plan, ports: &Ports) -> anyhow::Result<Ass
         metadata,
         invoker,
         app: plan.channel.clone(),
+        resiliency: plan.resiliency.clone(),
+        grace: Duration::from_secs(args.dapr_graceful_shutdown_seconds.max(0) as u64),
     }));
     let loader = ComponentLoader::new(
         plan.registry.clone(),
@@ -519,7 +520,8 @@ async fn assemble(args: &Args, plan: &Plan, ports: &Ports) -> anyhow::Result<Ass
         &args.app_id,
         &args.namespace,
     )
-    .with_admission(Kind::State, super::state::admit);
+    .with_admission(Kind::State, super::state::admit)
+    .with_admission(Kind::PubSub, super::pubsub::admit);
     Ok(Assembled { rt, loader, callee, me })
 }
 
@@ -552,6 +554,8 @@ async fn initialise(rt: Arc<Runtime>, loader: ComponentLoader, s: Startup) {
         return;
     }
     rt.health.set_outbound_ready();
+    rt.subscriber.set_declarative(&s.resources.subscriptions).await;
+    tokio::spawn(rt.subscriber.clone().follow());
     if let Some((client, baseline)) = s.operator {
         let span = tracing::info_span!("hot_reload", app_id = %rt.app_id);
         tokio::spawn(tracing::Instrument::instrument(
@@ -571,6 +575,11 @@ async fn initialise(rt: Arc<Runtime>, loader: ComponentLoader, s: Startup) {
         if let Some(p) = s.probe {
             channel.spawn_health_probe(p, rt.shutdown.clone());
         }
+        // Subscriptions start before /v1.0/healthz says ready, unless asking the app for its subscriptions takes
+        // long (an app that accepts connections but does not answer yet): then they start when it answers.
+        let subscriber = rt.subscriber.clone();
+        let asking = tokio::spawn(async move { subscriber.app_ready().await });
+        let _ = tokio::time::timeout(Duration::from_secs(5), asking).await;
     }
     rt.health.set_ready();
     tracing::info!(

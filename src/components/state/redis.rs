@@ -104,17 +104,29 @@ pub struct RedisStore {
     default_ttl: Option<i64>,
 }
 
+impl RedisConfig {
+    /// A reconnecting connection; `response_timeout` bounds each command (`None`: the client's default), so a
+    /// blocking read can be given a longer one than its block time.
+    pub async fn connect(&self, response_timeout: Option<Duration>) -> Result<ConnectionManager, ComponentError> {
+        let init = |e: redis::RedisError| {
+            ComponentError::Init(format!("connecting to redis at {}:{}: {e}", self.host, self.port))
+        };
+        let client = redis::Client::open(self.connection_info().map_err(init)?).map_err(init)?;
+        let mut manager_cfg = ConnectionManagerConfig::new()
+            .set_number_of_retries(self.max_retries)
+            .set_connection_timeout(Some(self.dial_timeout));
+        if response_timeout.is_some() {
+            manager_cfg = manager_cfg.set_response_timeout(response_timeout);
+        }
+        ConnectionManager::new_with_config(client, manager_cfg)
+            .await
+            .map_err(init)
+    }
+}
+
 pub async fn build(md: Metadata) -> Result<Arc<dyn StateStore>, ComponentError> {
     let cfg = RedisConfig::from_metadata(&md)?;
-    let init =
-        |e: redis::RedisError| ComponentError::Init(format!("connecting to redis at {}:{}: {e}", cfg.host, cfg.port));
-    let client = redis::Client::open(cfg.connection_info().map_err(init)?).map_err(init)?;
-    let manager_cfg = ConnectionManagerConfig::new()
-        .set_number_of_retries(cfg.max_retries)
-        .set_connection_timeout(Some(cfg.dial_timeout));
-    let conn = ConnectionManager::new_with_config(client, manager_cfg)
-        .await
-        .map_err(init)?;
+    let conn = cfg.connect(None).await?;
     Ok(Arc::new(RedisStore {
         conn,
         default_ttl: cfg.default_ttl,

@@ -79,31 +79,20 @@ pub fn metadata_response(m: MetadataSnapshot) -> rt::GetMetadataResponse {
         subscriptions: m
             .subscriptions
             .into_iter()
-            .map(|s| {
-                let mut rules: Vec<rt::PubsubSubscriptionRule> = s
-                    .spec
-                    .routes
-                    .rules
-                    .into_iter()
-                    .map(|r| rt::PubsubSubscriptionRule {
-                        r#match: r.match_,
-                        path: r.path,
-                    })
-                    .collect();
-                if !s.spec.routes.default.is_empty() {
-                    rules.push(rt::PubsubSubscriptionRule {
-                        r#match: String::new(),
-                        path: s.spec.routes.default,
-                    });
-                }
-                rt::PubsubSubscription {
-                    pubsub_name: s.spec.pubsubname,
-                    topic: s.spec.topic,
-                    metadata: s.spec.metadata.into_iter().collect(),
-                    rules: Some(rt::PubsubSubscriptionRules { rules }),
-                    dead_letter_topic: s.spec.dead_letter_topic.unwrap_or_default(),
-                    r#type: rt::PubsubSubscriptionType::Declarative as i32,
-                }
+            .map(|s| rt::PubsubSubscription {
+                pubsub_name: s.pubsub,
+                topic: s.topic,
+                metadata: s.metadata.into_iter().collect(),
+                rules: Some(rt::PubsubSubscriptionRules {
+                    rules: s
+                        .rules
+                        .into_iter()
+                        .map(|(m, path)| rt::PubsubSubscriptionRule { r#match: m, path })
+                        .collect(),
+                }),
+                dead_letter_topic: s.dead_letter_topic,
+                r#type: rt::PubsubSubscriptionType::from_str_name(s.type_)
+                    .unwrap_or(rt::PubsubSubscriptionType::Unknown) as i32,
             })
             .collect(),
         http_endpoints: m

@@ -204,3 +204,89 @@ pub async fn shutdown(api: &DaprApi, _req: Request<rt::ShutdownRequest>) -> Repl
     api.rt.shutdown.cancel();
     Ok(Response::new(()))
 }
+
+/// The caller's trace context from gRPC metadata, or a new one.
+fn trace_of(md: &tonic::metadata::MetadataMap) -> (String, String) {
+    let mut headers = axum::http::HeaderMap::new();
+    for k in ["traceparent", "tracestate"] {
+        if let Some(v) = md.get(k).and_then(|v| v.to_str().ok()).and_then(|v| v.parse().ok()) {
+            headers.insert(k, v);
+        }
+    }
+    crate::sidecar::http::trace_context(&headers)
+}
+
+#[instrument(level = "debug", name = "grpc.publish_event", skip_all, fields(pubsub = %echo(&req.get_ref().pubsub_name)))]
+pub async fn publish_event(api: &DaprApi, req: Request<rt::PublishEventRequest>) -> Reply<()> {
+    let (traceparent, tracestate) = trace_of(req.metadata());
+    let r = req.into_inner();
+    api.rt
+        .pubsub
+        .publish(crate::sidecar::pubsub::PublishRequest {
+            pubsub: r.pubsub_name,
+            topic: r.topic,
+            data: r.data.into(),
+            content_type: r.data_content_type,
+            metadata: convert::metadata(r.metadata),
+            traceparent,
+            tracestate,
+        })
+        .await?;
+    Ok(Response::new(()))
+}
+
+#[instrument(level = "debug", name = "grpc.bulk_publish_event", skip_all, fields(pubsub = %echo(&req.get_ref().pubsub_name)))]
+pub async fn bulk_publish_event(api: &DaprApi, req: Request<rt::BulkPublishRequest>) -> Reply<rt::BulkPublishResponse> {
+    let (traceparent, _) = trace_of(req.metadata());
+    let r = req.into_inner();
+    let entries = r
+        .entries
+        .into_iter()
+        .map(|e| crate::sidecar::pubsub::BulkPublishEntry {
+            entry_id: e.entry_id,
+            event: e.event.into(),
+            content_type: e.content_type,
+            metadata: convert::metadata(e.metadata),
+        })
+        .collect();
+    let failed = api
+        .rt
+        .pubsub
+        .bulk_publish(
+            &r.pubsub_name,
+            &r.topic,
+            entries,
+            convert::metadata(r.metadata),
+            &traceparent,
+        )
+        .await?;
+    Ok(Response::new(rt::BulkPublishResponse {
+        failed_entries: failed
+            .into_iter()
+            .map(|f| rt::BulkPublishResponseFailedEntry {
+                entry_id: f.entry_id,
+                error: f.error,
+            })
+            .collect(),
+    }))
+}
+
+pub async fn bulk_publish_event_alpha1(
+    api: &DaprApi,
+    req: Request<rt::BulkPublishRequest>,
+) -> Reply<rt::BulkPublishResponse> {
+    bulk_publish_event(api, req).await
+}
+
+type EventStream = std::pin::Pin<
+    Box<dyn tokio_stream::Stream<Item = Result<rt::SubscribeTopicEventsResponseAlpha1, Status>> + Send + 'static>,
+>;
+
+#[instrument(level = "debug", name = "grpc.subscribe_topic_events_alpha1", skip_all)]
+pub async fn subscribe_topic_events_alpha1(
+    api: &DaprApi,
+    req: Request<tonic::Streaming<rt::SubscribeTopicEventsRequestAlpha1>>,
+) -> Reply<EventStream> {
+    let stream = crate::sidecar::pubsub::streaming::open(api.rt.subscriber.clone(), req.into_inner()).await?;
+    Ok(Response::new(Box::pin(stream)))
+}

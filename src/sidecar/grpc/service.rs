@@ -83,34 +83,28 @@ impl Dapr for DaprApi {
         &self,
         request: tonic::Request<rt::PublishEventRequest>,
     ) -> std::result::Result<tonic::Response<()>, tonic::Status> {
-        Err(Status::unimplemented("PublishEvent is not implemented by tandem yet"))
+        handlers::publish_event(self, request).await
     }
 
     async fn bulk_publish_event_alpha1(
         &self,
         request: tonic::Request<rt::BulkPublishRequest>,
     ) -> std::result::Result<tonic::Response<rt::BulkPublishResponse>, tonic::Status> {
-        Err(Status::unimplemented(
-            "BulkPublishEventAlpha1 is not implemented by tandem yet",
-        ))
+        handlers::bulk_publish_event_alpha1(self, request).await
     }
 
     async fn bulk_publish_event(
         &self,
         request: tonic::Request<rt::BulkPublishRequest>,
     ) -> std::result::Result<tonic::Response<rt::BulkPublishResponse>, tonic::Status> {
-        Err(Status::unimplemented(
-            "BulkPublishEvent is not implemented by tandem yet",
-        ))
+        handlers::bulk_publish_event(self, request).await
     }
 
     async fn subscribe_topic_events_alpha1(
         &self,
         request: tonic::Request<tonic::Streaming<rt::SubscribeTopicEventsRequestAlpha1>>,
     ) -> std::result::Result<tonic::Response<Self::SubscribeTopicEventsAlpha1Stream>, tonic::Status> {
-        Err(Status::unimplemented(
-            "SubscribeTopicEventsAlpha1 is not implemented by tandem yet",
-        ))
+        handlers::subscribe_topic_events_alpha1(self, request).await
     }
 
     async fn invoke_binding(

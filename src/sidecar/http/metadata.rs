@@ -158,31 +158,13 @@ fn to_json(m: &MetadataSnapshot) -> MetadataJson<'_> {
         subscriptions: m
             .subscriptions
             .iter()
-            .map(|s| {
-                let mut rules: Vec<RuleJson> = s
-                    .spec
-                    .routes
-                    .rules
-                    .iter()
-                    .map(|r| RuleJson {
-                        match_: &r.match_,
-                        path: &r.path,
-                    })
-                    .collect();
-                if !s.spec.routes.default.is_empty() {
-                    rules.push(RuleJson {
-                        match_: "",
-                        path: &s.spec.routes.default,
-                    });
-                }
-                SubscriptionJson {
-                    pubsubname: &s.spec.pubsubname,
-                    topic: &s.spec.topic,
-                    metadata: &s.spec.metadata,
-                    rules,
-                    dead_letter_topic: s.spec.dead_letter_topic.as_deref().unwrap_or_default(),
-                    type_: "DECLARATIVE",
-                }
+            .map(|s| SubscriptionJson {
+                pubsubname: &s.pubsub,
+                topic: &s.topic,
+                metadata: &s.metadata,
+                rules: s.rules.iter().map(|(m, p)| RuleJson { match_: m, path: p }).collect(),
+                dead_letter_topic: &s.dead_letter_topic,
+                type_: s.type_,
             })
             .collect(),
         http_endpoints: m.http_endpoints.iter().map(|n| NameJson { name: n }).collect(),

@@ -3,9 +3,11 @@
 mod invoke;
 mod metadata;
 pub mod openapi;
+mod pubsub;
 mod secrets;
 mod state;
 
+pub use pubsub::{new_traceparent, trace_context};
 /// The request-body decoders of the state handlers, public for the fuzz targets in `fuzz/`.
 pub use state::{decode_bulk_get, decode_save, decode_transaction};
 
@@ -93,6 +95,19 @@ pub fn router(state: ApiState) -> Router {
         )
         .route("/v1.0/state/{store}/{key}", get(state::get).delete(state::delete))
         .route("/v1.0-alpha1/state/{store}/query", post(state::query).put(state::query))
+        .route("/v1.0/publish/{pubsub}", post(pubsub::publish).put(pubsub::publish))
+        .route(
+            "/v1.0/publish/{pubsub}/{*topic}",
+            post(pubsub::publish).put(pubsub::publish),
+        )
+        .route(
+            "/v1.0/publish/bulk/{pubsub}/{*topic}",
+            post(pubsub::bulk_publish).put(pubsub::bulk_publish),
+        )
+        .route(
+            "/v1.0-alpha1/publish/bulk/{pubsub}/{*topic}",
+            post(pubsub::bulk_publish).put(pubsub::bulk_publish),
+        )
         .route("/v1.0/secrets/{store}/bulk", get(secrets::bulk))
         .route("/v1.0/secrets/{store}/{key}", get(secrets::get))
         .route("/v1.0/shutdown", post(metadata::shutdown))

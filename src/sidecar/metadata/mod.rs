@@ -5,7 +5,6 @@
 use std::collections::BTreeMap;
 use std::sync::{Arc, RwLock};
 
-use crate::api::Subscription;
 use crate::components::Kind;
 use crate::sidecar::components::ComponentTable;
 use crate::sidecar::invoke::endpoints::Endpoints;
@@ -23,6 +22,19 @@ pub struct ComponentInfo {
     pub type_: String,
     pub version: String,
     pub capabilities: Vec<String>,
+}
+
+/// How a subscription shows in the metadata API.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct SubscriptionInfo {
+    pub pubsub: String,
+    pub topic: String,
+    pub metadata: BTreeMap<String, String>,
+    /// (CEL match, path) in order; the default route has an empty match.
+    pub rules: Vec<(String, String)>,
+    pub dead_letter_topic: String,
+    /// DECLARATIVE, PROGRAMMATIC or STREAMING.
+    pub type_: &'static str,
 }
 
 /// What the metadata API says about the app channel.
@@ -51,7 +63,7 @@ pub struct MetadataSnapshot {
     pub enabled_features: Vec<String>,
     pub components: Vec<ComponentInfo>,
     pub extended: BTreeMap<String, String>,
-    pub subscriptions: Vec<Subscription>,
+    pub subscriptions: Vec<SubscriptionInfo>,
     pub http_endpoints: Vec<String>,
     pub app_connection: AppConnection,
 }
@@ -73,7 +85,7 @@ pub struct SidecarMetadata {
     table: Arc<ComponentTable>,
     endpoints: Arc<Endpoints>,
     extended: RwLock<BTreeMap<String, String>>,
-    subscriptions: RwLock<Vec<Subscription>>,
+    subscriptions: RwLock<Vec<SubscriptionInfo>>,
 }
 
 impl SidecarMetadata {
@@ -139,7 +151,7 @@ impl SidecarMetadata {
         Ok(())
     }
 
-    pub fn set_subscriptions(&self, subs: Vec<Subscription>) {
+    pub fn set_subscriptions(&self, subs: Vec<SubscriptionInfo>) {
         *self.subscriptions.write().unwrap_or_else(|p| p.into_inner()) = subs;
     }
 }
