@@ -1,7 +1,7 @@
 """A plain HTTP subscriber app for pub/sub tests: lists its subscriptions at GET /dapr/subscribe, records every
 event it receives (one JSON line per delivery: route, headers, body) and answers as each route says.
 
-Usage: python subscriber_http.py PORT SUBSCRIPTIONS_JSON RECORD_FILE
+Usage: SUBSCRIPTIONS=subs.json RECORD=deliveries.jsonl python subscriber_http.py PORT [NAME]
 
 Routes answer by their first path segment:
   /ok/...        204, empty body (success)
@@ -12,14 +12,15 @@ Routes answer by their first path segment:
 """
 
 import json
+import os
 import sys
 import threading
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 PORT = int(sys.argv[1])
-SUBSCRIPTIONS = sys.argv[2]
-RECORD = sys.argv[3]
+SUBSCRIPTIONS = os.environ["SUBSCRIPTIONS"]
+RECORD = os.environ["RECORD"]
 LOCK = threading.Lock()
 SEEN: dict = {}
 

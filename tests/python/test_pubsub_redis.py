@@ -1,0 +1,160 @@
+"""At-least-once delivery over Redis Streams (`pubsub.redis`) through real sidecars:
+
+* 10,000 messages published while the subscriber's sidecar is killed with SIGKILL mid-delivery and started again:
+  every message the publisher had acknowledged reaches the app (duplicates are allowed; their number is printed);
+* two sidecars of one app id compete for a topic (each message handled by one of them), and when one is killed
+  the other, or its replacement, gets what it left;
+* a streaming subscription closed with events unanswered, then opened again, gets every event.
+
+Needs the Redis on 127.0.0.1:6379."""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+import uuid
+
+import pytest
+import requests
+
+from conftest import REDIS_HOST, component, poll_until, redis_available, redis_command, sdk_client, start_app
+
+pytestmark = pytest.mark.skipif(not redis_available(), reason=f"no Redis at {REDIS_HOST}")
+
+
+def redis_pubsub(**extra: str) -> dict:
+    md = {"redisHost": REDIS_HOST, "processingTimeout": "2s", "redeliverInterval": "500ms"}
+    md.update(extra)
+    return component("pubsub", "pubsub.redis", md)
+
+
+def numbers(record) -> list[int]:
+    if not record.exists():
+        return []
+    out = []
+    for line in record.read_text().splitlines():
+        try:
+            out.append(json.loads(json.loads(line)["body"])["data"]["n"])
+        except (ValueError, KeyError, TypeError):
+            pass
+    return out
+
+
+def subscriber_app(tmp_path, name: str, topic: str):
+    subs = tmp_path / f"{name}-subs.json"
+    subs.write_text(json.dumps([{"pubsubname": "pubsub", "topic": topic, "route": "/ok/n"}]))
+    record = tmp_path / f"{name}-record.jsonl"
+    app = start_app("subscriber_http.py", name, tmp_path, env={"SUBSCRIPTIONS": str(subs), "RECORD": str(record)})
+    return app, record
+
+
+def bulk_publish(sc, topic: str, start: int, count: int) -> int:
+    """Publishes {"n": start..start+count} in one bulk call; answers how many the sidecar acknowledged."""
+    entries = [{"entryId": str(i), "event": {"n": i}, "contentType": "application/json"}
+               for i in range(start, start + count)]
+    r = requests.post(sc.url(f"/v1.0-alpha1/publish/bulk/pubsub/{topic}"), json=entries, timeout=30)
+    if r.status_code == 204:
+        return count
+    failed = {f["entryId"] for f in r.json().get("failedEntries", [])}
+    return count - len(failed)
+
+
+@pytest.fixture
+def topic():
+    t = f"tandem-test-{uuid.uuid4().hex[:10]}"
+    yield t
+    redis_command("DEL", t)
+
+
+def test_no_acknowledged_message_is_lost_through_a_sigkill(sidecars, tmp_path, topic):
+    total, batch = 10_000, 250
+    app_id = f"killsub-{uuid.uuid4().hex[:6]}"
+    app, record = subscriber_app(tmp_path, "killsub", topic)
+    publisher = sidecars.start("killpub", [redis_pubsub()])
+    sub = sidecars.start(app_id, [redis_pubsub()], extra_args=["--app-port", str(app.port)])
+    acknowledged: list[int] = []
+
+    def publish_all():
+        for start in range(0, total, batch):
+            if bulk_publish(publisher, topic, start, batch) == batch:
+                acknowledged.extend(range(start, start + batch))
+            time.sleep(0.02)
+
+    writer = threading.Thread(target=publish_all)
+    writer.start()
+    try:
+        assert poll_until(lambda: len(numbers(record)) >= 2500, 60), "deliveries did not start"
+        sub.proc.kill()  # SIGKILL, mid-delivery: entries read but not yet acknowledged stay pending in Redis
+        sub.proc.wait()
+        delivered_before = len(numbers(record))
+        time.sleep(1)
+        sub = sidecars.start(app_id, [redis_pubsub()], extra_args=["--app-port", str(app.port)])
+    finally:
+        writer.join()
+    assert len(acknowledged) == total, "the publisher's sidecar acknowledged every entry"
+    assert poll_until(lambda: set(numbers(record)) >= set(acknowledged), 120), (
+        f"missing {len(set(acknowledged) - set(numbers(record)))} of {total}"
+    )
+    got = numbers(record)
+    duplicates = len(got) - len(set(got))
+    print(f"\n{total} published, {len(set(got))} delivered, {duplicates} duplicates "
+          f"({delivered_before} delivered before the SIGKILL)")
+    assert delivered_before < total, "the kill happened mid-delivery"
+    sub.stop()
+    app.stop()
+
+
+def test_two_sidecars_of_one_app_compete_and_survive_a_kill(sidecars, tmp_path, topic):
+    app_id = f"workers-{uuid.uuid4().hex[:6]}"
+    (app_a, rec_a), (app_b, rec_b) = subscriber_app(tmp_path, "wa", topic), subscriber_app(tmp_path, "wb", topic)
+    publisher = sidecars.start("workpub", [redis_pubsub()])
+    a = sidecars.start(app_id, [redis_pubsub()], extra_args=["--app-port", str(app_a.port)])
+    b = sidecars.start(app_id, [redis_pubsub()], extra_args=["--app-port", str(app_b.port)])
+    for start in range(0, 1000, 200):
+        assert bulk_publish(publisher, topic, start, 200) == 200
+    union = lambda: set(numbers(rec_a)) | set(numbers(rec_b))
+    assert poll_until(lambda: union() >= set(range(1000)), 60), f"missing {set(range(1000)) - union()}"
+    got_a, got_b = numbers(rec_a), numbers(rec_b)
+    assert got_a and got_b, "both sidecars took a share"
+    assert len(got_a) + len(got_b) == 1000, "each message was handled by one sidecar"
+    # One of them dies; the other (and the survivors' reclaim) still get everything.
+    b.proc.kill()
+    b.proc.wait()
+    for start in range(1000, 2000, 200):
+        assert bulk_publish(publisher, topic, start, 200) == 200
+    assert poll_until(lambda: union() >= set(range(2000)), 60), f"missing {len(set(range(2000)) - union())}"
+    a.stop()
+    app_a.stop()
+    app_b.stop()
+
+
+def test_a_streaming_subscription_closed_and_reopened_loses_nothing(sidecars, topic):
+    sc = sidecars.start("streamer", [redis_pubsub()])
+    with sdk_client(sc) as c:
+        for i in range(20):
+            c.publish_event("pubsub", topic, json.dumps({"n": i}), data_content_type="application/json")
+        first = c.subscribe("pubsub", topic)
+        taken = set()
+        try:
+            while len(taken) < 5:
+                m = first.next_message()
+                if m is not None:
+                    taken.add(m.data()["n"])
+                    first.respond_success(m)
+            # One more is read and never answered: the stream closes with it in flight.
+            while first.next_message() is None:
+                pass
+        finally:
+            first.close()
+        second = c.subscribe("pubsub", topic)
+        try:
+            deadline = time.monotonic() + 30
+            while taken != set(range(20)) and time.monotonic() < deadline:
+                m = second.next_message()
+                if m is not None:
+                    taken.add(m.data()["n"])
+                    second.respond_success(m)
+        finally:
+            second.close()
+    assert taken == set(range(20)), f"missing {set(range(20)) - taken}"
