@@ -24,8 +24,6 @@ use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 
-type HttpClient = Client<HttpConnector, Full<Bytes>>;
-
 /// The app: answers every request with a 1 KB body.
 async fn serve_app(port: u16) {
     let listener = tokio::net::TcpListener::bind(("127.0.0.1", port)).await.unwrap();
@@ -149,17 +147,6 @@ fn start_sidecar(
         cmd.args(["--app-port", &p.to_string()]);
     }
     (cmd.spawn().expect("start tandem"), http)
-}
-
-async fn wait_ready(client: &HttpClient, port: u16) {
-    for _ in 0..400 {
-        let url = format!("http://127.0.0.1:{port}/v1.0/healthz");
-        if client.get(url.parse().unwrap()).await.is_ok_and(|r| r.status() == 204) {
-            return;
-        }
-        tokio::time::sleep(Duration::from_millis(25)).await;
-    }
-    panic!("sidecar on {port} never became ready");
 }
 
 #[tokio::main]

@@ -21,12 +21,14 @@ import tempfile
 import time
 from pathlib import Path
 
-# The Python quickstarts whose building blocks tandem has today. The others (pub/sub, bindings, jobs,
-# workflows, conversation) need building blocks still to come.
+# The Python quickstarts whose building blocks tandem has today. The others (bindings, jobs, workflows,
+# conversation) need building blocks still to come.
 DEFAULT = [
     "service_invocation/python/http",
     "state_management/python/sdk",
     "state_management/python/http",
+    "pub_sub/python/sdk",
+    "pub_sub/python/http",
 ]
 
 

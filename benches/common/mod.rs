@@ -4,6 +4,26 @@
 
 use std::time::Duration;
 
+use bytes::Bytes;
+use http_body_util::Full;
+use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::HttpConnector;
+
+/// The benchmarks' HTTP/1 client.
+pub type HttpClient = Client<HttpConnector, Full<Bytes>>;
+
+/// Waits until the sidecar whose HTTP API listens on `port` says it is ready (GET /v1.0/healthz is 204).
+pub async fn wait_ready(client: &HttpClient, port: u16) {
+    for _ in 0..400 {
+        let url = format!("http://127.0.0.1:{port}/v1.0/healthz");
+        if client.get(url.parse().unwrap()).await.is_ok_and(|r| r.status() == 204) {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    panic!("sidecar on {port} never became ready");
+}
+
 /// The tandem binary the benchmark drives: this build, or the one `BENCH_TANDEM_BIN` names (say, the previous
 /// commit's, to compare two builds through the same cases).
 pub fn tandem_bin() -> String {

@@ -46,14 +46,23 @@ pub fn defaults() -> Defaults {
     let home = home_dir();
     let db = home.join("state.db");
     Defaults {
-        components: vec![Component::new(
-            "statestore",
-            "state.sqlite",
-            &[
-                ("connectionString", db.to_string_lossy().as_ref()),
-                ("actorStateStore", "true"),
-            ],
-        )],
+        components: vec![
+            Component::new(
+                "statestore",
+                "state.sqlite",
+                &[
+                    ("connectionString", db.to_string_lossy().as_ref()),
+                    ("actorStateStore", "true"),
+                ],
+            ),
+            // Named as `dapr init`'s Redis pub/sub is, so samples written for it work unchanged: one SQLite file
+            // shared by every local sidecar, each app id its own consumer group.
+            Component::new(
+                "pubsub",
+                "pubsub.sqlite",
+                &[("connectionString", home.join("pubsub.db").to_string_lossy().as_ref())],
+            ),
+        ],
         name_resolution: Some(NameResolutionSpec {
             component: "sqlite".into(),
             version: "v1".into(),

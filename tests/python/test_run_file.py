@@ -25,6 +25,7 @@ import requests
 from conftest import free_port, poll_until
 
 NODE = shutil.which("node")
+REPO = Path(__file__).resolve().parents[2]
 
 WEB_APP = r"""
 const http = require('http');
@@ -305,7 +306,11 @@ def test_a_single_tandem_run_is_listed_and_stopped_by_app_id(tandem, tmp_path):
         # invoke a method the app does not serve: the sidecar's answer is an error, and says so.
         r = cli(tandem, tmp_path, "invoke", "-a", "solo", "-m", "nothing", "-v", "get")
         assert r.returncode == 1 and "error invoking app solo" in r.stderr
+        # The embedded `pubsub` takes the event; an unknown pubsub is an error that says so.
         r = cli(tandem, tmp_path, "publish", "--publish-app-id", "solo", "--pubsub", "pubsub", "--topic", "t",
+                "--data", '{"a":1}')
+        assert r.returncode == 0 and "Event published successfully" in r.stdout, r.stdout + r.stderr
+        r = cli(tandem, tmp_path, "publish", "--publish-app-id", "solo", "--pubsub", "nope", "--topic", "t",
                 "--data", '{"a":1}')
         assert r.returncode == 1 and "Error publishing topic t" in r.stderr, r.stderr
         r = cli(tandem, tmp_path, "stop", "--app-id", "solo")
@@ -363,5 +368,27 @@ def test_nothing_outlives_a_killed_run(tandem, tmp_path):
 
         assert poll_until(lambda: gone(e["daprdPid"]) and gone(e["appPid"]), 15), "sidecar or app outlived the run"
         assert listed(tandem, tmp_path) == {}
+    finally:
+        run.kill()
+
+
+def test_readmes_publish_subscribe_demo_needs_nothing_else(tandem, tmp_path):
+    """examples/pubsub (README's demo): two apps with their own sidecars exchange ten orders through the embedded
+    `pubsub` component (a SQLite file in ~/.tandem), with no broker installed. The app port is made free first."""
+    import shutil
+    d = tmp_path / "pubsub"
+    shutil.copytree(REPO / "examples" / "pubsub", d)
+    run_file = d / "dapr.yaml"
+    run_file.write_text(run_file.read_text().replace("appPort: 6011", f"appPort: {free_port()}"))
+    run = Run(tandem, tmp_path, "dapr.yaml", d)
+    try:
+        assert poll_until(lambda: run.text().count("Subscriber received") >= 10, 60), run.text()
+        out = run.text()
+        for i in range(1, 11):
+            assert f'== APP - checkout == Published data: {{"orderId": {i}}} status 204' in out, out
+            assert f'== APP - orders == Subscriber received: {{"orderId": {i}}}' in out, out
+        assert (tmp_path / ".tandem" / "pubsub.db").exists()
+        assert cli(tandem, tmp_path, "stop", "-f", str(d)).returncode == 0
+        assert run.wait(30) == 0, run.text()
     finally:
         run.kill()

@@ -382,7 +382,16 @@ impl PubSub for SqlitePubSub {
                     return;
                 }
                 // Lease only what can be handled now, so leases do not run out while waiting in line.
-                let free = permits.available_permits().min(BATCH);
+                let mut free = permits.available_permits().min(BATCH);
+                if free == 0 {
+                    // Every handler is busy: wait for one to finish rather than for the next poll.
+                    tokio::select! {
+                        _ = stop.cancelled() => return,
+                        _ = closed.cancelled() => return,
+                        p = permits.acquire() => drop(p),
+                    }
+                    free = permits.available_permits().min(BATCH);
+                }
                 let leased = if free == 0 {
                     Ok(vec![])
                 } else {
