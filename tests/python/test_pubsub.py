@@ -30,6 +30,8 @@ SUBSCRIPTIONS = [
     {"pubsubname": "pubsub", "topic": "raw", "route": "/ok/raw", "metadata": {"rawPayload": "true"}},
     {"pubsubname": "pubsub", "topic": "bulk", "route": "/ok/bulk"},
     {"pubsubname": "pubsub", "topic": "path/with/slashes", "route": "/ok/slashes"},
+    {"pubsubname": "pubsub", "topic": "batched", "route": "/bulk/batched", "deadLetterTopic": "dead",
+     "bulkSubscribe": {"enabled": True, "maxMessagesCount": 50, "maxAwaitDurationMs": 300}},
 ]
 
 DECLARATIVE = {
@@ -396,3 +398,32 @@ def test_grpc_app_subscriptions_with_the_sdk_app(sidecars, tmp_path):
     finally:
         sc.stop()
         app.stop()
+
+
+def test_bulk_subscribe_delivers_batches_and_settles_each_entry(env):
+    sc, got = env
+    dead_before = len(got.at("/ok/dead"))
+    with sdk_client(sc) as c:
+        resp = c.publish_events("pubsub", "batched", [f"e{i}" for i in range(20)] + ["drop"],
+                                data_content_type="text/plain")
+        assert resp.failed_entries == []
+    batches = got.wait("/bulk/", 1)
+    assert poll_until(lambda: sum(len(b["event"]["entries"]) for b in got.at("/bulk/")) >= 21, 10)
+    batches = got.at("/bulk/")
+    assert len(batches) < 21, "events arrived in batches, not one by one"
+    first = batches[0]["event"]
+    assert first["type"] == "com.dapr.event.sent.bulk" and first["topic"] == "batched"
+    assert first["pubsubname"] == "pubsub" and batches[0]["content_type"] == "application/json"
+    entry = first["entries"][0]
+    assert entry["entryId"] and entry["contentType"] == "application/cloudevents+json"
+    assert entry["event"]["type"] == "com.dapr.event.sent" and entry["event"]["topic"] == "batched"
+    datas = sorted(e["event"]["data"] for b in batches for e in b["event"]["entries"])
+    assert datas == sorted([f"e{i}" for i in range(20)] + ["drop"]), "each entry once: all answered"
+    # The entry the app dropped went to the dead-letter topic.
+    dead = got.wait("/ok/dead", dead_before + 1)
+    assert any(d["event"]["data"] == "drop" and d["event"]["topic"] == "batched" for d in dead)
+    # An entry without a status failed; with a dead-letter topic it goes there (as in Dapr), not back to the app.
+    with sdk_client(sc) as c:
+        c.publish_event("pubsub", "batched", "skip", data_content_type="text/plain")
+    assert poll_until(lambda: any(d["event"]["data"] == "skip" for d in got.at("/ok/dead")), 10)
+    assert sum(e["event"]["data"] == "skip" for b in got.at("/bulk/") for e in b["event"]["entries"]) == 1

@@ -158,3 +158,54 @@ def test_a_streaming_subscription_closed_and_reopened_loses_nothing(sidecars, to
         finally:
             second.close()
     assert taken == set(range(20)), f"missing {set(range(20)) - taken}"
+
+
+def test_shutdown_neither_drops_nor_dead_letters_what_is_in_flight(sidecars, tmp_path, topic):
+    """SIGTERM while the app is still handling an event (longer than the grace period): the sidecar exits, the
+    event is neither acknowledged nor sent to the dead-letter topic, and the next sidecar of the app gets it."""
+    subs = tmp_path / "subs.json"
+    subs.write_text(json.dumps([
+        {"pubsubname": "pubsub", "topic": topic, "route": "/slow/3000/t", "deadLetterTopic": f"{topic}-dead"},
+        {"pubsubname": "pubsub", "topic": f"{topic}-dead", "route": "/ok/dead"},
+    ]))
+    record = tmp_path / "record.jsonl"
+    app = start_app("subscriber_http.py", "slowapp", tmp_path, env={"SUBSCRIPTIONS": str(subs), "RECORD": str(record)})
+    app_id = f"slow-{uuid.uuid4().hex[:6]}"
+    args = ["--app-port", str(app.port), "--dapr-graceful-shutdown-seconds", "1"]
+    sc = sidecars.start(app_id, [redis_pubsub()], extra_args=args)
+    deliveries = lambda prefix: [json.loads(l) for l in record.read_text().splitlines()
+                                 if json.loads(l)["path"].startswith(prefix)] if record.exists() else []
+    try:
+        r = requests.post(sc.url(f"/v1.0/publish/pubsub/{topic}"), json={"n": 1})
+        assert r.status_code == 204
+        assert poll_until(lambda: len(deliveries("/slow/")) == 1, 10)
+        sc.proc.terminate()
+        assert sc.proc.wait(timeout=15) == 0, sc.stderr()
+        sc = sidecars.start(app_id, [redis_pubsub()], extra_args=args)
+        assert poll_until(lambda: len(deliveries("/slow/")) >= 2, 20), "the event came back after the restart"
+        time.sleep(3.5)
+        assert deliveries("/ok/dead") == [], "nothing was dead-lettered because of the shutdown"
+    finally:
+        sc.stop()
+        app.stop()
+        redis_command("DEL", f"{topic}-dead")
+
+
+def test_subscriptions_pause_while_the_app_is_unhealthy(sidecars, tmp_path, topic):
+    app, record = subscriber_app(tmp_path, "healthapp", topic)
+    sc = sidecars.start(f"health-{uuid.uuid4().hex[:6]}", [redis_pubsub()], extra_args=[
+        "--app-port", str(app.port), "--enable-app-health-check", "--app-health-check-path", "/health",
+        "--app-health-probe-interval", "1", "--app-health-threshold", "1"])
+    try:
+        assert requests.post(sc.url(f"/v1.0/publish/pubsub/{topic}"), json={"n": 0}).status_code == 204
+        assert poll_until(lambda: numbers(record) == [0], 10)
+        requests.post(f"http://127.0.0.1:{app.port}/sethealth/0")
+        assert poll_until(lambda: "pausing its subscriptions" in sc.stderr(), 10), sc.stderr()
+        assert requests.post(sc.url(f"/v1.0/publish/pubsub/{topic}"), json={"n": 1}).status_code == 204
+        time.sleep(2)
+        assert numbers(record) == [0], "nothing is delivered while the app is unhealthy"
+        requests.post(f"http://127.0.0.1:{app.port}/sethealth/1")
+        assert poll_until(lambda: numbers(record) == [0, 1], 15), "delivery resumes once the app is healthy"
+    finally:
+        sc.stop()
+        app.stop()

@@ -46,6 +46,12 @@ pub struct Event {
     pub path: String,
 }
 
+/// A message made ready for delivery, or already settled (expired, unroutable, undecodable).
+pub enum Prepared {
+    Deliver(Event),
+    Done(Result<(), Nack>),
+}
+
 /// Why one attempt failed, for the Resiliency policy.
 #[derive(Debug)]
 struct Failure {
@@ -287,35 +293,11 @@ pub struct Deliverer {
 impl Deliverer {
     /// Handles one message from the broker.
     pub async fn handle(self: Arc<Self>, msg: Message) -> Result<(), Nack> {
-        if self.closing.is_cancelled() {
-            return Err(Nack::Closing);
-        }
+        let event = match self.prepare(&msg).await {
+            Prepared::Deliver(e) => e,
+            Prepared::Done(answer) => return answer,
+        };
         let sub = &self.sub;
-        let event = match self.decode(&msg) {
-            Ok(e) => e,
-            Err(why) => {
-                tracing::error!(pubsub = %sub.pubsub, topic = %sub.topic, "{why}");
-                return self.dead_letter_or_retry(&msg, why).await;
-            }
-        };
-        if cloudevent::has_expired(&event.cloud_event) {
-            tracing::warn!(pubsub = %sub.pubsub, topic = %sub.topic, id = ?event.cloud_event.get("id"), "dropping an expired event");
-            self.dead_letter_quietly(&msg).await;
-            return Ok(());
-        }
-        let path = match sub.route(&event.cloud_event) {
-            Ok(Route::Path(p)) => p,
-            Ok(Route::NoMatch) => {
-                tracing::debug!(pubsub = %sub.pubsub, topic = %sub.topic, "no route matches the event; skipping it");
-                self.dead_letter_quietly(&msg).await;
-                return Ok(());
-            }
-            Err(why) => {
-                tracing::error!(pubsub = %sub.pubsub, topic = %sub.topic, "routing the event: {why}");
-                return self.dead_letter_or_retry(&msg, why).await;
-            }
-        };
-        let event = Event { path, ..event };
         let attempt = || self.sink.deliver(sub, &event, &msg.metadata);
         let run = async {
             match &self.policy {
@@ -329,25 +311,63 @@ impl Deliverer {
             o = run => o,
             _ = async { self.closing.cancelled().await; tokio::time::sleep(self.grace).await } => return Err(Nack::Closing),
         };
-        match outcome {
-            Ok(Verdict::Success) => Ok(()),
-            Ok(Verdict::Drop) => {
+        self.finish(&msg, &event, outcome.unwrap_or_else(Verdict::Retry)).await
+    }
+
+    /// Decodes, checks expiry and routes `msg`: the event to deliver, or what the broker should do already.
+    pub async fn prepare(&self, msg: &Message) -> Prepared {
+        if self.closing.is_cancelled() {
+            return Prepared::Done(Err(Nack::Closing));
+        }
+        let sub = &self.sub;
+        let event = match self.decode(msg) {
+            Ok(e) => e,
+            Err(why) => {
+                tracing::error!(pubsub = %sub.pubsub, topic = %sub.topic, "{why}");
+                return Prepared::Done(self.dead_letter_or_retry(msg, why).await);
+            }
+        };
+        if cloudevent::has_expired(&event.cloud_event) {
+            tracing::warn!(pubsub = %sub.pubsub, topic = %sub.topic, id = ?event.cloud_event.get("id"), "dropping an expired event");
+            self.dead_letter_quietly(msg).await;
+            return Prepared::Done(Ok(()));
+        }
+        match sub.route(&event.cloud_event) {
+            Ok(Route::Path(path)) => Prepared::Deliver(Event { path, ..event }),
+            Ok(Route::NoMatch) => {
+                tracing::debug!(pubsub = %sub.pubsub, topic = %sub.topic, "no route matches the event; skipping it");
+                self.dead_letter_quietly(msg).await;
+                Prepared::Done(Ok(()))
+            }
+            Err(why) => {
+                tracing::error!(pubsub = %sub.pubsub, topic = %sub.topic, "routing the event: {why}");
+                Prepared::Done(self.dead_letter_or_retry(msg, why).await)
+            }
+        }
+    }
+
+    /// What the broker should do with `msg` after the app's verdict on it.
+    pub async fn finish(&self, msg: &Message, event: &Event, verdict: Verdict) -> Result<(), Nack> {
+        let sub = &self.sub;
+        match verdict {
+            Verdict::Success => Ok(()),
+            Verdict::Drop => {
                 tracing::warn!(pubsub = %sub.pubsub, topic = %sub.topic, id = ?event.cloud_event.get("id"), "the app dropped the event");
                 match &sub.dead_letter_topic {
-                    Some(dlt) => match self.publisher.forward(&sub.pubsub, &dead_letter(&msg, dlt)).await {
+                    Some(dlt) => match self.publisher.forward(&sub.pubsub, &dead_letter(msg, dlt)).await {
                         Ok(()) => Ok(()),
                         Err(e) => Err(Nack::Retry(format!("dead-lettering a dropped event failed: {e}"))),
                     },
                     None => Ok(()),
                 }
             }
-            Ok(Verdict::Retry(why)) | Err(why) => {
+            Verdict::Retry(why) => {
                 // Shutting down is no reason to give up on a message: it stays with the broker.
                 if self.closing.is_cancelled() {
                     return Err(Nack::Closing);
                 }
                 tracing::warn!(pubsub = %sub.pubsub, topic = %sub.topic, "delivery failed: {why}");
-                self.dead_letter_or_retry(&msg, why).await
+                self.dead_letter_or_retry(msg, why).await
             }
         }
     }

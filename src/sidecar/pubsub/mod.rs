@@ -1,6 +1,7 @@
 //! The pub/sub building block: publish and bulk publish over the loaded pub/sub components (CloudEvent envelope,
 //! topic scopes), and — in [`subscriber`] — the subscriptions that deliver a topic's events to the app.
 
+pub mod bulk;
 pub mod cloudevent;
 pub mod delivery;
 pub mod routes;

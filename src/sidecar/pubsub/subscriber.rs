@@ -122,14 +122,18 @@ impl Subscriber {
             closing: stop.clone(),
             grace: self.grace,
         });
+        let inner: Handler = match (&sub.bulk, &sink) {
+            (Some(bulk), Sink::App(app)) => super::bulk::handler(deliverer, *bulk, app.clone()),
+            _ => Arc::new(move |msg| Box::pin(deliverer.clone().handle(msg))),
+        };
         let in_flight = self.in_flight.clone();
         let handler: Handler = Arc::new(move |msg| {
             in_flight.fetch_add(1, Ordering::AcqRel);
             let guard = InFlight(in_flight.clone());
-            let d = deliverer.clone();
+            let delivery = inner(msg);
             Box::pin(async move {
                 let _guard = guard;
-                d.handle(msg).await
+                delivery.await
             })
         });
         let req = SubscribeRequest {

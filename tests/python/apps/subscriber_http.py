@@ -9,6 +9,9 @@ Routes answer by their first path segment:
   /code/N/...    HTTP status N
   /flaky/N/...   RETRY the first N deliveries of each event id, then SUCCESS
   /slow/MS/...   waits MS milliseconds, then success
+  /sethealth/0|1 makes GET /health answer 503 or 200
+  /bulk/...      a bulk delivery: SUCCESS for every entry but those whose data is "drop" (DROP) or "skip" (no
+                 status: retried)
 """
 
 import json
@@ -23,6 +26,7 @@ SUBSCRIPTIONS = os.environ["SUBSCRIPTIONS"]
 RECORD = os.environ["RECORD"]
 LOCK = threading.Lock()
 SEEN: dict = {}
+HEALTHY = [True]
 
 
 class Handler(BaseHTTPRequestHandler):
@@ -43,13 +47,16 @@ class Handler(BaseHTTPRequestHandler):
             with open(SUBSCRIPTIONS, "rb") as f:
                 self._send(200, f.read())
         elif self.path == "/health":
-            self._send(200)
+            self._send(200 if HEALTHY[0] else 503)
         else:
             self._send(404)
 
     def do_POST(self):
         length = int(self.headers.get("Content-Length") or 0)
         body = self.rfile.read(length)
+        if self.path.startswith("/sethealth/"):
+            HEALTHY[0] = self.path.endswith("/1")
+            return self._send(204)
         parts = [p for p in self.path.split("?")[0].split("/") if p]
         try:
             event = json.loads(body)
@@ -77,6 +84,14 @@ class Handler(BaseHTTPRequestHandler):
                 self._send(200, b'{"status":"RETRY"}')
             else:
                 self._send(200, b'{"status":"SUCCESS"}')
+        elif kind == "bulk":
+            statuses = []
+            for e in (event or {}).get("entries", []):
+                data = e.get("event", {}).get("data")
+                if data == "skip":
+                    continue
+                statuses.append({"entryId": e["entryId"], "status": "DROP" if data == "drop" else "SUCCESS"})
+            self._send(200, json.dumps({"statuses": statuses}).encode())
         elif kind == "slow":
             time.sleep(int(parts[1]) / 1000)
             self._send(204)
