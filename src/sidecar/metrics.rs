@@ -1,5 +1,7 @@
 //! Prometheus metrics under Dapr's names (`dapr_http_server_*`, `dapr_grpc_io_server_*`), so existing dashboards work.
 
+use std::collections::HashSet;
+use std::sync::Mutex;
 use std::time::Duration;
 
 use axum::http::Method;
@@ -18,7 +20,17 @@ pub struct Metrics {
     http_latency: HistogramVec,
     grpc_completed: IntCounterVec,
     grpc_latency: HistogramVec,
+    namespace: String,
+    pubsub_ingress: IntCounterVec,
+    pubsub_ingress_latency: HistogramVec,
+    pubsub_egress: IntCounterVec,
+    pubsub_egress_latency: HistogramVec,
+    /// Topics seen as labels so far: at most [`MAX_TOPIC_LABELS`], later ones are labelled `_other`.
+    topics: Mutex<HashSet<String>>,
 }
+
+/// Distinct topic label values the pub/sub metrics keep (topic names come from callers).
+pub const MAX_TOPIC_LABELS: usize = 256;
 
 impl Metrics {
     pub fn new(app_id: &str) -> Self {
@@ -56,10 +68,44 @@ impl Metrics {
             grpc_labels,
         )
         .expect("valid metric");
-        for c in [&http_count, &grpc_completed] {
+        let ingress_labels = &["app_id", "component", "namespace", "process_status", "topic", "status"];
+        let egress_labels = &["app_id", "component", "namespace", "success", "topic"];
+        let counter = |name: &str, help: &str, labels: &[&str]| {
+            IntCounterVec::new(Opts::new(name, help), labels).expect("valid metric")
+        };
+        let histogram = |name: &str, help: &str, labels: &[&str]| {
+            HistogramVec::new(HistogramOpts::new(name, help).buckets(LATENCY_MS.to_vec()), labels)
+                .expect("valid metric")
+        };
+        let pubsub_ingress = counter(
+            "dapr_component_pubsub_ingress_count",
+            "The number of incoming messages arriving from the pub/sub component.",
+            ingress_labels,
+        );
+        let pubsub_ingress_latency = histogram(
+            "dapr_component_pubsub_ingress_latencies",
+            "The consuming app event processing latency.",
+            ingress_labels,
+        );
+        let pubsub_egress = counter(
+            "dapr_component_pubsub_egress_count",
+            "The number of outgoing messages published to the pub/sub component.",
+            egress_labels,
+        );
+        let pubsub_egress_latency = histogram(
+            "dapr_component_pubsub_egress_latencies",
+            "The latency of the response from the pub/sub component.",
+            egress_labels,
+        );
+        for c in [&http_count, &grpc_completed, &pubsub_ingress, &pubsub_egress] {
             registry.register(Box::new(c.clone())).expect("unique metric");
         }
-        for h in [&http_latency, &grpc_latency] {
+        for h in [
+            &http_latency,
+            &grpc_latency,
+            &pubsub_ingress_latency,
+            &pubsub_egress_latency,
+        ] {
             registry.register(Box::new(h.clone())).expect("unique metric");
         }
         Metrics {
@@ -69,7 +115,67 @@ impl Metrics {
             http_latency,
             grpc_completed,
             grpc_latency,
+            namespace: String::new(),
+            pubsub_ingress,
+            pubsub_ingress_latency,
+            pubsub_egress,
+            pubsub_egress_latency,
+            topics: Mutex::default(),
         }
+    }
+
+    /// The same metrics, labelled with `namespace`.
+    pub fn in_namespace(mut self, namespace: &str) -> Self {
+        self.namespace = namespace.to_owned();
+        self
+    }
+
+    /// The label for `topic`: itself while fewer than [`MAX_TOPIC_LABELS`] topics were seen, else `_other`.
+    fn topic_label(&self, topic: &str) -> String {
+        let mut seen = self.topics.lock().unwrap_or_else(|p| p.into_inner());
+        if seen.contains(topic) {
+            return topic.to_owned();
+        }
+        if seen.len() < MAX_TOPIC_LABELS && topic.len() <= 256 {
+            seen.insert(topic.to_owned());
+            return topic.to_owned();
+        }
+        "_other".to_owned()
+    }
+
+    /// A message published to a component (Dapr's `pubsub_egress`).
+    pub fn pubsub_egress(&self, component: &str, topic: &str, success: bool, elapsed: Duration) {
+        let topic = self.topic_label(topic);
+        let success = if success { "true" } else { "false" };
+        let labels = [
+            self.app_id.as_str(),
+            component,
+            self.namespace.as_str(),
+            success,
+            topic.as_str(),
+        ];
+        self.pubsub_egress.with_label_values(&labels).inc();
+        self.pubsub_egress_latency
+            .with_label_values(&labels)
+            .observe(elapsed.as_secs_f64() * 1e3);
+    }
+
+    /// A message delivered to the app and how it ended (`success`, `retry`, `drop`) (Dapr's `pubsub_ingress`).
+    pub fn pubsub_ingress(&self, component: &str, topic: &str, process_status: &str, elapsed: Duration) {
+        let topic = self.topic_label(topic);
+        let status = if process_status == "success" { "success" } else { "" };
+        let labels = [
+            self.app_id.as_str(),
+            component,
+            self.namespace.as_str(),
+            process_status,
+            topic.as_str(),
+            status,
+        ];
+        self.pubsub_ingress.with_label_values(&labels).inc();
+        self.pubsub_ingress_latency
+            .with_label_values(&labels)
+            .observe(elapsed.as_secs_f64() * 1e3);
     }
 
     /// Records one HTTP API call. `route` is the route template that served it (`/v1.0/state/{store}/{key}`),
@@ -154,5 +260,20 @@ mod tests {
         );
         assert!(text.contains("dapr_grpc_io_server_completed_rpcs{"), "{text}");
         assert!(text.contains("dapr_http_server_latency_bucket"), "{text}");
+    }
+
+    #[test]
+    fn pubsub_metrics_bound_their_topic_labels() {
+        let m = Metrics::new("app").in_namespace("ns");
+        for i in 0..MAX_TOPIC_LABELS + 50 {
+            m.pubsub_egress("pubsub", &format!("t{i}"), true, Duration::from_millis(1));
+        }
+        m.pubsub_ingress("pubsub", "t0", "success", Duration::from_millis(1));
+        let text = String::from_utf8(m.render()).unwrap();
+        assert!(
+            text.contains(r#"dapr_component_pubsub_egress_count{app_id="app",component="pubsub",namespace="ns",success="true",topic="_other"} 50"#),
+            "{text}"
+        );
+        assert!(text.contains(r#"dapr_component_pubsub_ingress_count{app_id="app",component="pubsub",namespace="ns",process_status="success",status="success",topic="t0"} 1"#), "{text}");
     }
 }

@@ -57,6 +57,7 @@ pub struct Runtime {
     pub app: Option<Arc<AppChannel>>,
     pub pubsub: PubSubApi,
     pub subscriber: Arc<Subscriber>,
+    pub metrics: Arc<super::metrics::Metrics>,
 }
 
 /// The parts a [`Runtime`] is made of.
@@ -73,12 +74,13 @@ pub struct Parts {
     pub resiliency: Arc<crate::resiliency::Resiliency>,
     /// `--dapr-graceful-shutdown-seconds`.
     pub grace: std::time::Duration,
+    pub metrics: Arc<super::metrics::Metrics>,
 }
 
 impl Runtime {
     pub fn new(parts: Parts) -> Self {
         let metadata = Arc::new(parts.metadata);
-        let pubsub = PubSubApi::new(parts.components.clone(), &parts.app_id);
+        let pubsub = PubSubApi::new(parts.components.clone(), &parts.app_id, parts.metrics.clone());
         let subscriber = Arc::new(Subscriber::new(
             parts.components.clone(),
             pubsub.clone(),
@@ -88,6 +90,7 @@ impl Runtime {
             parts.grace,
         ));
         Runtime {
+            metrics: parts.metrics,
             pubsub,
             subscriber,
             state: State::new(parts.components.clone(), &parts.app_id),

@@ -321,7 +321,7 @@ pub async fn serve(
 ) -> anyhow::Result<(Serving, tokio::task::JoinHandle<()>)> {
     let ports = listeners.ports.clone();
     let Assembled { rt, loader, callee, me } = assemble(args, &plan, &ports).await?;
-    let metrics = Arc::new(Metrics::new(&args.app_id));
+    let metrics = rt.metrics.clone();
     let state = http::ApiState {
         rt: rt.clone(),
         max_body: plan.max_body,
@@ -510,6 +510,7 @@ async fn assemble(args: &Args, plan: &Plan, ports: &Ports) -> anyhow::Result<Ass
         invoker,
         app: plan.channel.clone(),
         resiliency: plan.resiliency.clone(),
+        metrics: Arc::new(Metrics::new(&args.app_id).in_namespace(&args.namespace)),
         grace: Duration::from_secs(args.dapr_graceful_shutdown_seconds.max(0) as u64),
     }));
     let loader = ComponentLoader::new(

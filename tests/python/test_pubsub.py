@@ -427,3 +427,17 @@ def test_bulk_subscribe_delivers_batches_and_settles_each_entry(env):
         c.publish_event("pubsub", "batched", "skip", data_content_type="text/plain")
     assert poll_until(lambda: any(d["event"]["data"] == "skip" for d in got.at("/ok/dead")), 10)
     assert sum(e["event"]["data"] == "skip" for b in got.at("/bulk/") for e in b["event"]["entries"]) == 1
+
+
+def test_pubsub_metrics_have_daprs_names(env):
+    sc, got = env
+    assert requests.post(sc.url("/v1.0/publish/pubsub/orders"), data="counted").status_code == 204
+    got.wait("/ok/orders", 1)
+    def text():
+        return requests.get(f"http://127.0.0.1:{sc.metrics_port}/metrics").text
+    assert poll_until(lambda: 'process_status="success"' in text(), 5)
+    t = text()
+    assert 'dapr_component_pubsub_egress_count{app_id="subscriber",component="pubsub"' in t
+    assert 'success="true",topic="orders"' in t
+    assert "dapr_component_pubsub_ingress_latencies_bucket" in t
+    assert 'process_status="drop"' in t, "the DROP answers of the other tests are counted"

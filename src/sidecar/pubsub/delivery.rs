@@ -44,6 +44,8 @@ pub struct Event {
     /// The CloudEvent as JSON, as an HTTP app gets it.
     pub body: Bytes,
     pub path: String,
+    /// When the broker handed the message over.
+    pub received: std::time::Instant,
 }
 
 /// A message made ready for delivery, or already settled (expired, unroutable, undecodable).
@@ -314,6 +316,18 @@ impl Deliverer {
         self.finish(&msg, &event, outcome.unwrap_or_else(Verdict::Retry)).await
     }
 
+    /// Records what became of one delivery (Dapr's `pubsub_ingress` metrics).
+    fn observe(&self, verdict: &Verdict, elapsed: Duration) {
+        let status = match verdict {
+            Verdict::Success => "success",
+            Verdict::Retry(_) => "retry",
+            Verdict::Drop => "drop",
+        };
+        self.publisher
+            .metrics
+            .pubsub_ingress(&self.sub.pubsub, &self.sub.topic, status, elapsed);
+    }
+
     /// Decodes, checks expiry and routes `msg`: the event to deliver, or what the broker should do already.
     pub async fn prepare(&self, msg: &Message) -> Prepared {
         if self.closing.is_cancelled() {
@@ -348,6 +362,7 @@ impl Deliverer {
 
     /// What the broker should do with `msg` after the app's verdict on it.
     pub async fn finish(&self, msg: &Message, event: &Event, verdict: Verdict) -> Result<(), Nack> {
+        self.observe(&verdict, event.received.elapsed());
         let sub = &self.sub;
         match verdict {
             Verdict::Success => Ok(()),
@@ -420,6 +435,7 @@ impl Deliverer {
             cloud_event: ce,
             body,
             path: String::new(),
+            received: std::time::Instant::now(),
         })
     }
 

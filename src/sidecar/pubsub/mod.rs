@@ -116,6 +116,7 @@ pub fn admit(_: &ComponentTable, c: &Loaded) -> Result<(), String> {
 pub struct PubSubApi {
     table: Arc<ComponentTable>,
     app_id: String,
+    pub(crate) metrics: Arc<crate::sidecar::metrics::Metrics>,
 }
 
 /// A pub/sub component in use, with its scopes.
@@ -138,10 +139,11 @@ impl Component {
 }
 
 impl PubSubApi {
-    pub fn new(table: Arc<ComponentTable>, app_id: &str) -> Self {
+    pub fn new(table: Arc<ComponentTable>, app_id: &str, metrics: Arc<crate::sidecar::metrics::Metrics>) -> Self {
         PubSubApi {
             table,
             app_id: app_id.to_owned(),
+            metrics,
         }
     }
 
@@ -182,10 +184,11 @@ impl PubSubApi {
             &req.tracestate,
         )?;
         self.check_scope(&c, &req.pubsub, &req.topic)?;
-        c.handle
-            .publish(&message)
-            .await
-            .map_err(|e| ApiError::pubsub_publish(&req.pubsub, &req.topic, e))
+        let started = std::time::Instant::now();
+        let published = c.handle.publish(&message).await;
+        self.metrics
+            .pubsub_egress(&req.pubsub, &req.topic, published.is_ok(), started.elapsed());
+        published.map_err(|e| ApiError::pubsub_publish(&req.pubsub, &req.topic, e))
     }
 
     /// The message a publish sends: the CloudEvent (or the raw bytes) and the request's metadata.
@@ -263,7 +266,11 @@ impl PubSubApi {
             });
         }
         self.check_scope(&c, pubsub, topic)?;
-        Ok(c.handle.bulk_publish(&out).await)
+        let started = std::time::Instant::now();
+        let failed = c.handle.bulk_publish(&out).await;
+        self.metrics
+            .pubsub_egress(pubsub, topic, failed.is_empty(), started.elapsed());
+        Ok(failed)
     }
 
     /// Publishes a message as it is (a dead letter keeps the original bytes, content type and metadata).
