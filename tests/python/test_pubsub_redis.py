@@ -1,4 +1,5 @@
-"""At-least-once delivery over Redis Streams (`pubsub.redis`) through real sidecars:
+"""At-least-once delivery over Redis Streams (`pubsub.redis`), and SQLite for the SIGKILL case, through real
+sidecars:
 
 * 10,000 messages published while the subscriber's sidecar is killed with SIGKILL mid-delivery and started again:
   every message the publisher had acknowledged reaches the app (duplicates are allowed; their number is printed);
@@ -67,12 +68,20 @@ def topic():
     redis_command("DEL", t)
 
 
-def test_no_acknowledged_message_is_lost_through_a_sigkill(sidecars, tmp_path, topic):
+@pytest.mark.parametrize("broker", ["redis", "sqlite"])
+def test_no_acknowledged_message_is_lost_through_a_sigkill(sidecars, tmp_path, topic, broker):
     total, batch = 10_000, 250
     app_id = f"killsub-{uuid.uuid4().hex[:6]}"
     app, record = subscriber_app(tmp_path, "killsub", topic)
-    publisher = sidecars.start("killpub", [redis_pubsub()])
-    sub = sidecars.start(app_id, [redis_pubsub()], extra_args=["--app-port", str(app.port)])
+    if broker == "redis":
+        broker_component = redis_pubsub
+    else:
+        # The embedded broker of `tandem run`: one SQLite file both sidecars open.
+        db = str(tmp_path / "pubsub.db")
+        broker_component = lambda: component("pubsub", "pubsub.sqlite", {
+            "connectionString": db, "processingTimeout": "2s", "redeliverInterval": "500ms"})
+    publisher = sidecars.start("killpub", [broker_component()])
+    sub = sidecars.start(app_id, [broker_component()], extra_args=["--app-port", str(app.port)])
     acknowledged: list[int] = []
 
     def publish_all():
@@ -89,7 +98,7 @@ def test_no_acknowledged_message_is_lost_through_a_sigkill(sidecars, tmp_path, t
         sub.proc.wait()
         delivered_before = len(numbers(record))
         time.sleep(1)
-        sub = sidecars.start(app_id, [redis_pubsub()], extra_args=["--app-port", str(app.port)])
+        sub = sidecars.start(app_id, [broker_component()], extra_args=["--app-port", str(app.port)])
     finally:
         writer.join()
     assert len(acknowledged) == total, "the publisher's sidecar acknowledged every entry"
@@ -98,7 +107,7 @@ def test_no_acknowledged_message_is_lost_through_a_sigkill(sidecars, tmp_path, t
     )
     got = numbers(record)
     duplicates = len(got) - len(set(got))
-    print(f"\n{total} published, {len(set(got))} delivered, {duplicates} duplicates "
+    print(f"\n{broker}: {total} published, {len(set(got))} delivered, {duplicates} duplicates "
           f"({delivered_before} delivered before the SIGKILL)")
     assert delivered_before < total, "the kill happened mid-delivery"
     sub.stop()
