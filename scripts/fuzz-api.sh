@@ -54,6 +54,17 @@ spec:
 apiVersion: dapr.io/v1alpha1
 kind: Component
 metadata:
+  name: files
+spec:
+  type: bindings.localstorage
+  version: v1
+  metadata:
+  - name: rootPath
+    value: $work/files
+---
+apiVersion: dapr.io/v1alpha1
+kind: Component
+metadata:
   name: secretstore
 spec:
   type: secretstores.local.file

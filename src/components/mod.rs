@@ -1,10 +1,13 @@
 //! Component kinds (one trait each, in one folder each with its backends), the registry that builds a backend
 //! from its Dapr type and version, and the type-erased [`Instance`] a built component is held as.
 
+pub mod bindings;
+pub mod http_client;
 pub mod instance;
 pub mod kind;
 pub mod metadata;
 pub mod nameresolution;
+pub mod postgres;
 pub mod pubsub;
 pub mod registry;
 pub mod secretstores;

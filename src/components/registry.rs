@@ -7,6 +7,7 @@ use std::sync::{Arc, OnceLock};
 
 use futures::future::BoxFuture;
 
+use super::bindings::{self, Binding};
 use super::instance::Instance;
 use super::kind::{ComponentKind, Kind};
 use super::nameresolution::{self, NameResolver};
@@ -45,6 +46,12 @@ impl Registry {
         r.register::<dyn PubSub, _, _>("pubsub.in-memory", "v1", pubsub::memory::build);
         r.register::<dyn PubSub, _, _>("pubsub.redis", "v1", pubsub::redis::build);
         r.register::<dyn PubSub, _, _>("pubsub.sqlite", "v1", pubsub::sqlite::build);
+        r.register::<dyn Binding, _, _>("bindings.cron", "v1", bindings::cron::build);
+        r.register::<dyn Binding, _, _>("bindings.http", "v1", bindings::http::build);
+        r.register::<dyn Binding, _, _>("bindings.localstorage", "v1", bindings::localstorage::build);
+        r.register::<dyn Binding, _, _>("bindings.redis", "v1", bindings::redis::build);
+        r.register::<dyn Binding, _, _>("bindings.postgresql", "v1", bindings::postgres::build);
+        r.register::<dyn Binding, _, _>("bindings.postgres", "v1", bindings::postgres::build);
         r.register::<dyn SecretStore, _, _>("secretstores.local.file", "v1", secretstores::local_file::build);
         r.register::<dyn SecretStore, _, _>("secretstores.local.env", "v1", secretstores::local_env::build);
         r.register::<dyn SecretStore, _, _>("secretstores.kubernetes", "v1", secretstores::kubernetes::build);

@@ -10,6 +10,7 @@ use async_trait::async_trait;
 use super::{Policy, PolicyError, Retryable, Status};
 use crate::components::Instance;
 use crate::components::Kind;
+use crate::components::bindings::{Binding, BindingError, Directions, Handler, InvokeRequest, InvokeResponse};
 use crate::components::secretstores::{Secret, SecretError, SecretStore};
 use crate::components::state::{
     DeleteRequest, Feature, Query, QueryResponse, SetRequest, StateError, StateItem, StateStore, TransactionOp,
@@ -20,6 +21,7 @@ pub fn outbound(instance: Instance, policy: Policy) -> Instance {
     match instance.kind() {
         Kind::State => instance.map::<dyn StateStore>(|inner| Arc::new(ResilientState { inner, policy })),
         Kind::SecretStore => instance.map::<dyn SecretStore>(|inner| Arc::new(ResilientSecrets { inner, policy })),
+        Kind::Bindings => instance.map::<dyn Binding>(|inner| Arc::new(ResilientBinding { inner, policy })),
         other => {
             tracing::warn!(kind = %other, policy = %policy.name(), "resiliency policies do not apply to {other} components yet");
             instance
@@ -118,6 +120,39 @@ impl StateStore for ResilientState {
         self.run(|| self.inner.query(prefix, query)).await
     }
 
+    async fn close(&self) {
+        self.inner.close().await
+    }
+}
+
+impl Retryable for BindingError {}
+
+/// A binding whose every invocation runs under a policy (reading is the inbound policy's, around the app).
+struct ResilientBinding {
+    inner: Arc<dyn Binding>,
+    policy: Policy,
+}
+
+#[async_trait]
+impl Binding for ResilientBinding {
+    fn directions(&self) -> Directions {
+        self.inner.directions()
+    }
+    fn input_declared(&self) -> bool {
+        self.inner.input_declared()
+    }
+    fn operations(&self) -> &[&'static str] {
+        self.inner.operations()
+    }
+    async fn invoke(&self, req: InvokeRequest) -> Result<Option<InvokeResponse>, BindingError> {
+        self.policy
+            .run(every_response_succeeds, || self.inner.invoke(req.clone()))
+            .await
+            .map_err(|e| flatten(e, BindingError::new))
+    }
+    async fn read(&self, handler: Handler, stop: tokio_util::sync::CancellationToken) -> Result<(), BindingError> {
+        self.inner.read(handler, stop).await
+    }
     async fn close(&self) {
         self.inner.close().await
     }

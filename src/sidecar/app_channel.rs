@@ -460,3 +460,36 @@ impl AppChannel {
         });
     }
 }
+
+/// Why one call to the app failed, for the Resiliency policy around it: the status it answered, if any.
+#[derive(Debug)]
+pub struct CallFailure {
+    pub message: String,
+    pub http: Option<u16>,
+    pub grpc: Option<tonic::Code>,
+}
+
+impl CallFailure {
+    pub fn new(message: impl Into<String>) -> Self {
+        CallFailure {
+            message: message.into(),
+            http: None,
+            grpc: None,
+        }
+    }
+}
+
+impl std::fmt::Display for CallFailure {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.message)
+    }
+}
+
+impl crate::resiliency::Retryable for CallFailure {
+    fn http_status(&self) -> Option<u16> {
+        self.http
+    }
+    fn grpc_code(&self) -> Option<tonic::Code> {
+        self.grpc
+    }
+}

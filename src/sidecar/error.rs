@@ -390,6 +390,19 @@ impl ApiError {
     }
 
     // Pub/sub.
+    // Bindings.
+    /// Every failure of an output binding invocation, as Dapr answers them all (not found, no operation, an
+    /// unsupported operation, the binding's own error): 500, gRPC Internal.
+    pub fn invoke_output_binding(name: &str, detail: &str) -> Self {
+        Self::new(
+            500,
+            Code::Internal,
+            "ERR_INVOKE_OUTPUT_BINDING",
+            format!("error invoking output binding {}: {detail}", echo(name)),
+        )
+        .with_reason("ERR_INVOKE_OUTPUT_BINDING")
+    }
+
     pub fn pubsub_name_empty() -> Self {
         Self::new(404, Code::InvalidArgument, "ERR_PUBSUB_EMPTY", "pubsub name is empty")
             .with_reason("DAPR_PUBSUB_NAME_EMPTY")

@@ -25,6 +25,10 @@ pub struct Metrics {
     pubsub_ingress_latency: HistogramVec,
     pubsub_egress: IntCounterVec,
     pubsub_egress_latency: HistogramVec,
+    input_binding: IntCounterVec,
+    input_binding_latency: HistogramVec,
+    output_binding: IntCounterVec,
+    output_binding_latency: HistogramVec,
     /// Topics seen as labels so far: at most [`MAX_TOPIC_LABELS`], later ones are labelled `_other`.
     topics: Mutex<HashSet<String>>,
 }
@@ -97,7 +101,36 @@ impl Metrics {
             "The latency of the response from the pub/sub component.",
             egress_labels,
         );
-        for c in [&http_count, &grpc_completed, &pubsub_ingress, &pubsub_egress] {
+        let input_labels = &["app_id", "component", "namespace", "success"];
+        let output_labels = &["app_id", "component", "namespace", "operation", "success"];
+        let input_binding = counter(
+            "dapr_component_input_binding_count",
+            "The number of incoming events arriving from the input binding component.",
+            input_labels,
+        );
+        let input_binding_latency = histogram(
+            "dapr_component_input_binding_latencies",
+            "The triggered app event processing latency.",
+            input_labels,
+        );
+        let output_binding = counter(
+            "dapr_component_output_binding_count",
+            "The number of operations invoked on the output binding component.",
+            output_labels,
+        );
+        let output_binding_latency = histogram(
+            "dapr_component_output_binding_latencies",
+            "The latency of the response from the output binding component.",
+            output_labels,
+        );
+        for c in [
+            &http_count,
+            &grpc_completed,
+            &pubsub_ingress,
+            &pubsub_egress,
+            &input_binding,
+            &output_binding,
+        ] {
             registry.register(Box::new(c.clone())).expect("unique metric");
         }
         for h in [
@@ -105,6 +138,8 @@ impl Metrics {
             &grpc_latency,
             &pubsub_ingress_latency,
             &pubsub_egress_latency,
+            &input_binding_latency,
+            &output_binding_latency,
         ] {
             registry.register(Box::new(h.clone())).expect("unique metric");
         }
@@ -120,6 +155,10 @@ impl Metrics {
             pubsub_ingress_latency,
             pubsub_egress,
             pubsub_egress_latency,
+            input_binding,
+            input_binding_latency,
+            output_binding,
+            output_binding_latency,
             topics: Mutex::default(),
         }
     }
@@ -174,6 +213,36 @@ impl Metrics {
         ];
         self.pubsub_ingress.with_label_values(&labels).inc();
         self.pubsub_ingress_latency
+            .with_label_values(&labels)
+            .observe(elapsed.as_secs_f64() * 1e3);
+    }
+
+    /// An event an input binding delivered to the app (Dapr's `input_binding`).
+    pub fn input_binding(&self, component: &str, success: bool, elapsed: Duration) {
+        let labels = [
+            self.app_id.as_str(),
+            component,
+            self.namespace.as_str(),
+            if success { "true" } else { "false" },
+        ];
+        self.input_binding.with_label_values(&labels).inc();
+        self.input_binding_latency
+            .with_label_values(&labels)
+            .observe(elapsed.as_secs_f64() * 1e3);
+    }
+
+    /// An operation invoked on an output binding (Dapr's `output_binding`). `component` and `operation` must
+    /// come from a fixed set (a loaded component, one of its operations), never straight from a caller.
+    pub fn output_binding(&self, component: &str, operation: &str, success: bool, elapsed: Duration) {
+        let labels = [
+            self.app_id.as_str(),
+            component,
+            self.namespace.as_str(),
+            operation,
+            if success { "true" } else { "false" },
+        ];
+        self.output_binding.with_label_values(&labels).inc();
+        self.output_binding_latency
             .with_label_values(&labels)
             .observe(elapsed.as_secs_f64() * 1e3);
     }

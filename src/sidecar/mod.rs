@@ -5,6 +5,7 @@
 pub mod app_channel;
 pub mod args;
 pub mod args_render;
+pub mod bindings;
 pub mod components;
 pub mod error;
 pub mod grpc;
@@ -78,9 +79,9 @@ impl Sidecar {
         let shutdown = self.rt.shutdown.clone();
         shutdown.cancelled().await;
         self.init.abort();
-        // Subscriptions stop first: no new message is taken, and deliveries under way finish while the app and
+        // Subscriptions and input bindings stop first: no new message is taken, and deliveries under way finish while the app and
         // the components are still there.
-        self.rt.subscriber.shutdown().await;
+        tokio::join!(self.rt.subscriber.shutdown(), self.rt.inputs.shutdown());
         let deadline = tokio::time::Instant::now() + self.grace;
         tracing::info!(grace = ?self.grace, "shutting down: draining in-flight requests");
         let drained =

@@ -5,6 +5,8 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use super::app_channel::AppChannel;
+use super::bindings::BindingsApi;
+use super::bindings::input::InputBindings;
 use super::components::{ComponentTable, References};
 use super::invoke::Invoker;
 use super::metadata::SidecarMetadata;
@@ -57,6 +59,9 @@ pub struct Runtime {
     pub app: Option<Arc<AppChannel>>,
     pub pubsub: PubSubApi,
     pub subscriber: Arc<Subscriber>,
+    pub bindings: BindingsApi,
+    /// Input bindings: their events delivered to the app.
+    pub inputs: Arc<InputBindings>,
     pub metrics: Arc<super::metrics::Metrics>,
 }
 
@@ -84,12 +89,22 @@ impl Runtime {
         let subscriber = Arc::new(Subscriber::new(
             parts.components.clone(),
             pubsub.clone(),
-            parts.resiliency,
+            parts.resiliency.clone(),
             metadata.clone(),
             parts.app.clone(),
             parts.grace,
         ));
+        let inputs = Arc::new(InputBindings::new(
+            parts.components.clone(),
+            parts.app.clone(),
+            parts.resiliency,
+            parts.metrics.clone(),
+            &parts.app_id,
+            parts.grace,
+        ));
         Runtime {
+            bindings: BindingsApi::new(parts.components.clone(), parts.metrics.clone()),
+            inputs,
             metrics: parts.metrics,
             pubsub,
             subscriber,

@@ -557,6 +557,7 @@ async fn initialise(rt: Arc<Runtime>, loader: ComponentLoader, s: Startup) {
     rt.health.set_outbound_ready();
     rt.subscriber.set_declarative(&s.resources.subscriptions).await;
     tokio::spawn(rt.subscriber.clone().follow());
+    tokio::spawn(rt.inputs.clone().follow());
     if let Some((client, baseline)) = s.operator {
         let span = tracing::info_span!("hot_reload", app_id = %rt.app_id);
         tokio::spawn(tracing::Instrument::instrument(
@@ -581,6 +582,9 @@ async fn initialise(rt: Arc<Runtime>, loader: ComponentLoader, s: Startup) {
         let subscriber = rt.subscriber.clone();
         let asking = tokio::spawn(async move { subscriber.app_ready().await });
         let _ = tokio::time::timeout(Duration::from_secs(5), asking).await;
+        let inputs = rt.inputs.clone();
+        let probing = tokio::spawn(async move { inputs.app_ready().await });
+        let _ = tokio::time::timeout(Duration::from_secs(5), probing).await;
     }
     rt.health.set_ready();
     tracing::info!(

@@ -31,6 +31,10 @@ DAPR_CLIENT_MISTAKE_5XX = [
     # Transactions: every failure is 500 ERR_STATE_TRANSACTION in Dapr, etag conflicts included.
     (r"^(POST|PUT) /v1\.0/state/\{store\}/transaction$", "ERR_STATE_TRANSACTION",
      r"incorrect value for metadata 'ttlInSeconds'|etag|unrecognized (concurrency|consistency) model"),
+    # Output bindings: Dapr answers every failed invocation 500 ERR_INVOKE_OUTPUT_BINDING (pkg/api/http/http.go
+    # onOutputBindingMessage): no operation, an unknown binding or operation, or the binding's own error (a file
+    # the localstorage binding does not have).
+    (r"^(POST|PUT) /v1\.0/bindings/\{name\}$", "ERR_INVOKE_OUTPUT_BINDING", r"^error invoking output binding "),
 ]
 
 

@@ -1,6 +1,7 @@
 //! State store conformance (pub/sub in pubsub.rs): every behaviour of the state API, run against every backend through the runtime
 //! (so Dapr's key scheme is exercised too). Redis runs against the server on 127.0.0.1:6379.
 
+mod bindings;
 mod pubsub;
 
 use std::collections::BTreeMap;

@@ -290,3 +290,56 @@ pub async fn subscribe_topic_events_alpha1(
     let stream = crate::sidecar::pubsub::streaming::open(api.rt.subscriber.clone(), req.into_inner()).await?;
     Ok(Response::new(Box::pin(stream)))
 }
+
+/// `metadata.<key>` headers for a binding's answer metadata, as Dapr sets them on the call (keys gRPC cannot
+/// carry are left out).
+fn binding_headers(target: &mut tonic::metadata::MetadataMap, md: &std::collections::BTreeMap<String, String>) {
+    for (k, v) in md {
+        let key = format!("metadata.{}", k.to_ascii_lowercase());
+        if let (Ok(key), Ok(value)) = (
+            tonic::metadata::MetadataKey::from_bytes(key.as_bytes()),
+            tonic::metadata::MetadataValue::try_from(v.as_str()),
+        ) {
+            target.insert(key, value);
+        }
+    }
+}
+
+#[instrument(level = "debug", name = "grpc.invoke_binding", skip_all, fields(binding = %echo(&req.get_ref().name)))]
+pub async fn invoke_binding(api: &DaprApi, req: Request<rt::InvokeBindingRequest>) -> Reply<rt::InvokeBindingResponse> {
+    let (traceparent, tracestate) = trace_of(req.metadata());
+    let r = req.into_inner();
+    let mut metadata = convert::metadata(r.metadata);
+    metadata.entry("traceparent".into()).or_insert(traceparent);
+    if !tracestate.is_empty() {
+        metadata.entry("tracestate".into()).or_insert(tracestate);
+    }
+    let invoked = api
+        .rt
+        .bindings
+        .invoke(
+            &r.name,
+            crate::components::bindings::InvokeRequest {
+                operation: r.operation,
+                data: r.data.into(),
+                metadata,
+            },
+        )
+        .await;
+    match invoked {
+        Ok(answer) => {
+            let answer = answer.unwrap_or_default();
+            let mut resp = Response::new(rt::InvokeBindingResponse {
+                data: answer.data.to_vec(),
+                metadata: answer.metadata.clone().into_iter().collect(),
+            });
+            binding_headers(resp.metadata_mut(), &answer.metadata);
+            Ok(resp)
+        }
+        Err(failure) => {
+            let mut status = Status::from(failure.error);
+            binding_headers(status.metadata_mut(), &failure.metadata);
+            Err(status)
+        }
+    }
+}

@@ -111,7 +111,7 @@ impl Dapr for DaprApi {
         &self,
         request: tonic::Request<rt::InvokeBindingRequest>,
     ) -> std::result::Result<tonic::Response<rt::InvokeBindingResponse>, tonic::Status> {
-        Err(Status::unimplemented("InvokeBinding is not implemented by tandem yet"))
+        handlers::invoke_binding(self, request).await
     }
 
     async fn get_secret(

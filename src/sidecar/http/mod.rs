@@ -1,5 +1,6 @@
 //! HTTP API (axum): routes, the API-token and metrics middleware, and the single place `ApiError` becomes a response.
 
+mod bindings;
 mod invoke;
 mod metadata;
 pub mod openapi;
@@ -108,6 +109,7 @@ pub fn router(state: ApiState) -> Router {
             "/v1.0-alpha1/publish/bulk/{pubsub}/{*topic}",
             post(pubsub::bulk_publish).put(pubsub::bulk_publish),
         )
+        .route("/v1.0/bindings/{name}", post(bindings::invoke).put(bindings::invoke))
         .route("/v1.0/secrets/{store}/bulk", get(secrets::bulk))
         .route("/v1.0/secrets/{store}/{key}", get(secrets::get))
         .route("/v1.0/shutdown", post(metadata::shutdown))

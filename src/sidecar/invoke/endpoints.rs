@@ -1,19 +1,30 @@
 //! HTTPEndpoint resources: non-Dapr HTTP services invoked by name. Held once, resolved (headers from values,
 //! `secretKeyRef` and `envRef`; `clientTLS` into a TLS client), and swapped whole on hot reload.
 
-use std::sync::{Arc, RwLock};
+use std::sync::RwLock;
 
 use axum::body::Body;
 use axum::http::{HeaderName, HeaderValue};
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::rt::TokioExecutor;
 
 use crate::api::http_endpoint::TlsDocument;
 use crate::api::{HttpEndpoint, NameValuePair};
 use crate::sidecar::components::References;
 
 pub type HttpsClient = Client<hyper_rustls::HttpsConnector<HttpConnector>, Body>;
+
+pub use crate::components::http_client::ClientTlsPem;
+
+/// A client with `tls` (see [`crate::components::http_client::tls_client`]).
+pub fn tls_client(tls: &ClientTlsPem) -> Result<HttpsClient, String> {
+    crate::components::http_client::tls_client(tls)
+}
+
+/// The shared client for URLs and HTTPEndpoints without `clientTLS`.
+pub fn https_client() -> HttpsClient {
+    crate::components::http_client::https_client()
+}
 
 /// A non-Dapr HTTP endpoint (HTTPEndpoint resource) with its headers resolved.
 #[derive(Clone, Debug)]
@@ -52,14 +63,6 @@ impl Endpoints {
         self.set(resolved);
         Ok(())
     }
-}
-
-/// PEM documents of an HTTPEndpoint's `clientTLS`.
-#[derive(Clone, Debug, Default)]
-pub struct ClientTlsPem {
-    pub root_ca: Option<String>,
-    pub certificate: Option<String>,
-    pub private_key: Option<String>,
 }
 
 /// HTTPEndpoint resources with their headers and TLS resolved, by name.
@@ -123,61 +126,4 @@ pub async fn resolve(references: &References, endpoints: &[HttpEndpoint]) -> Res
         }
     }
     Ok(out)
-}
-
-/// A client trusting `root_ca` (instead of the public roots) and presenting the client certificate, if given.
-pub fn tls_client(tls: &ClientTlsPem) -> Result<HttpsClient, String> {
-    use rustls::pki_types::pem::PemObject;
-    use rustls::pki_types::{CertificateDer, PrivateKeyDer};
-    let mut roots = rustls::RootCertStore::empty();
-    match &tls.root_ca {
-        Some(pem) => {
-            for cert in CertificateDer::pem_slice_iter(pem.as_bytes()) {
-                let cert = cert.map_err(|e| format!("clientTLS.rootCA is not PEM certificates: {e}"))?;
-                roots.add(cert).map_err(|e| format!("clientTLS.rootCA: {e}"))?;
-            }
-            if roots.is_empty() {
-                return Err("clientTLS.rootCA holds no certificate".into());
-            }
-        }
-        None => roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned()),
-    }
-    let builder = rustls::ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
-        .with_safe_default_protocol_versions()
-        .map_err(|e| e.to_string())?
-        .with_root_certificates(roots);
-    let config = match (&tls.certificate, &tls.private_key) {
-        (Some(cert), Some(key)) => {
-            let certs = CertificateDer::pem_slice_iter(cert.as_bytes())
-                .collect::<Result<Vec<_>, _>>()
-                .map_err(|e| format!("clientTLS.certificate is not PEM: {e}"))?;
-            let key = PrivateKeyDer::from_pem_slice(key.as_bytes())
-                .map_err(|e| format!("clientTLS.privateKey is not a PEM private key: {e}"))?;
-            builder
-                .with_client_auth_cert(certs, key)
-                .map_err(|e| format!("clientTLS certificate/key: {e}"))?
-        }
-        (None, None) => builder.with_no_client_auth(),
-        _ => return Err("clientTLS needs both certificate and privateKey, or neither".into()),
-    };
-    Ok(https_client_with(config))
-}
-
-/// The shared client for URLs and HTTPEndpoints without `clientTLS`: the public web roots, HTTP/1.1 and HTTP/2.
-pub fn https_client() -> HttpsClient {
-    tls_client(&ClientTlsPem::default()).expect("the public roots make a valid TLS configuration")
-}
-
-/// An HTTP(S) client over `config`: plain `http://` too, HTTP/1.1 and HTTP/2 by ALPN.
-fn https_client_with(config: rustls::ClientConfig) -> HttpsClient {
-    let mut http = HttpConnector::new();
-    http.enforce_http(false);
-    http.set_nodelay(true);
-    let connector = hyper_rustls::HttpsConnectorBuilder::new()
-        .with_tls_config(config)
-        .https_or_http()
-        .enable_http1()
-        .enable_http2()
-        .wrap_connector(http);
-    Client::builder(TokioExecutor::new()).build(connector)
 }

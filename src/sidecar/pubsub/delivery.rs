@@ -18,8 +18,8 @@ use super::cloudevent;
 use super::routes::{Route, Subscription};
 use super::streaming::Stream;
 use crate::components::pubsub::{Message, Nack};
-use crate::resiliency::{Policy, Retryable};
-use crate::sidecar::app_channel::{AppCallError, AppChannel, AppProtocol};
+use crate::resiliency::Policy;
+use crate::sidecar::app_channel::{AppCallError, AppChannel, AppProtocol, CallFailure as Failure};
 
 /// The app's answer to one event.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -52,29 +52,6 @@ pub struct Event {
 pub enum Prepared {
     Deliver(Event),
     Done(Result<(), Nack>),
-}
-
-/// Why one attempt failed, for the Resiliency policy.
-#[derive(Debug)]
-struct Failure {
-    message: String,
-    http: Option<u16>,
-    grpc: Option<tonic::Code>,
-}
-
-impl std::fmt::Display for Failure {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(&self.message)
-    }
-}
-
-impl Retryable for Failure {
-    fn http_status(&self) -> Option<u16> {
-        self.http
-    }
-    fn grpc_code(&self) -> Option<tonic::Code> {
-        self.grpc
-    }
 }
 
 /// The verdict an HTTP app's answer means (Dapr's rules): 2xx with no or an unreadable body, or status

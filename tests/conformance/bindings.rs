@@ -1,0 +1,470 @@
+//! Bindings conformance: every output backend through the runtime's bindings API (so Dapr's checks and error
+//! messages are exercised too), each operation Dapr documents for it, against the real server where there is
+//! one (Redis on 127.0.0.1:6379, PostgreSQL on 127.0.0.1:5432, an HTTP server the test runs); the cron input
+//! binding through the trait.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use tandem::api::Component;
+use tandem::components::Registry;
+use tandem::components::bindings::{Binding, Event, Handler, InvokeRequest, InvokeResponse};
+use tandem::sidecar::Mode;
+use tandem::sidecar::bindings::{BindingsApi, InvokeFailure};
+use tandem::sidecar::components::{ComponentLoader, ComponentTable, References};
+use tandem::sidecar::metrics::Metrics;
+use tokio_util::sync::CancellationToken;
+
+struct Ctx {
+    api: BindingsApi,
+    table: Arc<ComponentTable>,
+    dir: tempfile::TempDir,
+}
+
+async fn ctx(components: &[Component]) -> Ctx {
+    let table = Arc::new(ComponentTable::default());
+    let references = References::new(table.clone(), "conf", "", Mode::Standalone);
+    ComponentLoader::new(
+        Registry::builtin(),
+        table.clone(),
+        references,
+        Arc::default(),
+        "conf",
+        "",
+    )
+    .load_all(components)
+    .await
+    .unwrap_or_else(|e| panic!("the binding failed to start (is the server running?): {e}"));
+    Ctx {
+        api: BindingsApi::new(table.clone(), Arc::new(Metrics::new("conf"))),
+        table,
+        dir: tempfile::tempdir().unwrap(),
+    }
+}
+
+fn req(operation: &str, data: &str, md: &[(&str, &str)]) -> InvokeRequest {
+    InvokeRequest {
+        operation: operation.into(),
+        data: Bytes::from(data.to_owned()),
+        metadata: md.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect(),
+    }
+}
+
+impl Ctx {
+    async fn ok(&self, name: &str, r: InvokeRequest) -> Option<InvokeResponse> {
+        let op = r.operation.clone();
+        self.api
+            .invoke(name, r)
+            .await
+            .unwrap_or_else(|f| panic!("{name} {op}: {}", f.error.message))
+    }
+    async fn fail(&self, name: &str, r: InvokeRequest) -> InvokeFailure {
+        match self.api.invoke(name, r).await {
+            Ok(answer) => panic!("{name}: expected a failure, got {answer:?}"),
+            Err(f) => {
+                assert_eq!((f.error.status, f.error.code), (500, "ERR_INVOKE_OUTPUT_BINDING"));
+                f
+            }
+        }
+    }
+}
+
+fn text(answer: &Option<InvokeResponse>) -> String {
+    String::from_utf8_lossy(&answer.as_ref().expect("an answer").data).into_owned()
+}
+
+/// Dapr's checks, in Dapr's order and words, whatever the backend.
+async fn runtime_checks(c: &Ctx, name: &str, supported: &str) {
+    let f = c.fail(name, req("", "", &[])).await;
+    assert_eq!(
+        f.error.message,
+        format!("error invoking output binding {name}: operation field is missing from request")
+    );
+    let f = c.fail("nope", req("create", "", &[])).await;
+    assert_eq!(
+        f.error.message,
+        "error invoking output binding nope: couldn't find output binding nope"
+    );
+    let f = c.fail(name, req("explode", "", &[])).await;
+    assert_eq!(
+        f.error.message,
+        format!(
+            "error invoking output binding {name}: binding {name} does not support operation explode. supported operations:{supported}"
+        )
+    );
+    let caps = c.table.loaded(tandem::components::Kind::Bindings, name).unwrap();
+    assert_eq!(caps.instance.capabilities(), ["OUTPUT_BINDING"]);
+}
+
+#[tokio::test]
+async fn localstorage_creates_gets_lists_and_deletes_files() {
+    let root = tempfile::tempdir().unwrap();
+    let c = ctx(&[Component::new(
+        "files",
+        "bindings.localstorage",
+        &[("rootPath", root.path().to_str().unwrap())],
+    )])
+    .await;
+    runtime_checks(&c, "files", "create get list delete").await;
+    let created = c
+        .ok("files", req("create", r#""hello""#, &[("fileName", "a/b.txt")]))
+        .await;
+    assert_eq!(text(&created), r#"{"fileName":"a/b.txt"}"#);
+    assert_eq!(
+        text(&c.ok("files", req("get", "", &[("fileName", "a/b.txt")])).await),
+        "hello"
+    );
+    // A JSON object is stored as its text; a name is made up when none is given.
+    let made = c.ok("files", req("create", r#"{"k":1}"#, &[])).await;
+    let name: serde_json::Value = serde_json::from_str(&text(&made)).unwrap();
+    let name = name["fileName"].as_str().unwrap().to_owned();
+    assert_eq!(
+        text(&c.ok("files", req("get", "", &[("fileName", &name)])).await),
+        r#"{"k":1}"#
+    );
+    let listed: Vec<String> = serde_json::from_str(&text(&c.ok("files", req("list", "", &[])).await)).unwrap();
+    assert_eq!(listed.len(), 2, "{listed:?}");
+    assert!(
+        listed.iter().all(|p| p.starts_with('/')),
+        "absolute paths, as Dapr lists them"
+    );
+    assert_eq!(c.ok("files", req("delete", "", &[("fileName", "a/b.txt")])).await, None);
+    let f = c.fail("files", req("get", "", &[("fileName", "a/b.txt")])).await;
+    assert!(f.error.message.contains("file not found: "), "{}", f.error.message);
+    let empty = tempfile::tempdir().unwrap();
+    drop(c);
+    let c = ctx(&[Component::new(
+        "empty",
+        "bindings.localstorage",
+        &[("rootPath", empty.path().to_str().unwrap())],
+    )])
+    .await;
+    assert_eq!(text(&c.ok("empty", req("list", "", &[])).await), "null");
+}
+
+#[tokio::test]
+async fn redis_sets_gets_increments_expires_and_deletes_keys() {
+    let c = ctx(&[Component::new(
+        "cache",
+        "bindings.redis",
+        &[("redisHost", "127.0.0.1:6379")],
+    )])
+    .await;
+    runtime_checks(&c, "cache", "create delete get increment").await;
+    let key = format!("conf-{}", uuid::Uuid::new_v4().simple());
+    assert_eq!(c.ok("cache", req("create", r#""v1""#, &[("key", &key)])).await, None);
+    assert_eq!(text(&c.ok("cache", req("get", "", &[("key", &key)])).await), r#""v1""#);
+    // A missing key answers an empty body, not an error, as in Dapr.
+    assert_eq!(
+        text(&c.ok("cache", req("get", "", &[("key", "conf-missing-key")])).await),
+        ""
+    );
+    let n = format!("{key}-n");
+    c.ok("cache", req("increment", "", &[("key", &n)])).await;
+    c.ok("cache", req("increment", "", &[("key", &n), ("ttlInSeconds", "1")]))
+        .await;
+    assert_eq!(text(&c.ok("cache", req("get", "", &[("key", &n)])).await), "2");
+    let mut expired = false;
+    for _ in 0..30 {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        if text(&c.ok("cache", req("get", "", &[("key", &n)])).await).is_empty() {
+            expired = true;
+            break;
+        }
+    }
+    assert!(expired, "ttlInSeconds=1 must expire the key");
+    assert_eq!(
+        text(
+            &c.ok("cache", req("get", "", &[("key", &key), ("delete", "true")]))
+                .await
+        ),
+        r#""v1""#
+    );
+    assert_eq!(text(&c.ok("cache", req("get", "", &[("key", &key)])).await), "");
+    c.ok("cache", req("create", "x", &[("key", &key)])).await;
+    assert_eq!(c.ok("cache", req("delete", "", &[("key", &key)])).await, None);
+    let f = c.fail("cache", req("create", "x", &[])).await;
+    assert!(
+        f.error
+            .message
+            .ends_with("redis binding: missing key in request metadata"),
+        "{}",
+        f.error.message
+    );
+    let f = c
+        .fail("cache", req("create", "x", &[("key", &key), ("ttlInSeconds", "0")]))
+        .await;
+    assert!(f.error.message.contains("higher than zero"), "{}", f.error.message);
+}
+
+#[tokio::test]
+async fn postgresql_execs_and_queries_with_params() {
+    let c = ctx(&[Component::new(
+        "sqldb",
+        "bindings.postgres",
+        // The connection string of Dapr's bindings quickstart, pgx pool settings included.
+        &[(
+            "url",
+            "user=postgres host=127.0.0.1 port=5432 dbname=test pool_min_conns=1 pool_max_conns=10",
+        )],
+    )])
+    .await;
+    runtime_checks(&c, "sqldb", "exec query close").await;
+    let table = format!("conf_{}", uuid::Uuid::new_v4().simple());
+    let sql = |s: &str| s.replace("TBL", &table);
+    c.ok(
+        "sqldb",
+        req(
+            "exec",
+            "",
+            &[(
+                "sql",
+                &sql("create table TBL (orderid int, customer text, price float, total numeric(10,2), at timestamptz, id uuid, note text)"),
+            )],
+        ),
+    )
+    .await;
+    let insert = c
+        .ok(
+            "sqldb",
+            req(
+                "exec",
+                "",
+                &[(
+                    "sql",
+                    &sql("insert into TBL (orderid, customer, price, total, at, id) values (1, 'John Smith', 100.32, 12345.60, '2024-05-01T12:00:10.5Z', '5f0c0c51-1f5b-4a3c-9d7e-0123456789ab')"),
+                )],
+            ),
+        )
+        .await
+        .unwrap();
+    for key in ["operation", "sql", "start-time", "end-time", "duration"] {
+        assert!(insert.metadata.contains_key(key), "{key} in {:?}", insert.metadata);
+    }
+    assert_eq!(insert.metadata["rows-affected"], "1");
+    assert_eq!(insert.metadata["operation"], "exec");
+    assert!(insert.data.is_empty());
+    c.ok(
+        "sqldb",
+        req(
+            "exec",
+            "",
+            &[
+                (
+                    "sql",
+                    &sql("insert into TBL (orderid, customer, price) values ($1, $2, $3)"),
+                ),
+                ("params", r#"[2, "Jane Bond", 15.4]"#),
+            ],
+        ),
+    )
+    .await;
+    let rows = c
+        .ok(
+            "sqldb",
+            req(
+                "query",
+                "",
+                &[(
+                    "sql",
+                    &sql("select orderid, customer, price, total, at, id, note from TBL order by orderid"),
+                )],
+            ),
+        )
+        .await;
+    let id: Vec<u8> = uuid::Uuid::parse_str("5f0c0c51-1f5b-4a3c-9d7e-0123456789ab")
+        .unwrap()
+        .as_bytes()
+        .to_vec();
+    let expected = format!(
+        r#"[[1,"John Smith",100.32,12345.6,"2024-05-01T12:00:10.5Z",{},null],[2,"Jane Bond",15.4,null,null,null,null]]"#,
+        serde_json::to_string(&id).unwrap()
+    );
+    assert_eq!(text(&rows), expected);
+    let f = c
+        .fail(
+            "sqldb",
+            req("query", "", &[("sql", "select * from conf_missing_table")]),
+        )
+        .await;
+    assert!(
+        f.error
+            .message
+            .contains(r#"relation "conf_missing_table" does not exist (SQLSTATE 42P01)"#),
+        "{}",
+        f.error.message
+    );
+    let f = c.fail("sqldb", req("exec", "", &[])).await;
+    assert!(
+        f.error.message.ends_with("required metadata not set: sql"),
+        "{}",
+        f.error.message
+    );
+    let f = c
+        .fail(
+            "sqldb",
+            req("exec", "", &[("sql", &sql("select 1 from TBL")), ("params", "{")]),
+        )
+        .await;
+    assert!(
+        f.error.message.contains("invalid metadata property params"),
+        "{}",
+        f.error.message
+    );
+    c.ok("sqldb", req("exec", "", &[("sql", &sql("drop table TBL"))])).await;
+    assert_eq!(c.ok("sqldb", req("close", "", &[])).await, None);
+    let f = c.fail("sqldb", req("exec", "", &[("sql", "select 1")])).await;
+    assert!(f.error.message.ends_with("component is closed"), "{}", f.error.message);
+}
+
+/// A small HTTP server: echoes method, path, a header and the body; `/status/N` answers N.
+async fn echo_server() -> String {
+    use axum::extract::Path;
+    use axum::http::{HeaderMap, Method, StatusCode};
+    let app = axum::Router::new()
+        .route(
+            "/base/status/{code}",
+            axum::routing::any(|Path(code): Path<u16>| async move {
+                (
+                    StatusCode::from_u16(code).unwrap(),
+                    [("x-reason", "asked")],
+                    "status body",
+                )
+            }),
+        )
+        .fallback(
+            |method: Method, uri: axum::http::Uri, headers: HeaderMap, body: Bytes| async move {
+                let h = |k: &str| headers.get(k).and_then(|v| v.to_str().ok()).unwrap_or("").to_owned();
+                axum::Json(serde_json::json!({
+                    "method": method.as_str(), "path": uri.to_string(), "x-user": h("x-user"),
+                    "content-type": h("content-type"), "body": String::from_utf8_lossy(&body),
+                }))
+            },
+        );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+    format!("http://{addr}")
+}
+
+#[tokio::test]
+async fn http_sends_each_method_and_answers_status_and_headers() {
+    let url = echo_server().await;
+    let c = ctx(&[Component::new(
+        "web",
+        "bindings.http",
+        &[("url", &format!("{url}/base/"))],
+    )])
+    .await;
+    runtime_checks(&c, "web", "create get head post put patch delete options trace").await;
+    let answer = c
+        .ok(
+            "web",
+            req(
+                "post",
+                r#"{"a":1}"#,
+                &[("path", "/orders?x=1"), ("X-User", "u1"), ("lower", "not a header")],
+            ),
+        )
+        .await
+        .unwrap();
+    let got: serde_json::Value = serde_json::from_slice(&answer.data).unwrap();
+    assert_eq!(got["method"], "POST");
+    assert_eq!(got["path"], "/base/orders?x=1");
+    assert_eq!(got["x-user"], "u1");
+    assert_eq!(got["content-type"], "application/json; charset=utf-8");
+    assert_eq!(got["body"], r#"{"a":1}"#);
+    assert_eq!(answer.metadata["statusCode"], "200");
+    assert_eq!(answer.metadata["status"], "200 OK");
+    assert_eq!(answer.metadata["Content-Type"], "application/json");
+    let answer = c.ok("web", req("get", "ignored", &[])).await.unwrap();
+    let got: serde_json::Value = serde_json::from_slice(&answer.data).unwrap();
+    assert_eq!((got["method"].as_str(), got["body"].as_str()), (Some("GET"), Some("")));
+    assert_eq!(
+        serde_json::from_slice::<serde_json::Value>(&c.ok("web", req("create", "x", &[])).await.unwrap().data).unwrap()
+            ["method"],
+        "POST"
+    );
+    // A status outside 2xx is an error that still carries the answer's metadata, unless errorIfNot2XX is false.
+    let f = c.fail("web", req("get", "", &[("path", "/status/404")])).await;
+    assert_eq!(
+        f.error.message,
+        "error invoking output binding web: received status code 404"
+    );
+    assert_eq!(f.metadata["statusCode"], "404");
+    assert_eq!(f.metadata["X-Reason"], "asked");
+    let answer = c
+        .ok(
+            "web",
+            req("get", "", &[("path", "/status/503"), ("errorIfNot2XX", "false")]),
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        (answer.metadata["statusCode"].as_str(), &answer.data[..]),
+        ("503", &b"status body"[..])
+    );
+    drop(c);
+    let c = ctx(&[Component::new(
+        "down",
+        "bindings.http",
+        &[("url", "http://127.0.0.1:9")],
+    )])
+    .await;
+    let f = c.fail("down", req("get", "", &[])).await;
+    assert!(
+        f.error.message.contains("GET \"http://127.0.0.1:9/\""),
+        "{}",
+        f.error.message
+    );
+    let _ = &c.dir;
+}
+
+#[tokio::test]
+async fn cron_fires_on_schedule_and_is_input_only() {
+    let c = ctx(&[Component::new(
+        "tick",
+        "bindings.cron",
+        &[("schedule", "@every 100ms"), ("direction", "input")],
+    )])
+    .await;
+    let loaded = c.table.loaded(tandem::components::Kind::Bindings, "tick").unwrap();
+    assert_eq!(loaded.instance.capabilities(), ["INPUT_BINDING"]);
+    let f = c.fail("tick", req("create", "", &[])).await;
+    assert_eq!(
+        f.error.message,
+        "error invoking output binding tick: couldn't find output binding tick"
+    );
+    let binding = c.table.get::<dyn Binding>("tick").unwrap();
+    assert!(binding.input_declared());
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<BTreeMap<String, String>>();
+    let handler: Handler = Arc::new(move |e: Event| {
+        let _ = tx.send(e.metadata);
+        Box::pin(async { Err("the app failed; the schedule goes on".to_owned()) })
+    });
+    let stop = CancellationToken::new();
+    binding.read(handler, stop.clone()).await.unwrap();
+    let started = std::time::Instant::now();
+    for _ in 0..3 {
+        let md = tokio::time::timeout(Duration::from_secs(2), rx.recv())
+            .await
+            .unwrap()
+            .unwrap();
+        assert!(md.contains_key("readTimeUTC"));
+    }
+    assert!(
+        started.elapsed() >= Duration::from_millis(250),
+        "the first tick comes one interval after start"
+    );
+    stop.cancel();
+    // A component whose schedule is wrong does not start.
+    let table = Arc::new(ComponentTable::default());
+    let references = References::new(table.clone(), "conf", "", Mode::Standalone);
+    let err = ComponentLoader::new(Registry::builtin(), table, references, Arc::default(), "conf", "")
+        .load_all(&[Component::new("bad", "bindings.cron", &[("schedule", "* * *")])])
+        .await
+        .unwrap_err();
+    assert!(err.contains("invalid schedule format '* * *'"), "{err}");
+}
