@@ -11,7 +11,6 @@
 mod common;
 
 use std::convert::Infallible;
-use std::process::Stdio;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -23,7 +22,7 @@ use hyper::service::service_fn;
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 
-use common::{HttpClient, free_port, percentiles, rss_mb, tandem_bin, wait_ready};
+use common::{HttpClient, free_port, percentiles, rss_mb, start_sidecar, wait_ready};
 
 fn env(name: &str, default: u64) -> u64 {
     std::env::var(name).ok().and_then(|v| v.parse().ok()).unwrap_or(default)
@@ -137,35 +136,6 @@ async fn post_loop(
 
 fn ms(d: Duration) -> String {
     format!("{:.2}", d.as_secs_f64() * 1e3)
-}
-
-fn start_sidecar(resources: &std::path::Path, app_port: Option<u16>) -> (tokio::process::Child, u16) {
-    let http = free_port();
-    let mut cmd = tokio::process::Command::new(tandem_bin());
-    cmd.args([
-        "sidecar",
-        "--app-id",
-        "bench",
-        "--log-level",
-        "error",
-        "--enable-metrics=false",
-        "--dapr-internal-grpc-listen-address",
-        "127.0.0.1",
-    ])
-    .args([
-        "--dapr-http-port",
-        &http.to_string(),
-        "--dapr-grpc-port",
-        &free_port().to_string(),
-    ])
-    .args(["--dapr-internal-grpc-port", &free_port().to_string()])
-    .args(["--resources-path", resources.to_str().unwrap()])
-    .stdout(Stdio::null())
-    .kill_on_drop(true);
-    if let Some(p) = app_port {
-        cmd.args(["--app-port", &p.to_string()]);
-    }
-    (cmd.spawn().expect("start tandem"), http)
 }
 
 fn component(dir: &std::path::Path, backend: &str) -> std::path::PathBuf {

@@ -21,15 +21,45 @@ import tempfile
 import time
 from pathlib import Path
 
-# The Python quickstarts whose building blocks tandem has today. The others (bindings, jobs, workflows,
-# conversation) need building blocks still to come.
+# The Python quickstarts whose building blocks tandem has today. The others (jobs, workflows, conversation) need
+# building blocks still to come.
 DEFAULT = [
     "service_invocation/python/http",
     "state_management/python/sdk",
     "state_management/python/http",
     "pub_sub/python/sdk",
     "pub_sub/python/http",
+    "bindings/python/sdk",
+    "bindings/python/http",
 ]
+
+# The bindings quickstart's README first starts PostgreSQL in Docker with bindings/db/orders.sql (database
+# `orders`, table `orders`), then checks the rows with psql. Here the PostgreSQL on 127.0.0.1:5432 stands in for
+# that container: the same database and table are made (emptied if there), and the rows checked after the run.
+PSQL = ["psql", "-h", "127.0.0.1", "-U", "postgres", "-v", "ON_ERROR_STOP=1", "-tA"]
+
+
+def orders_db() -> None:
+    has = subprocess.run(PSQL + ["-c", "select 1 from pg_database where datname='orders'"],
+                         capture_output=True, text=True, check=True).stdout.strip()
+    if not has:
+        subprocess.run(PSQL + ["-c", "create database orders"], capture_output=True, check=True)
+    subprocess.run(PSQL + ["-d", "orders", "-c", "drop table if exists orders",
+                           "-c", "create table orders ( orderid int, customer text, price float )"],
+                   capture_output=True, check=True)
+
+
+def orders_rows() -> str:
+    """The README's last step: the rows the app wrote through the output binding."""
+    rows = subprocess.run(PSQL + ["-d", "orders", "-c", "select orderid, customer, price from orders order by 1"],
+                          capture_output=True, text=True, check=True).stdout
+    want = ["1|John Smith|100.32", "2|Jane Bond|15.4", "3|Tony James|35.56"]
+    missing = [w for w in want if w not in rows]
+    return f"rows missing from table orders: {missing!r}; found:\n{rows}" if missing else ""
+
+
+PREPARE = {"bindings/python/sdk": orders_db, "bindings/python/http": orders_db}
+VERIFY = {"bindings/python/sdk": orders_rows, "bindings/python/http": orders_rows}
 
 
 def run_file_step(readme: str) -> dict:
@@ -46,8 +76,10 @@ def run_file_step(readme: str) -> dict:
                 continue
             if in_list and raw.strip().startswith("- "):
                 item = raw.strip()[2:].strip()
-                if len(item) >= 2 and item[0] == item[-1] and item[0] in "'\"":
-                    item = item[1:-1]
+                if len(item) >= 2 and item[0] == item[-1] == "'":
+                    item = item[1:-1].replace("''", "'")  # YAML's single-quoted scalar
+                elif len(item) >= 2 and item[0] == item[-1] == '"':
+                    item = item[1:-1].replace('\\"', '"')
                 lines.append(item)
                 continue
             in_list = False
@@ -70,8 +102,11 @@ def check(output: str, expected: list[str], ordered: bool) -> list[str]:
     return missing
 
 
-def run_one(tandem: str, qs: Path) -> tuple[bool, str]:
+def run_one(tandem: str, root: Path, name: str) -> tuple[bool, str]:
+    qs = root / name
     step = run_file_step((qs / "README.md").read_text())
+    if name in PREPARE:
+        PREPARE[name]()
     home = tempfile.mkdtemp(prefix="tandem-qs-")
     env = {**os.environ, "HOME": home}
     with tempfile.TemporaryFile() as out:
@@ -87,6 +122,9 @@ def run_one(tandem: str, qs: Path) -> tuple[bool, str]:
     missing = check(output, step["expected"], step["ordered"])
     if missing:
         return False, f"missing {missing!r}\n--- output ---\n{output[-4000:]}"
+    problem = VERIFY[name]() if name in VERIFY else ""
+    if problem:
+        return False, f"{problem}\n--- output ---\n{output[-4000:]}"
     return True, f"{len(step['expected'])} expected lines seen"
 
 
@@ -100,7 +138,7 @@ def main() -> int:
     tandem = os.environ.get("TANDEM_BIN") or str(Path(target) / "release" / "tandem")
     ok = True
     for name in names:
-        good, detail = run_one(tandem, root / name)
+        good, detail = run_one(tandem, root, name)
         ok &= good
         print(f"{'PASS' if good else 'FAIL'} {name}: {detail}", flush=True)
     return 0 if ok else 1

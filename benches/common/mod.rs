@@ -89,3 +89,65 @@ pub fn ms(d: Duration) -> f64 {
 pub fn env_u64(name: &str, default: u64) -> u64 {
     std::env::var(name).ok().and_then(|v| v.parse().ok()).unwrap_or(default)
 }
+
+/// `workers` closed loops each calling `call` until `secs` have passed: (calls per second, latency percentiles).
+pub async fn closed_loop<F, Fut>(workers: usize, secs: u64, call: F) -> (f64, Percentiles)
+where
+    F: Fn(usize) -> Fut + Clone + Send + 'static,
+    Fut: std::future::Future<Output = ()> + Send,
+{
+    let deadline = std::time::Instant::now() + Duration::from_secs(secs);
+    let started = std::time::Instant::now();
+    let tasks: Vec<_> = (0..workers)
+        .map(|w| {
+            let call = call.clone();
+            tokio::spawn(async move {
+                let mut lat = vec![];
+                let mut n = 0usize;
+                while std::time::Instant::now() < deadline {
+                    let t = std::time::Instant::now();
+                    call(w * 1_000_000 + n).await;
+                    lat.push(t.elapsed());
+                    n += 1;
+                }
+                lat
+            })
+        })
+        .collect();
+    let mut all = vec![];
+    for t in tasks {
+        all.extend(t.await.unwrap());
+    }
+    (all.len() as f64 / started.elapsed().as_secs_f64(), percentiles(all))
+}
+
+/// Starts a sidecar (app id `bench`, quiet, no metrics) on free ports with the components in `resources`, for the
+/// app on `app_port` if any: (the process, its HTTP port).
+pub fn start_sidecar(resources: &std::path::Path, app_port: Option<u16>) -> (tokio::process::Child, u16) {
+    let http = free_port();
+    let mut cmd = tokio::process::Command::new(tandem_bin());
+    cmd.args([
+        "sidecar",
+        "--app-id",
+        "bench",
+        "--log-level",
+        "error",
+        "--enable-metrics=false",
+        "--dapr-internal-grpc-listen-address",
+        "127.0.0.1",
+    ])
+    .args([
+        "--dapr-http-port",
+        &http.to_string(),
+        "--dapr-grpc-port",
+        &free_port().to_string(),
+    ])
+    .args(["--dapr-internal-grpc-port", &free_port().to_string()])
+    .args(["--resources-path", resources.to_str().unwrap()])
+    .stdout(std::process::Stdio::null())
+    .kill_on_drop(true);
+    if let Some(p) = app_port {
+        cmd.args(["--app-port", &p.to_string()]);
+    }
+    (cmd.spawn().expect("start tandem"), http)
+}

@@ -140,6 +140,19 @@ impl Default for Args {
 }
 
 impl Args {
+    /// The namespace manifests read from --resources-path must be in to load. As in Dapr, a manifest's own
+    /// `metadata.namespace` only counts when this process has a namespace (NAMESPACE set, or --namespace given
+    /// other than the default); a local run ignores it, so Dapr's quickstart components (namespace
+    /// `quickstarts`) load.
+    pub fn manifest_namespace(&self) -> &str {
+        let from_env = std::env::var("NAMESPACE").is_ok_and(|v| !v.is_empty());
+        if from_env || self.namespace != "default" {
+            &self.namespace
+        } else {
+            ""
+        }
+    }
+
     pub const DEFAULT_HTTP_PORT: u16 = 3500;
     pub const DEFAULT_GRPC_PORT: u16 = 50001;
     pub const DEFAULT_INTERNAL_GRPC_PORT: u16 = 50002;

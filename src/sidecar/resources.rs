@@ -108,7 +108,7 @@ fn retain_in_scope(out: &mut Resources, app_id: &str, namespace: &str) {
         if !keep {
             tracing::info!(
                 component = c.name(),
-                "component is scoped to other apps; not loading it"
+                "component is scoped to other apps or namespaces; not loading it"
             );
         }
         keep

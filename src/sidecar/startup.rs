@@ -109,7 +109,7 @@ pub async fn build(args: &Args, defaults: Defaults, registry: Arc<Registry>) -> 
             ..Default::default()
         }
     } else {
-        resources::load(&args.resources_path, &args.app_id, &args.namespace)?
+        resources::load(&args.resources_path, &args.app_id, args.manifest_namespace())?
     };
     if args.mode == Mode::Kubernetes && !resources.components.iter().any(|c| c.name() == "kubernetes") {
         let mut builtin = hot_reload::builtin_kubernetes_secret_store();

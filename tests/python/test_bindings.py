@@ -170,3 +170,19 @@ def test_grpc_app_takes_bindings_with_the_sdk(fresh_sidecars, tmp_path):
         assert "other binding not implemented" not in app.log.read_text()
     finally:
         app.stop()
+
+
+def test_a_manifest_namespace_counts_only_when_the_sidecar_has_one(sidecars):
+    """Dapr's quickstart components say `namespace: quickstarts`; a local sidecar (no NAMESPACE) loads them as
+    daprd does, while a sidecar in namespace `prod` leaves them out."""
+    def in_ns(doc: dict) -> dict:
+        doc["metadata"]["namespace"] = "quickstarts"
+        return doc
+
+    comps = [in_ns(component("sqldb", "bindings.localstorage", {"rootPath": "/tmp", "direction": "output"}))]
+    local = sidecars.start("ns-local", comps, env={"NAMESPACE": ""})
+    names = [c["name"] for c in requests.get(local.url("/v1.0/metadata"), timeout=5).json()["components"]]
+    assert "sqldb" in names
+    prod = sidecars.start("ns-prod", comps, env={"NAMESPACE": "prod"})
+    names = [c["name"] for c in requests.get(prod.url("/v1.0/metadata"), timeout=5).json().get("components", [])]
+    assert "sqldb" not in names
