@@ -44,6 +44,7 @@ impl Registry {
         r.register::<dyn StateStore, _, _>("state.sqlite", "v1", state::sqlite::build);
         r.register::<dyn StateStore, _, _>("state.redis", "v1", state::redis::build);
         r.register::<dyn PubSub, _, _>("pubsub.in-memory", "v1", pubsub::memory::build);
+        r.register::<dyn PubSub, _, _>("pubsub.jetstream", "v1", pubsub::jetstream::build);
         r.register::<dyn PubSub, _, _>("pubsub.redis", "v1", pubsub::redis::build);
         r.register::<dyn PubSub, _, _>("pubsub.sqlite", "v1", pubsub::sqlite::build);
         r.register::<dyn Binding, _, _>("bindings.cron", "v1", bindings::cron::build);

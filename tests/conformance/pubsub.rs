@@ -1,5 +1,5 @@
 //! Pub/sub conformance: every backend through the `PubSub` trait, as the runtime uses it. Durable brokers (SQLite,
-//! Redis Streams on 127.0.0.1:6379) must also keep what a subscriber did not take — a retried message comes
+//! Redis Streams on 127.0.0.1:6379, NATS JetStream on 127.0.0.1:4222) must also keep what a subscriber did not take — a retried message comes
 //! again, a stopped subscriber's messages go to the next one, competing consumers of one group share a topic and
 //! separate groups each get everything.
 
@@ -15,6 +15,8 @@ use tokio_util::sync::CancellationToken;
 struct Broker {
     backend: &'static str,
     dir: tempfile::TempDir,
+    /// JetStream: the streams made for the test's topics.
+    streams: Arc<super::jetstream::Streams>,
 }
 
 impl Broker {
@@ -22,6 +24,7 @@ impl Broker {
         Broker {
             backend,
             dir: tempfile::tempdir().unwrap(),
+            streams: Arc::default(),
         }
     }
 
@@ -47,15 +50,24 @@ impl Broker {
                     ("redeliverInterval", "200ms".into()),
                 ],
             ),
+            // Dapr's component expects the topic's stream to exist: the wrapper below makes it.
+            "jetstream" => (
+                "pubsub.jetstream",
+                vec![("natsURL", super::jetstream::NATS.into()), ("ackWait", "2s".into())],
+            ),
             other => panic!("unknown backend {other}"),
         };
         let md = Metadata::new("ps", group, "", props.into_iter().map(|(k, v)| (k.to_owned(), v)));
-        Registry::builtin()
+        let ps = Registry::builtin()
             .build(type_, "v1", md)
             .await
             .unwrap_or_else(|e| panic!("{} failed to start (is the server running?): {e}", self.backend))
             .get::<dyn PubSub>()
-            .unwrap()
+            .unwrap();
+        match self.backend {
+            "jetstream" => super::jetstream::with_streams(ps, self.streams.clone()),
+            _ => ps,
+        }
     }
 }
 
@@ -246,3 +258,4 @@ macro_rules! pubsub_suite {
 pubsub_suite!(memory: every_message_arrives, a_retried_message_comes_again);
 pubsub_suite!(sqlite: every_message_arrives, a_retried_message_comes_again, a_stopped_subscribers_messages_go_to_the_next, competing_consumers_share_and_groups_fan_out);
 pubsub_suite!(redis: every_message_arrives, a_retried_message_comes_again, a_stopped_subscribers_messages_go_to_the_next, competing_consumers_share_and_groups_fan_out);
+pubsub_suite!(jetstream: every_message_arrives, a_retried_message_comes_again, a_stopped_subscribers_messages_go_to_the_next, competing_consumers_share_and_groups_fan_out);

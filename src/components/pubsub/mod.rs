@@ -2,6 +2,7 @@
 //! and reads the CloudEvent envelope); it publishes, and delivers a topic's messages to a handler whose verdict it
 //! turns into an ack or a redelivery.
 
+pub mod jetstream;
 pub mod memory;
 pub mod redis;
 pub mod sqlite;
@@ -145,6 +146,20 @@ impl ComponentKind for dyn PubSub {
     }
 }
 
+/// What a subscription of a component watches: a token cancelled once the subscription is stopped (`stop`) or the
+/// component closed (`closed`). The backend may cancel it itself too (that stops neither of the others).
+pub fn subscription_stop(stop: CancellationToken, closed: &CancellationToken) -> CancellationToken {
+    let either = closed.child_token();
+    let watch = either.clone();
+    tokio::spawn(async move {
+        tokio::select! {
+            _ = stop.cancelled() => watch.cancel(),
+            _ = watch.cancelled() => {}
+        }
+    });
+    either
+}
+
 /// `consumerID` of a component: its consumer group, the app id unless set (Dapr's `{appID}`/`{namespace}`
 /// placeholders are filled in).
 pub fn consumer_id(md: &super::Metadata) -> String {
@@ -157,6 +172,27 @@ pub fn consumer_id(md: &super::Metadata) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[tokio::test]
+    async fn a_subscription_stops_with_either_token_and_alone() {
+        let (stop, closed) = (CancellationToken::new(), CancellationToken::new());
+        let sub = subscription_stop(stop.clone(), &closed);
+        stop.cancel();
+        tokio::time::timeout(std::time::Duration::from_secs(5), sub.cancelled())
+            .await
+            .unwrap();
+        let (stop, closed) = (CancellationToken::new(), CancellationToken::new());
+        let sub = subscription_stop(stop.clone(), &closed);
+        closed.cancel();
+        assert!(sub.is_cancelled());
+        let (stop, closed) = (CancellationToken::new(), CancellationToken::new());
+        let sub = subscription_stop(stop.clone(), &closed);
+        sub.cancel();
+        assert!(
+            !stop.is_cancelled() && !closed.is_cancelled(),
+            "cancelling it stops nothing else"
+        );
+    }
 
     #[test]
     fn consumer_defaults_to_the_app_id() {

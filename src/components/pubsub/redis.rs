@@ -14,7 +14,7 @@ use redis::aio::ConnectionManager;
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 
-use super::{Feature, Handler, Message, Nack, PubSub, PubSubError, SubscribeRequest, consumer_id};
+use super::{Feature, Handler, Message, Nack, PubSub, PubSubError, SubscribeRequest, consumer_id, subscription_stop};
 use crate::components::state::redis::RedisConfig;
 use crate::components::{ComponentError, Metadata};
 
@@ -353,15 +353,7 @@ impl PubSub for RedisStreams {
             .connect(Some(BLOCK + Duration::from_secs(10)))
             .await
             .map_err(|e| PubSubError::backend(e.to_string()))?;
-        let stop = {
-            let (stop, closed, child) = (stop, self.closed.clone(), CancellationToken::new());
-            let c = child.clone();
-            tokio::spawn(async move {
-                tokio::select! { _ = stop.cancelled() => {}, _ = closed.cancelled() => {} }
-                c.cancel();
-            });
-            child
-        };
+        let stop = subscription_stop(stop, &self.closed);
         let s = &self.settings;
         let sub = Arc::new(Subscription {
             stream: req.topic,
