@@ -295,6 +295,10 @@ impl Link {
         }
         live.publisher = None;
         let conn = self.dial().await?;
+        if self.is_closed() {
+            // Closed while dialling: the new connection goes (dropping it closes it).
+            return Err("the component is closed".into());
+        }
         live.conn = Some(conn.clone());
         Ok(conn)
     }
