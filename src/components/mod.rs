@@ -1,6 +1,7 @@
 //! Component kinds (one trait each, in one folder each with its backends), the registry that builds a backend
 //! from its Dapr type and version, and the type-erased [`Instance`] a built component is held as.
 
+pub mod amqp;
 pub mod bindings;
 pub mod http_client;
 pub mod instance;

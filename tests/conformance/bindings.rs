@@ -1,7 +1,7 @@
 //! Bindings conformance: every output backend through the runtime's bindings API (so Dapr's checks and error
 //! messages are exercised too), each operation Dapr documents for it, against the real server where there is
-//! one (Redis on 127.0.0.1:6379, PostgreSQL on 127.0.0.1:5432, an HTTP server the test runs); the cron input
-//! binding through the trait.
+//! one (Redis on 127.0.0.1:6379, PostgreSQL on 127.0.0.1:5432, RabbitMQ on 127.0.0.1:5672, an HTTP server the
+//! test runs); the input bindings (cron, RabbitMQ) through the trait.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -467,4 +467,107 @@ async fn cron_fires_on_schedule_and_is_input_only() {
         .await
         .unwrap_err();
     assert!(err.contains("invalid schedule format '* * *'"), "{err}");
+}
+
+#[tokio::test]
+async fn rabbitmq_create_publishes_and_input_reads_back() {
+    let queue = format!("conf-{}", uuid::Uuid::new_v4().simple());
+    let c = ctx(&[Component::new(
+        "mq",
+        "bindings.rabbitmq",
+        &[
+            ("host", "amqp://guest:guest@127.0.0.1:5672"),
+            ("queueName", &queue),
+            ("durable", "true"),
+            ("maxPriority", "5"),
+        ],
+    )])
+    .await;
+    let loaded = c.table.loaded(tandem::components::Kind::Bindings, "mq").unwrap();
+    assert_eq!(loaded.instance.capabilities(), ["INPUT_BINDING", "OUTPUT_BINDING"]);
+    let f = c.fail("mq", req("get", "", &[])).await;
+    assert!(
+        f.error.message.ends_with("supported operations:create"),
+        "{}",
+        f.error.message
+    );
+    // Published before anyone reads: one expires in the queue, the other waits for the reader.
+    let expiring = [("ttlInSeconds", "1")];
+    assert_eq!(c.ok("mq", req("create", "expiring", &expiring)).await, None);
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let kept = [("k", "v"), ("priority", "3"), ("my key", "x")];
+    assert_eq!(c.ok("mq", req("create", "kept", &kept)).await, None);
+    let f = c.fail("mq", req("create", "x", &[("ttlInSeconds", "0")])).await;
+    assert!(f.error.message.contains("higher than zero"), "{}", f.error.message);
+    let f = c.fail("mq", req("create", "x", &[("priority", "high")])).await;
+    assert!(f.error.message.contains("priority"), "{}", f.error.message);
+
+    let binding = c.table.get::<dyn Binding>("mq").unwrap();
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<Event>();
+    let calls = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let counter = calls.clone();
+    // The app fails the first delivery: the event comes again, and is then taken.
+    let handler: Handler = Arc::new(move |e: Event| {
+        let n = counter.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        let _ = tx.send(e);
+        Box::pin(async move {
+            if n == 0 {
+                Err("not yet".to_owned())
+            } else {
+                Ok(Bytes::new())
+            }
+        })
+    });
+    let stop = CancellationToken::new();
+    binding.read(handler, stop.clone()).await.unwrap();
+    for attempt in 0..2 {
+        let e = tokio::time::timeout(Duration::from_secs(10), rx.recv())
+            .await
+            .expect("an event")
+            .unwrap();
+        assert_eq!(
+            &e.data[..],
+            b"kept",
+            "attempt {attempt}: the expired message never arrives"
+        );
+        assert_eq!(e.metadata.get("k").map(String::as_str), Some("v"));
+        assert_eq!(
+            e.metadata.get("my+key").map(String::as_str),
+            Some("x"),
+            "{:?}",
+            e.metadata
+        );
+    }
+    c.ok("mq", req("create", "later", &[])).await;
+    let e = tokio::time::timeout(Duration::from_secs(10), rx.recv())
+        .await
+        .expect("an event published while reading")
+        .unwrap();
+    assert_eq!(&e.data[..], b"later");
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    assert!(rx.try_recv().is_err(), "taken events do not come again");
+    assert_eq!(calls.load(std::sync::atomic::Ordering::SeqCst), 3);
+    stop.cancel();
+
+    // A queue declared otherwise than the existing one is refused at start, with the broker's reason.
+    let table = Arc::new(ComponentTable::default());
+    let references = References::new(table.clone(), "conf", "", Mode::Standalone);
+    let err = ComponentLoader::new(Registry::builtin(), table, references, Arc::default(), "conf", "")
+        .load_all(&[Component::new(
+            "other",
+            "bindings.rabbitmq",
+            &[("host", "amqp://guest:guest@127.0.0.1:5672"), ("queueName", &queue)],
+        )])
+        .await
+        .unwrap_err();
+    assert!(err.contains("PRECONDITION_FAILED"), "{err}");
+
+    let args = amqprs::connection::OpenConnectionArguments::new("127.0.0.1", 5672, "guest", "guest");
+    let admin = amqprs::connection::Connection::open(&args).await.unwrap();
+    let ch = admin.open_channel(None).await.unwrap();
+    ch.queue_delete(amqprs::channel::QueueDeleteArguments::new(&queue))
+        .await
+        .unwrap();
+    let _ = ch.close().await;
+    let _ = admin.close().await;
 }

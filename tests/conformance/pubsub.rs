@@ -1,5 +1,6 @@
 //! Pub/sub conformance: every backend through the `PubSub` trait, as the runtime uses it. Durable brokers (SQLite,
-//! Redis Streams on 127.0.0.1:6379, NATS JetStream on 127.0.0.1:4222) must also keep what a subscriber did not take — a retried message comes
+//! Redis Streams on 127.0.0.1:6379, NATS JetStream on 127.0.0.1:4222, RabbitMQ on 127.0.0.1:5672) must also keep
+//! what a subscriber did not take — a retried message comes
 //! again, a stopped subscriber's messages go to the next one, competing consumers of one group share a topic and
 //! separate groups each get everything.
 
@@ -55,6 +56,7 @@ impl Broker {
                 "pubsub.jetstream",
                 vec![("natsURL", super::jetstream::NATS.into()), ("ackWait", "2s".into())],
             ),
+            "rabbitmq" => ("pubsub.rabbitmq", rabbitmq_props()),
             other => panic!("unknown backend {other}"),
         };
         let md = Metadata::new("ps", group, "", props.into_iter().map(|(k, v)| (k.to_owned(), v)));
@@ -69,6 +71,46 @@ impl Broker {
             _ => ps,
         }
     }
+
+    /// Deletes what a test left on the broker: RabbitMQ keeps the queues of `groups` (the tests turn
+    /// `deletedWhenUnused` off) and the topic's exchange.
+    async fn cleanup(&self, topic: &str, groups: &[&str]) {
+        if self.backend == "rabbitmq" {
+            let queues: Vec<String> = groups.iter().map(|g| format!("{g}-{topic}")).collect();
+            rabbitmq_delete(&queues, &[topic]).await;
+        }
+    }
+}
+
+/// The RabbitMQ settings of the durable-broker suite: queues that outlive their subscribers, persistent messages.
+fn rabbitmq_props() -> Vec<(&'static str, String)> {
+    vec![
+        ("connectionString", "amqp://guest:guest@127.0.0.1:5672".into()),
+        ("durable", "true".into()),
+        ("deletedWhenUnused", "false".into()),
+        ("deliveryMode", "2".into()),
+        ("redeliverInterval", "200ms".into()),
+    ]
+}
+
+/// Deletes RabbitMQ queues and exchanges with a client of its own.
+async fn rabbitmq_delete(queues: &[String], exchanges: &[&str]) {
+    use amqprs::channel::{ExchangeDeleteArguments, QueueDeleteArguments};
+    let conn = rabbitmq_admin().await;
+    let ch = conn.open_channel(None).await.unwrap();
+    for q in queues {
+        ch.queue_delete(QueueDeleteArguments::new(q)).await.unwrap();
+    }
+    for e in exchanges {
+        ch.exchange_delete(ExchangeDeleteArguments::new(e)).await.unwrap();
+    }
+    let _ = ch.close().await;
+    let _ = conn.close().await;
+}
+
+async fn rabbitmq_admin() -> amqprs::connection::Connection {
+    let args = amqprs::connection::OpenConnectionArguments::new("127.0.0.1", 5672, "guest", "guest");
+    amqprs::connection::Connection::open(&args).await.unwrap()
 }
 
 fn topic(prefix: &str) -> String {
@@ -162,6 +204,7 @@ async fn every_message_arrives(b: Broker) {
     until("every message arrived", || seen.distinct() == 1000).await;
     stop.cancel();
     ps.close().await;
+    b.cleanup(&t, &["app"]).await;
 }
 
 async fn a_retried_message_comes_again(b: Broker) {
@@ -186,6 +229,7 @@ async fn a_retried_message_comes_again(b: Broker) {
     assert_eq!(seen.count("again"), 3, "a taken message does not come back");
     stop.cancel();
     ps.close().await;
+    b.cleanup(&t, &["app"]).await;
 }
 
 async fn a_stopped_subscribers_messages_go_to_the_next(b: Broker) {
@@ -206,6 +250,7 @@ async fn a_stopped_subscribers_messages_go_to_the_next(b: Broker) {
     until("the next subscriber took every message", || taken.distinct() == 20).await;
     stop.cancel();
     second.close().await;
+    b.cleanup(&t, &["app"]).await;
 }
 
 async fn competing_consumers_share_and_groups_fan_out(b: Broker) {
@@ -238,6 +283,7 @@ async fn competing_consumers_share_and_groups_fan_out(b: Broker) {
     for p in [a, c, other] {
         p.close().await;
     }
+    b.cleanup(&t, &["workers", "auditors"]).await;
 }
 
 macro_rules! pubsub_suite {
@@ -259,3 +305,134 @@ pubsub_suite!(memory: every_message_arrives, a_retried_message_comes_again);
 pubsub_suite!(sqlite: every_message_arrives, a_retried_message_comes_again, a_stopped_subscribers_messages_go_to_the_next, competing_consumers_share_and_groups_fan_out);
 pubsub_suite!(redis: every_message_arrives, a_retried_message_comes_again, a_stopped_subscribers_messages_go_to_the_next, competing_consumers_share_and_groups_fan_out);
 pubsub_suite!(jetstream: every_message_arrives, a_retried_message_comes_again, a_stopped_subscribers_messages_go_to_the_next, competing_consumers_share_and_groups_fan_out);
+pubsub_suite!(rabbitmq: every_message_arrives, a_retried_message_comes_again, a_stopped_subscribers_messages_go_to_the_next, competing_consumers_share_and_groups_fan_out);
+
+/// A `pubsub.rabbitmq` instance of group `group` with the suite's settings and `extra`.
+async fn rabbitmq(group: &str, extra: &[(&'static str, &str)]) -> Arc<dyn PubSub> {
+    let mut props = rabbitmq_props();
+    props.extend(extra.iter().map(|(k, v)| (*k, v.to_string())));
+    let md = Metadata::new("ps", group, "", props.into_iter().map(|(k, v)| (k.to_owned(), v)));
+    Registry::builtin()
+        .build("pubsub.rabbitmq", "v1", md)
+        .await
+        .unwrap_or_else(|e| panic!("rabbitmq failed to start (is it running on 127.0.0.1:5672?): {e}"))
+        .get::<dyn PubSub>()
+        .unwrap()
+}
+
+/// The pids of the broker's connections whose client properties name them `name` (the `clientName` metadata).
+fn rabbitmq_connections(name: &str) -> Vec<String> {
+    let out = std::process::Command::new("rabbitmqctl")
+        .args([
+            "-q",
+            "list_connections",
+            "--no-table-headers",
+            "pid",
+            "client_properties",
+        ])
+        .output()
+        .expect("rabbitmqctl runs");
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter(|l| l.contains(&format!("\"{name}\"")))
+        .filter_map(|l| l.split_whitespace().next().map(str::to_owned))
+        .collect()
+}
+
+/// The broker drops the component's connection: the subscription comes back by itself and publishing goes on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rabbitmq_resubscribes_after_losing_its_connection() {
+    let name = format!("conformance-{}", uuid::Uuid::new_v4().simple());
+    let ps = rabbitmq("app", &[("clientName", &name), ("reconnectWaitSeconds", "1s")]).await;
+    let t = topic("reconnect");
+    let seen = Seen::default();
+    let stop = subscribe(&ps, &t, seen.handler(|_, _| Ok(()))).await;
+    ps.publish(&message(&t, "before".into())).await.unwrap();
+    until("the first message arrived", || seen.count("before") == 1).await;
+    let ours = rabbitmq_connections(&name);
+    assert_eq!(ours.len(), 1, "one connection named {name}");
+    let closed = std::process::Command::new("rabbitmqctl")
+        .args(["-q", "close_connection", &ours[0], "conformance test"])
+        .status()
+        .unwrap();
+    assert!(closed.success());
+    // Publishing dials again; the subscription subscribes again on the new connection.
+    for i in 0..10 {
+        ps.publish(&message(&t, format!("after{i}"))).await.unwrap();
+    }
+    until("every message after the loss arrived", || {
+        (0..10).all(|i| seen.count(&format!("after{i}")) >= 1)
+    })
+    .await;
+    let now = rabbitmq_connections(&name);
+    assert_eq!(now.len(), 1, "one new connection: {now:?}");
+    assert_ne!(now[0], ours[0], "a new connection");
+    stop.cancel();
+    ps.close().await;
+    rabbitmq_delete(&[format!("app-{t}")], &[&t]).await;
+}
+
+/// A message with `ttlInSeconds` expires on the broker while nobody consumes it; one without stays.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rabbitmq_expires_messages_by_ttl() {
+    let ps = rabbitmq("app", &[]).await;
+    assert_eq!(
+        ps.features(),
+        [tandem::components::pubsub::Feature::MessageTtl],
+        "the broker expires messages itself"
+    );
+    let t = topic("ttl");
+    // The first subscription declares the group's queue, which stays after it stops.
+    let stop = subscribe(&ps, &t, Seen::default().handler(|_, _| Ok(()))).await;
+    stop.cancel();
+    let mut short = message(&t, "short".into());
+    short.metadata.insert("ttlInSeconds".into(), "1".into());
+    ps.publish(&short).await.unwrap();
+    ps.publish(&message(&t, "kept".into())).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let seen = Seen::default();
+    let stop = subscribe(&ps, &t, seen.handler(|_, _| Ok(()))).await;
+    until("the message without a ttl arrived", || seen.count("kept") == 1).await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(seen.count("short"), 0, "the expired message is gone");
+    stop.cancel();
+    ps.close().await;
+    rabbitmq_delete(&[format!("app-{t}")], &[&t]).await;
+}
+
+/// With `enableDeadLetter` (and `requeueInFailure` off) a message the app failed goes to `dlq-<queue>` through
+/// `dlx-<queue>`, named as Dapr names them, instead of coming again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rabbitmq_dead_letters_failed_messages() {
+    use amqprs::channel::BasicGetArguments;
+    let ps = rabbitmq("app", &[("enableDeadLetter", "true")]).await;
+    let t = topic("dlx");
+    let seen = Seen::default();
+    let stop = subscribe(&ps, &t, seen.handler(|_, _| Err(Nack::Retry("failed".into())))).await;
+    ps.publish(&message(&t, "poison".into())).await.unwrap();
+    until("the message was handled", || seen.count("poison") == 1).await;
+    let (queue, dlq, dlx) = (format!("app-{t}"), format!("dlq-app-{t}"), format!("dlx-app-{t}"));
+    let admin = rabbitmq_admin().await;
+    let ch = admin.open_channel(None).await.unwrap();
+    let mut dead = None;
+    for _ in 0..100 {
+        if let Some((_, _, body)) = ch
+            .basic_get(BasicGetArguments::new(&dlq).no_ack(true).finish())
+            .await
+            .unwrap()
+        {
+            dead = Some(body);
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(dead.as_deref(), Some(&b"poison"[..]), "the failed message is in {dlq}");
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(seen.count("poison"), 1, "a dead-lettered message does not come again");
+    stop.cancel();
+    ps.close().await;
+    let _ = ch.close().await;
+    let _ = admin.close().await;
+    rabbitmq_delete(&[queue, dlq], &[&t, &dlx]).await;
+}

@@ -7,6 +7,7 @@ pub mod cron;
 pub mod http;
 pub mod localstorage;
 pub mod postgres;
+pub mod rabbitmq;
 pub mod redis;
 
 use std::collections::BTreeMap;
