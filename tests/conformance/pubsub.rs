@@ -1,7 +1,7 @@
 //! Pub/sub conformance: every backend through the `PubSub` trait, as the runtime uses it. Durable brokers (SQLite,
-//! Redis Streams on 127.0.0.1:6379) must also keep what a subscriber did not take — a retried message comes
-//! again, a stopped subscriber's messages go to the next one, competing consumers of one group share a topic and
-//! separate groups each get everything.
+//! Redis Streams on 127.0.0.1:6379, MQTT on the Mosquitto at 127.0.0.1:1883) must also keep what a subscriber did
+//! not take — a retried message comes again, a stopped subscriber's messages go to the next one, competing
+//! consumers of one group share a topic and separate groups each get everything.
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex};
@@ -15,6 +15,8 @@ use tokio_util::sync::CancellationToken;
 struct Broker {
     backend: &'static str,
     dir: tempfile::TempDir,
+    /// Makes this test's MQTT client ids its own (the broker allows one connection per id).
+    run: String,
 }
 
 impl Broker {
@@ -22,6 +24,15 @@ impl Broker {
         Broker {
             backend,
             dir: tempfile::tempdir().unwrap(),
+            run: uuid::Uuid::new_v4().simple().to_string(),
+        }
+    }
+
+    /// Counts deliveries; MQTT 3 carries no metadata, so there the metadata is not checked.
+    fn seen(&self) -> Seen {
+        Seen {
+            metadata_travels: self.backend != "mqtt",
+            ..Seen::default()
         }
     }
 
@@ -45,6 +56,13 @@ impl Broker {
                     ("redisHost", "127.0.0.1:6379".into()),
                     ("processingTimeout", "1s".into()),
                     ("redeliverInterval", "200ms".into()),
+                ],
+            ),
+            "mqtt" => (
+                "pubsub.mqtt3",
+                vec![
+                    ("url", "tcp://127.0.0.1:1883".into()),
+                    ("consumerID", format!("{group}-{}", self.run)),
                 ],
             ),
             other => panic!("unknown backend {other}"),
@@ -73,8 +91,20 @@ fn message(topic: &str, body: String) -> Message {
 }
 
 /// Counts what a handler took, by body; `answer` decides each delivery (given how often the body came).
-#[derive(Clone, Default)]
-struct Seen(Arc<Mutex<HashMap<String, usize>>>);
+#[derive(Clone)]
+struct Seen {
+    counts: Arc<Mutex<HashMap<String, usize>>>,
+    metadata_travels: bool,
+}
+
+impl Default for Seen {
+    fn default() -> Self {
+        Seen {
+            counts: Arc::default(),
+            metadata_travels: true,
+        }
+    }
+}
 
 impl Seen {
     fn handler(&self, answer: impl Fn(&str, usize) -> Result<(), Nack> + Send + Sync + 'static) -> Handler {
@@ -82,9 +112,11 @@ impl Seen {
         let answer = Arc::new(answer);
         Arc::new(move |m: Message| {
             let body = String::from_utf8_lossy(&m.data).into_owned();
-            assert_eq!(m.metadata.get("k").map(String::as_str), Some("v"), "metadata travels");
+            if seen.metadata_travels {
+                assert_eq!(m.metadata.get("k").map(String::as_str), Some("v"), "metadata travels");
+            }
             let n = {
-                let mut s = seen.0.lock().unwrap();
+                let mut s = seen.counts.lock().unwrap();
                 let n = s.entry(body.clone()).or_default();
                 *n += 1;
                 *n
@@ -95,15 +127,15 @@ impl Seen {
     }
 
     fn distinct(&self) -> usize {
-        self.0.lock().unwrap().len()
+        self.counts.lock().unwrap().len()
     }
 
     fn count(&self, body: &str) -> usize {
-        self.0.lock().unwrap().get(body).copied().unwrap_or(0)
+        self.counts.lock().unwrap().get(body).copied().unwrap_or(0)
     }
 
     fn total(&self) -> usize {
-        self.0.lock().unwrap().values().sum()
+        self.counts.lock().unwrap().values().sum()
     }
 }
 
@@ -135,7 +167,7 @@ async fn subscribe(ps: &Arc<dyn PubSub>, topic: &str, handler: Handler) -> Cance
 async fn every_message_arrives(b: Broker) {
     let ps = b.instance("app").await;
     let t = topic("all");
-    let seen = Seen::default();
+    let seen = b.seen();
     let stop = subscribe(&ps, &t, seen.handler(|_, _| Ok(()))).await;
     for i in 0..500 {
         ps.publish(&message(&t, format!("m{i}"))).await.unwrap();
@@ -155,7 +187,7 @@ async fn every_message_arrives(b: Broker) {
 async fn a_retried_message_comes_again(b: Broker) {
     let ps = b.instance("app").await;
     let t = topic("retry");
-    let seen = Seen::default();
+    let seen = b.seen();
     let stop = subscribe(
         &ps,
         &t,
@@ -179,7 +211,7 @@ async fn a_retried_message_comes_again(b: Broker) {
 async fn a_stopped_subscribers_messages_go_to_the_next(b: Broker) {
     let t = topic("handover");
     let first = b.instance("app").await;
-    let seen = Seen::default();
+    let seen = b.seen();
     // The first subscriber takes nothing: it is stopping.
     let stop = subscribe(&first, &t, seen.handler(|_, _| Err(Nack::Closing))).await;
     for i in 0..20 {
@@ -189,7 +221,7 @@ async fn a_stopped_subscribers_messages_go_to_the_next(b: Broker) {
     stop.cancel();
     first.close().await;
     let second = b.instance("app").await;
-    let taken = Seen::default();
+    let taken = b.seen();
     let stop = subscribe(&second, &t, taken.handler(|_, _| Ok(()))).await;
     until("the next subscriber took every message", || taken.distinct() == 20).await;
     stop.cancel();
@@ -200,7 +232,7 @@ async fn competing_consumers_share_and_groups_fan_out(b: Broker) {
     let t = topic("compete");
     let (a, c) = (b.instance("workers").await, b.instance("workers").await);
     let other = b.instance("auditors").await;
-    let (seen_a, seen_c, seen_other) = (Seen::default(), Seen::default(), Seen::default());
+    let (seen_a, seen_c, seen_other) = (b.seen(), b.seen(), b.seen());
     let stops = [
         subscribe(&a, &t, seen_a.handler(|_, _| Ok(()))).await,
         subscribe(&c, &t, seen_c.handler(|_, _| Ok(()))).await,
@@ -210,7 +242,7 @@ async fn competing_consumers_share_and_groups_fan_out(b: Broker) {
         a.publish(&message(&t, format!("c{i}"))).await.unwrap();
     }
     until("the group took every message", || {
-        let (x, y) = (seen_a.0.lock().unwrap(), seen_c.0.lock().unwrap());
+        let (x, y) = (seen_a.counts.lock().unwrap(), seen_c.counts.lock().unwrap());
         x.keys().chain(y.keys()).collect::<std::collections::HashSet<_>>().len() == 400
     })
     .await;
@@ -246,3 +278,168 @@ macro_rules! pubsub_suite {
 pubsub_suite!(memory: every_message_arrives, a_retried_message_comes_again);
 pubsub_suite!(sqlite: every_message_arrives, a_retried_message_comes_again, a_stopped_subscribers_messages_go_to_the_next, competing_consumers_share_and_groups_fan_out);
 pubsub_suite!(redis: every_message_arrives, a_retried_message_comes_again, a_stopped_subscribers_messages_go_to_the_next, competing_consumers_share_and_groups_fan_out);
+// MQTT 3 has no consumer groups: one connection per client id (`consumerID`), so two instances of one group would
+// take the id from each other, and Dapr's component uses no shared subscriptions. Competing consumers there are
+// `$share/<group>/<topic>` subscriptions of distinct client ids, tested in `mqtt_only` below.
+pubsub_suite!(mqtt: every_message_arrives, a_retried_message_comes_again, a_stopped_subscribers_messages_go_to_the_next);
+
+/// What only MQTT has: topic wildcards, shared subscriptions, retained messages, and its metadata checks.
+mod mqtt_only {
+    use super::*;
+    use tandem::components::pubsub::Feature;
+
+    fn broker() -> Broker {
+        Broker::new("mqtt")
+    }
+
+    async fn subscribe_topics(ps: &Arc<dyn PubSub>, filter: &str) -> (CancellationToken, Arc<Mutex<Vec<Message>>>) {
+        let got = Arc::new(Mutex::new(vec![]));
+        let sink = got.clone();
+        let handler: Handler = Arc::new(move |m: Message| {
+            sink.lock().unwrap().push(m);
+            Box::pin(async { Ok(()) })
+        });
+        (subscribe(ps, filter, handler).await, got)
+    }
+
+    fn bodies(got: &Mutex<Vec<Message>>) -> Vec<String> {
+        got.lock()
+            .unwrap()
+            .iter()
+            .map(|m| String::from_utf8_lossy(&m.data).into_owned())
+            .collect()
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn wildcards_match_and_shared_subscriptions_compete() {
+        let b = broker();
+        let t = topic("region");
+        let (a, c, all) = (
+            b.instance("worker-a").await,
+            b.instance("worker-b").await,
+            b.instance("audit").await,
+        );
+        assert_eq!(all.features(), [Feature::SubscribeWildcards]);
+        let shared = format!("$share/workers-{}/{t}/+", b.run);
+        let (stop_a, got_a) = subscribe_topics(&a, &shared).await;
+        let (stop_c, got_c) = subscribe_topics(&c, &shared).await;
+        let (stop_all, got_all) = subscribe_topics(&all, &format!("{t}/#")).await;
+        for i in 0..100 {
+            let region = if i % 2 == 0 { "eu" } else { "us" };
+            all.publish(&message(&format!("{t}/{region}"), format!("w{i}")))
+                .await
+                .unwrap();
+        }
+        // Not matched by `{t}/+`: two levels down.
+        all.publish(&message(&format!("{t}/eu/paris"), "deep".into()))
+            .await
+            .unwrap();
+        until("the plain subscriber got everything", || {
+            got_all.lock().unwrap().len() == 101
+        })
+        .await;
+        until("the shared group took every message", || {
+            got_a.lock().unwrap().len() + got_c.lock().unwrap().len() >= 100
+        })
+        .await;
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        let (mut shared_bodies, in_a) = (bodies(&got_a), got_a.lock().unwrap().len());
+        shared_bodies.extend(bodies(&got_c));
+        assert_eq!(shared_bodies.len(), 100, "each message once in the group");
+        shared_bodies.sort();
+        shared_bodies.dedup();
+        assert_eq!(shared_bodies.len(), 100);
+        assert!(!shared_bodies.contains(&"deep".to_owned()));
+        assert!(0 < in_a && in_a < 100, "both members took a share: {in_a} of 100");
+        // A wildcard subscription sees each message's own topic.
+        let topics: std::collections::BTreeSet<String> =
+            got_all.lock().unwrap().iter().map(|m| m.topic.clone()).collect();
+        assert_eq!(
+            topics,
+            [format!("{t}/eu"), format!("{t}/eu/paris"), format!("{t}/us")].into()
+        );
+        assert!(
+            got_all
+                .lock()
+                .unwrap()
+                .iter()
+                .all(|m| m.metadata["retained"] == "false")
+        );
+        for s in [stop_a, stop_c, stop_all] {
+            s.cancel();
+        }
+        for p in [a, c, all] {
+            p.close().await;
+        }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_retained_message_reaches_a_later_subscriber() {
+        let b = broker();
+        let t = topic("retained");
+        let ps = b.instance("app").await;
+        let mut m = message(&t, "last-known".into());
+        m.metadata.insert("retain".into(), "true".into());
+        ps.publish(&m).await.unwrap();
+        let (stop, got) = subscribe_topics(&ps, &t).await;
+        until("the retained message arrived", || !got.lock().unwrap().is_empty()).await;
+        {
+            let got = got.lock().unwrap();
+            assert_eq!(&got[0].data[..], b"last-known");
+            assert_eq!(got[0].metadata["retained"], "true");
+        }
+        stop.cancel();
+        // An empty retained message clears it on the broker.
+        let mut clear = message(&t, String::new());
+        clear.metadata.insert("retain".into(), "true".into());
+        ps.publish(&clear).await.unwrap();
+        m.metadata.insert("retain".into(), "perhaps".into());
+        let err = ps.publish(&m).await.unwrap_err().to_string();
+        assert!(err.contains("invalid retain"), "{err}");
+        ps.close().await;
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn bad_topics_and_bad_metadata_are_refused() {
+        let b = broker();
+        let ps = b.instance("app").await;
+        let err = ps.publish(&message("a/+/b", "x".into())).await.unwrap_err().to_string();
+        assert!(err.contains("wildcard"), "{err}");
+        let handler: Handler = Arc::new(|_| Box::pin(async { Ok(()) }));
+        let err = ps
+            .subscribe(
+                SubscribeRequest {
+                    topic: "a/#/b".into(),
+                    metadata: BTreeMap::new(),
+                },
+                handler,
+                CancellationToken::new(),
+            )
+            .await
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("not an MQTT topic filter"), "{err}");
+        ps.close().await;
+        let err = ps.publish(&message("a", "x".into())).await.unwrap_err();
+        assert_eq!(err, tandem::components::pubsub::PubSubError::Closed);
+        async fn build(props: Vec<(&'static str, &'static str)>) -> String {
+            let md = Metadata::new(
+                "ps",
+                "app",
+                "",
+                props.into_iter().map(|(k, v)| (k.to_owned(), v.to_owned())),
+            );
+            Registry::builtin()
+                .build("pubsub.mqtt", "v1", md)
+                .await
+                .err()
+                .map(|e| e.to_string())
+                .unwrap_or_default()
+        }
+        let err = build(vec![("url", "tcp://127.0.0.1:1883"), ("qos", "3")]).await;
+        assert!(err.contains("\"qos\""), "{err}");
+        // Nothing listens on port 9: the component does not start, and says where it tried.
+        let err = build(vec![("url", "tcp://127.0.0.1:9"), ("consumerID", "nobody")]).await;
+        assert!(err.contains("127.0.0.1:9"), "{err}");
+    }
+}

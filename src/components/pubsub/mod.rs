@@ -3,6 +3,7 @@
 //! turns into an ack or a redelivery.
 
 pub mod memory;
+pub mod mqtt;
 pub mod redis;
 pub mod sqlite;
 
