@@ -373,6 +373,114 @@ mod mqtt_only {
         }
     }
 
+    /// A TCP proxy to the broker whose connections can be cut, as a crash or a network failure cuts them (no
+    /// DISCONNECT: the broker keeps the session and what it sent unacknowledged).
+    struct Proxy {
+        url: String,
+        conns: Arc<Mutex<Vec<tokio::task::AbortHandle>>>,
+    }
+
+    impl Proxy {
+        async fn start() -> Proxy {
+            let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+            let url = format!("tcp://{}", listener.local_addr().unwrap());
+            let conns: Arc<Mutex<Vec<tokio::task::AbortHandle>>> = Arc::default();
+            let tracked = conns.clone();
+            tokio::spawn(async move {
+                while let Ok((mut inbound, _)) = listener.accept().await {
+                    let task = tokio::spawn(async move {
+                        if let Ok(mut outbound) = tokio::net::TcpStream::connect("127.0.0.1:1883").await {
+                            let _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound).await;
+                        }
+                    });
+                    tracked.lock().unwrap().push(task.abort_handle());
+                }
+            });
+            Proxy { url, conns }
+        }
+
+        fn cut(&self) {
+            for c in self.conns.lock().unwrap().drain(..) {
+                c.abort();
+            }
+        }
+
+        async fn instance(&self, b: &Broker, group: &str) -> Arc<dyn PubSub> {
+            let md = Metadata::new(
+                "ps",
+                group,
+                "",
+                [
+                    ("url".to_owned(), self.url.clone()),
+                    ("consumerID".to_owned(), format!("{group}-{}", b.run)),
+                ],
+            );
+            Registry::builtin()
+                .build("pubsub.mqtt3", "v1", md)
+                .await
+                .unwrap()
+                .get::<dyn PubSub>()
+                .unwrap()
+        }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_connection_cut_mid_delivery_loses_nothing_and_repeats_nothing() {
+        let (b, proxy) = (broker(), Proxy::start().await);
+        let t = topic("cut");
+        let (publisher, sub) = (proxy.instance(&b, "pub").await, proxy.instance(&b, "sub").await);
+        // The app holds every message until released: those in flight when the connection is cut are taken while
+        // it is down, or after it came back.
+        let (release, gate) = tokio::sync::watch::channel(false);
+        let seen = b.seen();
+        let counts = seen.clone();
+        let handler: Handler = Arc::new(move |m: Message| {
+            let body = String::from_utf8_lossy(&m.data).into_owned();
+            *counts.counts.lock().unwrap().entry(body).or_default() += 1;
+            let mut gate = gate.clone();
+            Box::pin(async move {
+                let _ = gate.wait_for(|open| *open).await;
+                Ok(())
+            })
+        });
+        let stop = subscribe(&sub, &t, handler).await;
+        let publishing = {
+            let (publisher, t) = (publisher.clone(), t.clone());
+            tokio::spawn(async move {
+                let mut failed = vec![];
+                for i in 0..100 {
+                    if let Err(e) = publisher.publish(&message(&t, format!("c{i}"))).await {
+                        failed.push(format!("c{i}: {e}"));
+                    }
+                }
+                failed
+            })
+        };
+        until("messages are in flight", || seen.distinct() >= 10).await;
+        proxy.cut();
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        release.send_replace(true);
+        let failed = publishing.await.unwrap();
+        assert!(failed.is_empty(), "publishes survive the cut: {failed:?}");
+        until("every message was taken", || seen.distinct() == 100).await;
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        let repeated: Vec<(String, usize)> = seen
+            .counts
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|(_, n)| **n > 1)
+            .map(|(b, n)| (b.clone(), *n))
+            .collect();
+        assert!(
+            repeated.is_empty(),
+            "a message taken while disconnected is acknowledged when the broker sends it again, not handed over again: {repeated:?}"
+        );
+        stop.cancel();
+        sub.close().await;
+        publisher.close().await;
+    }
+
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_retained_message_reaches_a_later_subscriber() {
         let b = broker();
