@@ -9,12 +9,8 @@
 //! oldest one. When the connection drops, rumqttc moves what was still in its channel to its `pending` list
 //! (retransmitted first, and cleared when the broker lost the session), which the task counts into `drained`.
 //!
-//! Received messages are keyed by packet id with the connection generation they arrived on. A message handled
-//! while the connection was down is acknowledged when the broker sends it again (DUP) on the next connection,
-//! not on a connection that never delivered it (where its packet id may mean another message). A message that no
-//! subscription takes yet (the broker resends a persistent session's messages right after CONNACK, before any
-//! SUBSCRIBE) or that a stopping subscription left is parked unacknowledged, and handed to the next subscription
-//! that matches it.
+//! Received messages are keyed by packet id and connection generation (see `inbound`): acknowledged once taken,
+//! on the connection they came on, never twice; parked unacknowledged while no subscription takes them.
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -24,12 +20,13 @@ use bytes::Bytes;
 use futures::future::BoxFuture;
 use rumqttc::{
     AsyncClient, ConnectReturnCode, ConnectionError, Event, EventLoop, MqttOptions, NetworkOptions, Outgoing, Packet,
-    Publish, QoS, Request, StateError, SubscribeFilter, SubscribeReasonCode,
+    QoS, Request, StateError, SubscribeFilter, SubscribeReasonCode,
 };
 use tokio::sync::{Semaphore, oneshot, watch};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
+use super::inbound::InboundEntry;
 use super::{BrokerUrl, Filter, Redelivery, check_topic};
 use crate::components::pubsub::Nack;
 
@@ -46,7 +43,7 @@ const MAX_PUBLISHES: usize = 256;
 /// Received messages with a handler at once, per connection (the broker's in-flight window is usually smaller).
 const MAX_DELIVERIES: usize = 1024;
 /// Received messages held for a subscription that does not exist (yet).
-const MAX_PARKED: usize = 256;
+pub(super) const MAX_PARKED: usize = 256;
 /// rumqttc's window of outgoing packet ids: wide, so ids are not reused while a publish waits.
 const PACKET_IDS: u16 = 10_000;
 /// A connection that lasted this long resets the reconnect backoff.
@@ -89,27 +86,11 @@ enum Tracked {
     Subscribe(Vec<String>),
 }
 
-enum Inbound {
-    /// With a handler.
-    Running,
-    /// The handler took it while the connection it came on was down: acknowledged when it comes again.
-    Taken,
-    /// Not taken by anyone (yet); unacknowledged.
-    Parked(Publish),
-}
-
-struct InboundEntry {
-    id: u64,
-    generation: u64,
-    qos: QoS,
-    state: Inbound,
-}
-
 #[derive(Default)]
-struct State {
-    connected: bool,
+pub(super) struct State {
+    pub(super) connected: bool,
     /// Counts CONNACKs.
-    generation: u64,
+    pub(super) generation: u64,
     next_id: u64,
     /// Handed to the event loop's channel, no `Outgoing` event yet, oldest first.
     sent: VecDeque<Tracked>,
@@ -125,54 +106,19 @@ struct State {
     unconfirmed: Vec<String>,
     /// Callers waiting for a filter's SUBACK.
     sub_waiters: HashMap<String, Vec<Waiter>>,
-    routes: Vec<(u64, Arc<Route>)>,
+    pub(super) routes: Vec<(u64, Arc<Route>)>,
     /// Received QoS 1/2 messages not acknowledged, by packet id.
-    inbound: HashMap<u16, InboundEntry>,
+    pub(super) inbound: HashMap<u16, InboundEntry>,
 }
 
 impl State {
-    fn next_id(&mut self) -> u64 {
+    pub(super) fn next_id(&mut self) -> u64 {
         self.next_id += 1;
         self.next_id
     }
 
     fn next_tracked(&mut self) -> Option<Tracked> {
         self.drained.pop_front().or_else(|| self.sent.pop_front())
-    }
-
-    /// The subscription for `topic`: one subscribed to exactly it, else the first whose filter matches.
-    fn route_for(&self, topic: &str) -> Option<Arc<Route>> {
-        let live = || self.routes.iter().filter(|(_, r)| !r.stop.is_cancelled());
-        live()
-            .find(|(_, r)| r.filter.matcher == topic)
-            .or_else(|| live().find(|(_, r)| r.filter.matches(topic)))
-            .map(|(_, r)| r.clone())
-    }
-
-    fn parked(&self) -> usize {
-        self.inbound
-            .values()
-            .filter(|e| matches!(e.state, Inbound::Parked(_)))
-            .count()
-    }
-
-    /// Holds `p` unacknowledged for a later subscription, unless too many are held already (then it stays
-    /// with the broker only, sent again on the next connection).
-    fn park(&mut self, id: u64, generation: u64, p: Publish) {
-        if self.parked() >= MAX_PARKED {
-            tracing::warn!(topic = %p.topic, "{MAX_PARKED} received messages wait for a subscription already; this one stays unacknowledged until the next connection");
-            self.inbound.remove(&p.pkid);
-            return;
-        }
-        self.inbound.insert(
-            p.pkid,
-            InboundEntry {
-                id,
-                generation,
-                qos: p.qos,
-                state: Inbound::Parked(p),
-            },
-        );
     }
 
     /// Our record of rumqttc's requests disagrees with its events: fail whatever waits, rather than confirm the
@@ -206,14 +152,14 @@ enum Status {
     Closed,
 }
 
-struct Shared {
-    client: AsyncClient,
+pub(super) struct Shared {
+    pub(super) client: AsyncClient,
     client_id: String,
     subscribe_qos: QoS,
     state: Mutex<State>,
     publishes: Semaphore,
-    deliveries: Arc<Semaphore>,
-    closed: CancellationToken,
+    pub(super) deliveries: Arc<Semaphore>,
+    pub(super) closed: CancellationToken,
 }
 
 /// An open connection; dropping it closes it.
@@ -385,7 +331,7 @@ impl Drop for Connection {
 }
 
 impl Shared {
-    fn lock(&self) -> MutexGuard<'_, State> {
+    pub(super) fn lock(&self) -> MutexGuard<'_, State> {
         self.state.lock().unwrap_or_else(|p| p.into_inner())
     }
 
@@ -569,137 +515,6 @@ impl Shared {
         }
     }
 
-    /// A message arrived.
-    async fn incoming(self: &Arc<Self>, p: Publish) {
-        let Ok(permit) = self.deliveries.clone().acquire_owned().await else {
-            return;
-        };
-        if p.qos == QoS::AtMostOnce {
-            match self.lock().route_for(&p.topic) {
-                Some(route) => {
-                    tokio::spawn(self.clone().deliver(route, None, p, permit));
-                }
-                None => tracing::debug!(topic = %p.topic, "no subscription takes this QoS 0 message; dropped"),
-            }
-            return;
-        }
-        let mut s = self.lock();
-        let generation = s.generation;
-        if p.dup
-            && let Some(e) = s.inbound.get_mut(&p.pkid)
-        {
-            // The broker sends again a message we hold: it is acknowledged on this connection.
-            e.generation = generation;
-            match &mut e.state {
-                Inbound::Running => {}
-                Inbound::Parked(old) => *old = p,
-                Inbound::Taken => {
-                    let (sh, id) = (self.clone(), e.id);
-                    tokio::spawn(async move { sh.finish(p.pkid, id, None).await });
-                }
-            }
-            return;
-        }
-        let id = s.next_id();
-        match s.route_for(&p.topic) {
-            Some(route) => {
-                s.inbound.insert(
-                    p.pkid,
-                    InboundEntry {
-                        id,
-                        generation,
-                        qos: p.qos,
-                        state: Inbound::Running,
-                    },
-                );
-                drop(s);
-                tokio::spawn(self.clone().deliver(route, Some(id), p, permit));
-            }
-            None => s.park(id, generation, p),
-        }
-    }
-
-    /// Hands the messages parked for lack of a subscription to `route`, when it matches them.
-    fn hand_parked_to(self: &Arc<Self>, route: &Arc<Route>) {
-        let mut s = self.lock();
-        let mut taken = vec![];
-        for e in s.inbound.values_mut() {
-            if let Inbound::Parked(p) = &e.state
-                && route.filter.matches(&p.topic)
-            {
-                let Inbound::Parked(p) = std::mem::replace(&mut e.state, Inbound::Running) else {
-                    continue;
-                };
-                taken.push((e.id, p));
-            }
-        }
-        drop(s);
-        for (id, p) in taken {
-            let (sh, route) = (self.clone(), route.clone());
-            tokio::spawn(async move {
-                if let Ok(permit) = sh.deliveries.clone().acquire_owned().await {
-                    sh.deliver(route, Some(id), p, permit).await;
-                }
-            });
-        }
-    }
-
-    /// Gives `p` to the route's handler, again while it asks to retry, then acknowledges or parks it.
-    async fn deliver(
-        self: Arc<Self>,
-        route: Arc<Route>,
-        id: Option<u64>,
-        p: Publish,
-        permit: tokio::sync::OwnedSemaphorePermit,
-    ) {
-        let msg = Received {
-            topic: p.topic.clone(),
-            payload: p.payload.clone(),
-            retained: p.retain,
-        };
-        let taken = hand_over(&route, msg, &self.closed).await;
-        drop(permit);
-        if let Some(id) = id {
-            self.finish(p.pkid, id, (!taken).then_some(p)).await;
-        }
-    }
-
-    /// The end of delivery `id` of packet `pkid`: acknowledged if taken (`left` is `None`) on the connection it
-    /// came on, otherwise parked. A packet id that now names a newer message is left alone.
-    async fn finish(&self, pkid: u16, id: u64, mut left: Option<Publish>) {
-        loop {
-            {
-                let mut s = self.lock();
-                let (connected, generation) = (s.connected, s.generation);
-                let Some(e) = s.inbound.get_mut(&pkid) else { return };
-                if e.id != id {
-                    return;
-                }
-                if let Some(p) = left.take() {
-                    let (id, generation) = (e.id, e.generation);
-                    s.inbound.remove(&pkid);
-                    s.park(id, generation, p);
-                    return;
-                }
-                if !connected || e.generation != generation {
-                    e.state = Inbound::Taken;
-                    return;
-                }
-                let mut ack = Publish::new("", e.qos, Vec::new());
-                ack.pkid = pkid;
-                if self.client.try_ack(&ack).is_ok() {
-                    s.inbound.remove(&pkid);
-                    return;
-                }
-            }
-            // The event loop's channel is full: try again shortly.
-            if self.closed.is_cancelled() {
-                return;
-            }
-            tokio::time::sleep(Duration::from_millis(5)).await;
-        }
-    }
-
     /// The task ended: nothing in flight will be confirmed.
     fn shut_down(&self) {
         let mut s = self.lock();
@@ -707,35 +522,6 @@ impl Shared {
         s.fail_outgoing("the connection is closed");
         s.sub_waiters.clear();
         s.routes.clear();
-    }
-}
-
-/// Hands `msg` to the route's handler until it takes it, the retries run out or the subscription stops; answers
-/// whether it was taken.
-async fn hand_over(route: &Route, msg: Received, closed: &CancellationToken) -> bool {
-    let mut attempt = 0u32;
-    loop {
-        if route.stop.is_cancelled() || closed.is_cancelled() {
-            return false;
-        }
-        match (route.deliver)(msg.clone()).await {
-            Ok(()) => return true,
-            Err(Nack::Closing) => return false,
-            Err(Nack::Retry(why)) => {
-                if route.redelivery.max_retries.is_some_and(|max| attempt >= max) {
-                    tracing::warn!(topic = %msg.topic, "the message was not taken after {attempt} retries ({why}); it stays unacknowledged until the next connection");
-                    return false;
-                }
-                let delay = route.redelivery.delay(attempt);
-                attempt += 1;
-                tracing::debug!(topic = %msg.topic, %why, "handing the message over again in {delay:?}");
-                tokio::select! {
-                    _ = route.stop.cancelled() => return false,
-                    _ = closed.cancelled() => return false,
-                    _ = tokio::time::sleep(delay) => {}
-                }
-            }
-        }
     }
 }
 

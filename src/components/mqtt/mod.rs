@@ -2,6 +2,7 @@
 //! filters (`+`, `#`, `$share/<group>/`) and the redelivery policy; the connection itself is in [`connection`].
 
 pub mod connection;
+mod inbound;
 
 use std::time::Duration;
 
