@@ -7,6 +7,7 @@ pub mod http_client;
 pub mod instance;
 pub mod kind;
 pub mod metadata;
+pub mod mqtt;
 pub mod nameresolution;
 pub mod postgres;
 pub mod pubsub;

@@ -48,11 +48,15 @@ impl Registry {
         r.register::<dyn PubSub, _, _>("pubsub.rabbitmq", "v1", pubsub::rabbitmq::build);
         r.register::<dyn PubSub, _, _>("pubsub.redis", "v1", pubsub::redis::build);
         r.register::<dyn PubSub, _, _>("pubsub.sqlite", "v1", pubsub::sqlite::build);
+        r.register::<dyn PubSub, _, _>("pubsub.mqtt3", "v1", pubsub::mqtt::build);
+        r.register::<dyn PubSub, _, _>("pubsub.mqtt", "v1", pubsub::mqtt::build);
         r.register::<dyn Binding, _, _>("bindings.cron", "v1", bindings::cron::build);
         r.register::<dyn Binding, _, _>("bindings.http", "v1", bindings::http::build);
         r.register::<dyn Binding, _, _>("bindings.localstorage", "v1", bindings::localstorage::build);
         r.register::<dyn Binding, _, _>("bindings.rabbitmq", "v1", bindings::rabbitmq::build);
         r.register::<dyn Binding, _, _>("bindings.redis", "v1", bindings::redis::build);
+        r.register::<dyn Binding, _, _>("bindings.mqtt3", "v1", bindings::mqtt::build);
+        r.register::<dyn Binding, _, _>("bindings.mqtt", "v1", bindings::mqtt::build);
         r.register::<dyn Binding, _, _>("bindings.postgresql", "v1", bindings::postgres::build);
         r.register::<dyn Binding, _, _>("bindings.postgres", "v1", bindings::postgres::build);
         r.register::<dyn SecretStore, _, _>("secretstores.local.file", "v1", secretstores::local_file::build);
@@ -160,6 +164,17 @@ mod tests {
                 "nameresolution.sqlite/v1"
             ]
         );
+    }
+
+    #[test]
+    fn mqtt_answers_to_its_old_name_too() {
+        let r = Registry::builtin();
+        for t in ["pubsub.mqtt3", "pubsub.mqtt"] {
+            assert_eq!(r.lookup(t, "v1").unwrap(), Kind::PubSub);
+        }
+        for t in ["bindings.mqtt3", "bindings.mqtt"] {
+            assert_eq!(r.lookup(t, "v1").unwrap(), Kind::Bindings);
+        }
     }
 
     #[tokio::test]

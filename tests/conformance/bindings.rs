@@ -571,3 +571,102 @@ async fn rabbitmq_create_publishes_and_input_reads_back() {
     let _ = ch.close().await;
     let _ = admin.close().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mqtt_create_publishes_and_the_input_reads_and_retries() {
+    let run = uuid::Uuid::new_v4().simple().to_string();
+    let (topic, other) = (format!("conf-{run}"), format!("conf-{run}-other"));
+    let url = "tcp://127.0.0.1:1883";
+    let c = ctx(&[
+        Component::new(
+            "mq",
+            "bindings.mqtt3",
+            &[
+                ("url", url),
+                ("topic", &topic),
+                ("consumerID", &format!("mq-{run}")),
+                ("backOffMaxRetries", "1"),
+            ],
+        ),
+        Component::new(
+            "mq-other",
+            "bindings.mqtt",
+            &[
+                ("url", url),
+                ("topic", &other),
+                ("consumerID", &format!("other-{run}")),
+                ("direction", "input"),
+            ],
+        ),
+    ])
+    .await;
+    let loaded = c.table.loaded(tandem::components::Kind::Bindings, "mq").unwrap();
+    assert_eq!(loaded.instance.capabilities(), ["INPUT_BINDING", "OUTPUT_BINDING"]);
+    let read = |name: &str| {
+        let binding = c.table.get::<dyn Binding>(name).unwrap();
+        let (tx, rx) = tokio::sync::mpsc::unbounded_channel::<Event>();
+        let calls = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let handler: Handler = Arc::new(move |e: Event| {
+            let first = calls.fetch_add(1, std::sync::atomic::Ordering::SeqCst) == 0;
+            let _ = tx.send(e);
+            // The app fails the first event: with backOffMaxRetries 1 it comes once more, 5 s later.
+            Box::pin(async move {
+                if first {
+                    Err("not yet".to_owned())
+                } else {
+                    Ok(Bytes::new())
+                }
+            })
+        });
+        (binding, handler, rx)
+    };
+    let stop = CancellationToken::new();
+    let (mq, handler, mut events) = read("mq");
+    mq.read(handler, stop.clone()).await.unwrap();
+    let (other_binding, other_handler, mut other_events) = read("mq-other");
+    other_binding.read(other_handler, stop.clone()).await.unwrap();
+    assert!(
+        mq.read(Arc::new(|_| Box::pin(async { Ok(Bytes::new()) })), stop.clone())
+            .await
+            .is_err(),
+        "one reader at a time"
+    );
+    assert_eq!(c.ok("mq", req("create", "hello", &[])).await, None);
+    async fn next(rx: &mut tokio::sync::mpsc::UnboundedReceiver<Event>) -> Event {
+        tokio::time::timeout(Duration::from_secs(15), rx.recv())
+            .await
+            .expect("an event within 15 s")
+            .expect("the reader is alive")
+    }
+    let first = next(&mut events).await;
+    assert_eq!(&first.data[..], b"hello");
+    assert_eq!(first.metadata["topic"], topic);
+    let again = next(&mut events).await;
+    assert_eq!(&again.data[..], b"hello", "the failed event comes again");
+    // The request's topic overrides the component's.
+    c.ok("mq", req("create", "elsewhere", &[("topic", &other)])).await;
+    let moved = next(&mut other_events).await;
+    assert_eq!(
+        (&moved.data[..], moved.metadata["topic"].as_str()),
+        (&b"elsewhere"[..], other.as_str())
+    );
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(events.try_recv().is_err(), "nothing else reached the first topic");
+    let f = c.fail("mq", req("create", "x", &[("retain", "perhaps")])).await;
+    assert!(f.error.message.contains("invalid retain"), "{}", f.error.message);
+    let f = c.fail("mq-other", req("create", "x", &[])).await;
+    assert!(
+        f.error.message.contains("couldn't find output binding"),
+        "{}",
+        f.error.message
+    );
+    stop.cancel();
+    // Dapr requires consumerID for this binding.
+    let table = Arc::new(ComponentTable::default());
+    let references = References::new(table.clone(), "conf", "", Mode::Standalone);
+    let err = ComponentLoader::new(Registry::builtin(), table, references, Arc::default(), "conf", "")
+        .load_all(&[Component::new("bad", "bindings.mqtt3", &[("url", url), ("topic", "t")])])
+        .await
+        .unwrap_err();
+    assert!(err.contains("consumerID"), "{err}");
+}

@@ -1,8 +1,8 @@
 //! Pub/sub conformance: every backend through the `PubSub` trait, as the runtime uses it. Durable brokers (SQLite,
-//! Redis Streams on 127.0.0.1:6379, NATS JetStream on 127.0.0.1:4222, RabbitMQ on 127.0.0.1:5672) must also keep
-//! what a subscriber did not take — a retried message comes
-//! again, a stopped subscriber's messages go to the next one, competing consumers of one group share a topic and
-//! separate groups each get everything.
+//! Redis Streams on 127.0.0.1:6379, NATS JetStream on 127.0.0.1:4222, RabbitMQ on 127.0.0.1:5672, MQTT on the
+//! Mosquitto at 127.0.0.1:1883) must also keep what a subscriber did not take — a retried message comes again, a
+//! stopped subscriber's messages go to the next one, competing consumers of one group share a topic and separate
+//! groups each get everything.
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex};
@@ -18,6 +18,8 @@ struct Broker {
     dir: tempfile::TempDir,
     /// JetStream: the streams made for the test's topics.
     streams: Arc<super::jetstream::Streams>,
+    /// Makes this test's MQTT client ids its own (the broker allows one connection per id).
+    run: String,
 }
 
 impl Broker {
@@ -26,6 +28,15 @@ impl Broker {
             backend,
             dir: tempfile::tempdir().unwrap(),
             streams: Arc::default(),
+            run: uuid::Uuid::new_v4().simple().to_string(),
+        }
+    }
+
+    /// Counts deliveries; MQTT 3 carries no metadata, so there the metadata is not checked.
+    fn seen(&self) -> Seen {
+        Seen {
+            metadata_travels: self.backend != "mqtt",
+            ..Seen::default()
         }
     }
 
@@ -57,6 +68,13 @@ impl Broker {
                 vec![("natsURL", super::jetstream::NATS.into()), ("ackWait", "2s".into())],
             ),
             "rabbitmq" => ("pubsub.rabbitmq", rabbitmq_props()),
+            "mqtt" => (
+                "pubsub.mqtt3",
+                vec![
+                    ("url", "tcp://127.0.0.1:1883".into()),
+                    ("consumerID", format!("{group}-{}", self.run)),
+                ],
+            ),
             other => panic!("unknown backend {other}"),
         };
         let md = Metadata::new("ps", group, "", props.into_iter().map(|(k, v)| (k.to_owned(), v)));
@@ -127,8 +145,20 @@ fn message(topic: &str, body: String) -> Message {
 }
 
 /// Counts what a handler took, by body; `answer` decides each delivery (given how often the body came).
-#[derive(Clone, Default)]
-struct Seen(Arc<Mutex<HashMap<String, usize>>>);
+#[derive(Clone)]
+struct Seen {
+    counts: Arc<Mutex<HashMap<String, usize>>>,
+    metadata_travels: bool,
+}
+
+impl Default for Seen {
+    fn default() -> Self {
+        Seen {
+            counts: Arc::default(),
+            metadata_travels: true,
+        }
+    }
+}
 
 impl Seen {
     fn handler(&self, answer: impl Fn(&str, usize) -> Result<(), Nack> + Send + Sync + 'static) -> Handler {
@@ -136,9 +166,11 @@ impl Seen {
         let answer = Arc::new(answer);
         Arc::new(move |m: Message| {
             let body = String::from_utf8_lossy(&m.data).into_owned();
-            assert_eq!(m.metadata.get("k").map(String::as_str), Some("v"), "metadata travels");
+            if seen.metadata_travels {
+                assert_eq!(m.metadata.get("k").map(String::as_str), Some("v"), "metadata travels");
+            }
             let n = {
-                let mut s = seen.0.lock().unwrap();
+                let mut s = seen.counts.lock().unwrap();
                 let n = s.entry(body.clone()).or_default();
                 *n += 1;
                 *n
@@ -149,15 +181,15 @@ impl Seen {
     }
 
     fn distinct(&self) -> usize {
-        self.0.lock().unwrap().len()
+        self.counts.lock().unwrap().len()
     }
 
     fn count(&self, body: &str) -> usize {
-        self.0.lock().unwrap().get(body).copied().unwrap_or(0)
+        self.counts.lock().unwrap().get(body).copied().unwrap_or(0)
     }
 
     fn total(&self) -> usize {
-        self.0.lock().unwrap().values().sum()
+        self.counts.lock().unwrap().values().sum()
     }
 }
 
@@ -189,7 +221,7 @@ async fn subscribe(ps: &Arc<dyn PubSub>, topic: &str, handler: Handler) -> Cance
 async fn every_message_arrives(b: Broker) {
     let ps = b.instance("app").await;
     let t = topic("all");
-    let seen = Seen::default();
+    let seen = b.seen();
     let stop = subscribe(&ps, &t, seen.handler(|_, _| Ok(()))).await;
     for i in 0..500 {
         ps.publish(&message(&t, format!("m{i}"))).await.unwrap();
@@ -210,7 +242,7 @@ async fn every_message_arrives(b: Broker) {
 async fn a_retried_message_comes_again(b: Broker) {
     let ps = b.instance("app").await;
     let t = topic("retry");
-    let seen = Seen::default();
+    let seen = b.seen();
     let stop = subscribe(
         &ps,
         &t,
@@ -235,7 +267,7 @@ async fn a_retried_message_comes_again(b: Broker) {
 async fn a_stopped_subscribers_messages_go_to_the_next(b: Broker) {
     let t = topic("handover");
     let first = b.instance("app").await;
-    let seen = Seen::default();
+    let seen = b.seen();
     // The first subscriber takes nothing: it is stopping.
     let stop = subscribe(&first, &t, seen.handler(|_, _| Err(Nack::Closing))).await;
     for i in 0..20 {
@@ -245,7 +277,7 @@ async fn a_stopped_subscribers_messages_go_to_the_next(b: Broker) {
     stop.cancel();
     first.close().await;
     let second = b.instance("app").await;
-    let taken = Seen::default();
+    let taken = b.seen();
     let stop = subscribe(&second, &t, taken.handler(|_, _| Ok(()))).await;
     until("the next subscriber took every message", || taken.distinct() == 20).await;
     stop.cancel();
@@ -257,7 +289,7 @@ async fn competing_consumers_share_and_groups_fan_out(b: Broker) {
     let t = topic("compete");
     let (a, c) = (b.instance("workers").await, b.instance("workers").await);
     let other = b.instance("auditors").await;
-    let (seen_a, seen_c, seen_other) = (Seen::default(), Seen::default(), Seen::default());
+    let (seen_a, seen_c, seen_other) = (b.seen(), b.seen(), b.seen());
     let stops = [
         subscribe(&a, &t, seen_a.handler(|_, _| Ok(()))).await,
         subscribe(&c, &t, seen_c.handler(|_, _| Ok(()))).await,
@@ -267,7 +299,7 @@ async fn competing_consumers_share_and_groups_fan_out(b: Broker) {
         a.publish(&message(&t, format!("c{i}"))).await.unwrap();
     }
     until("the group took every message", || {
-        let (x, y) = (seen_a.0.lock().unwrap(), seen_c.0.lock().unwrap());
+        let (x, y) = (seen_a.counts.lock().unwrap(), seen_c.counts.lock().unwrap());
         x.keys().chain(y.keys()).collect::<std::collections::HashSet<_>>().len() == 400
     })
     .await;
@@ -435,4 +467,278 @@ async fn rabbitmq_dead_letters_failed_messages() {
     let _ = ch.close().await;
     let _ = admin.close().await;
     rabbitmq_delete(&[queue, dlq], &[&t, &dlx]).await;
+}
+
+// MQTT 3 has no consumer groups: one connection per client id (`consumerID`), so two instances of one group would
+// take the id from each other, and Dapr's component uses no shared subscriptions. Competing consumers there are
+// `$share/<group>/<topic>` subscriptions of distinct client ids, tested in `mqtt_only` below.
+pubsub_suite!(mqtt: every_message_arrives, a_retried_message_comes_again, a_stopped_subscribers_messages_go_to_the_next);
+
+/// What only MQTT has: topic wildcards, shared subscriptions, retained messages, and its metadata checks.
+mod mqtt_only {
+    use super::*;
+    use tandem::components::pubsub::Feature;
+
+    fn broker() -> Broker {
+        Broker::new("mqtt")
+    }
+
+    async fn subscribe_topics(ps: &Arc<dyn PubSub>, filter: &str) -> (CancellationToken, Arc<Mutex<Vec<Message>>>) {
+        let got = Arc::new(Mutex::new(vec![]));
+        let sink = got.clone();
+        let handler: Handler = Arc::new(move |m: Message| {
+            sink.lock().unwrap().push(m);
+            Box::pin(async { Ok(()) })
+        });
+        (subscribe(ps, filter, handler).await, got)
+    }
+
+    fn bodies(got: &Mutex<Vec<Message>>) -> Vec<String> {
+        got.lock()
+            .unwrap()
+            .iter()
+            .map(|m| String::from_utf8_lossy(&m.data).into_owned())
+            .collect()
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn wildcards_match_and_shared_subscriptions_compete() {
+        let b = broker();
+        let t = topic("region");
+        let (a, c, all) = (
+            b.instance("worker-a").await,
+            b.instance("worker-b").await,
+            b.instance("audit").await,
+        );
+        assert_eq!(all.features(), [Feature::SubscribeWildcards]);
+        let shared = format!("$share/workers-{}/{t}/+", b.run);
+        let (stop_a, got_a) = subscribe_topics(&a, &shared).await;
+        let (stop_c, got_c) = subscribe_topics(&c, &shared).await;
+        let (stop_all, got_all) = subscribe_topics(&all, &format!("{t}/#")).await;
+        for i in 0..100 {
+            let region = if i % 2 == 0 { "eu" } else { "us" };
+            all.publish(&message(&format!("{t}/{region}"), format!("w{i}")))
+                .await
+                .unwrap();
+        }
+        // Not matched by `{t}/+`: two levels down.
+        all.publish(&message(&format!("{t}/eu/paris"), "deep".into()))
+            .await
+            .unwrap();
+        until("the plain subscriber got everything", || {
+            got_all.lock().unwrap().len() == 101
+        })
+        .await;
+        until("the shared group took every message", || {
+            got_a.lock().unwrap().len() + got_c.lock().unwrap().len() >= 100
+        })
+        .await;
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        let (mut shared_bodies, in_a) = (bodies(&got_a), got_a.lock().unwrap().len());
+        shared_bodies.extend(bodies(&got_c));
+        assert_eq!(shared_bodies.len(), 100, "each message once in the group");
+        shared_bodies.sort();
+        shared_bodies.dedup();
+        assert_eq!(shared_bodies.len(), 100);
+        assert!(!shared_bodies.contains(&"deep".to_owned()));
+        assert!(0 < in_a && in_a < 100, "both members took a share: {in_a} of 100");
+        // A wildcard subscription sees each message's own topic.
+        let topics: std::collections::BTreeSet<String> =
+            got_all.lock().unwrap().iter().map(|m| m.topic.clone()).collect();
+        assert_eq!(
+            topics,
+            [format!("{t}/eu"), format!("{t}/eu/paris"), format!("{t}/us")].into()
+        );
+        assert!(
+            got_all
+                .lock()
+                .unwrap()
+                .iter()
+                .all(|m| m.metadata["retained"] == "false")
+        );
+        for s in [stop_a, stop_c, stop_all] {
+            s.cancel();
+        }
+        for p in [a, c, all] {
+            p.close().await;
+        }
+    }
+
+    /// A TCP proxy to the broker whose connections can be cut, as a crash or a network failure cuts them (no
+    /// DISCONNECT: the broker keeps the session and what it sent unacknowledged).
+    struct Proxy {
+        url: String,
+        conns: Arc<Mutex<Vec<tokio::task::AbortHandle>>>,
+    }
+
+    impl Proxy {
+        async fn start() -> Proxy {
+            let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+            let url = format!("tcp://{}", listener.local_addr().unwrap());
+            let conns: Arc<Mutex<Vec<tokio::task::AbortHandle>>> = Arc::default();
+            let tracked = conns.clone();
+            tokio::spawn(async move {
+                while let Ok((mut inbound, _)) = listener.accept().await {
+                    let task = tokio::spawn(async move {
+                        if let Ok(mut outbound) = tokio::net::TcpStream::connect("127.0.0.1:1883").await {
+                            let _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound).await;
+                        }
+                    });
+                    tracked.lock().unwrap().push(task.abort_handle());
+                }
+            });
+            Proxy { url, conns }
+        }
+
+        fn cut(&self) {
+            for c in self.conns.lock().unwrap().drain(..) {
+                c.abort();
+            }
+        }
+
+        async fn instance(&self, b: &Broker, group: &str) -> Arc<dyn PubSub> {
+            let md = Metadata::new(
+                "ps",
+                group,
+                "",
+                [
+                    ("url".to_owned(), self.url.clone()),
+                    ("consumerID".to_owned(), format!("{group}-{}", b.run)),
+                ],
+            );
+            Registry::builtin()
+                .build("pubsub.mqtt3", "v1", md)
+                .await
+                .unwrap()
+                .get::<dyn PubSub>()
+                .unwrap()
+        }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_connection_cut_mid_delivery_loses_nothing_and_repeats_nothing() {
+        let (b, proxy) = (broker(), Proxy::start().await);
+        let t = topic("cut");
+        let (publisher, sub) = (proxy.instance(&b, "pub").await, proxy.instance(&b, "sub").await);
+        // The app holds every message until released: those in flight when the connection is cut are taken while
+        // it is down, or after it came back.
+        let (release, gate) = tokio::sync::watch::channel(false);
+        let seen = b.seen();
+        let counts = seen.clone();
+        let handler: Handler = Arc::new(move |m: Message| {
+            let body = String::from_utf8_lossy(&m.data).into_owned();
+            *counts.counts.lock().unwrap().entry(body).or_default() += 1;
+            let mut gate = gate.clone();
+            Box::pin(async move {
+                let _ = gate.wait_for(|open| *open).await;
+                Ok(())
+            })
+        });
+        let stop = subscribe(&sub, &t, handler).await;
+        let publishing = {
+            let (publisher, t) = (publisher.clone(), t.clone());
+            tokio::spawn(async move {
+                let mut failed = vec![];
+                for i in 0..100 {
+                    if let Err(e) = publisher.publish(&message(&t, format!("c{i}"))).await {
+                        failed.push(format!("c{i}: {e}"));
+                    }
+                }
+                failed
+            })
+        };
+        until("messages are in flight", || seen.distinct() >= 10).await;
+        proxy.cut();
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        release.send_replace(true);
+        let failed = publishing.await.unwrap();
+        assert!(failed.is_empty(), "publishes survive the cut: {failed:?}");
+        until("every message was taken", || seen.distinct() == 100).await;
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        let repeated: Vec<(String, usize)> = seen
+            .counts
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|(_, n)| **n > 1)
+            .map(|(b, n)| (b.clone(), *n))
+            .collect();
+        assert!(
+            repeated.is_empty(),
+            "a message taken while disconnected is acknowledged when the broker sends it again, not handed over again: {repeated:?}"
+        );
+        stop.cancel();
+        sub.close().await;
+        publisher.close().await;
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_retained_message_reaches_a_later_subscriber() {
+        let b = broker();
+        let t = topic("retained");
+        let ps = b.instance("app").await;
+        let mut m = message(&t, "last-known".into());
+        m.metadata.insert("retain".into(), "true".into());
+        ps.publish(&m).await.unwrap();
+        let (stop, got) = subscribe_topics(&ps, &t).await;
+        until("the retained message arrived", || !got.lock().unwrap().is_empty()).await;
+        {
+            let got = got.lock().unwrap();
+            assert_eq!(&got[0].data[..], b"last-known");
+            assert_eq!(got[0].metadata["retained"], "true");
+        }
+        stop.cancel();
+        // An empty retained message clears it on the broker.
+        let mut clear = message(&t, String::new());
+        clear.metadata.insert("retain".into(), "true".into());
+        ps.publish(&clear).await.unwrap();
+        m.metadata.insert("retain".into(), "perhaps".into());
+        let err = ps.publish(&m).await.unwrap_err().to_string();
+        assert!(err.contains("invalid retain"), "{err}");
+        ps.close().await;
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn bad_topics_and_bad_metadata_are_refused() {
+        let b = broker();
+        let ps = b.instance("app").await;
+        let err = ps.publish(&message("a/+/b", "x".into())).await.unwrap_err().to_string();
+        assert!(err.contains("wildcard"), "{err}");
+        let handler: Handler = Arc::new(|_| Box::pin(async { Ok(()) }));
+        let err = ps
+            .subscribe(
+                SubscribeRequest {
+                    topic: "a/#/b".into(),
+                    metadata: BTreeMap::new(),
+                },
+                handler,
+                CancellationToken::new(),
+            )
+            .await
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("not an MQTT topic filter"), "{err}");
+        ps.close().await;
+        let err = ps.publish(&message("a", "x".into())).await.unwrap_err();
+        assert_eq!(err, tandem::components::pubsub::PubSubError::Closed);
+        async fn build(props: Vec<(&'static str, &'static str)>) -> String {
+            let md = Metadata::new(
+                "ps",
+                "app",
+                "",
+                props.into_iter().map(|(k, v)| (k.to_owned(), v.to_owned())),
+            );
+            Registry::builtin()
+                .build("pubsub.mqtt", "v1", md)
+                .await
+                .err()
+                .map(|e| e.to_string())
+                .unwrap_or_default()
+        }
+        let err = build(vec![("url", "tcp://127.0.0.1:1883"), ("qos", "3")]).await;
+        assert!(err.contains("\"qos\""), "{err}");
+        // Nothing listens on port 9: the component does not start, and says where it tried.
+        let err = build(vec![("url", "tcp://127.0.0.1:9"), ("consumerID", "nobody")]).await;
+        assert!(err.contains("127.0.0.1:9"), "{err}");
+    }
 }

@@ -6,6 +6,7 @@
 pub mod cron;
 pub mod http;
 pub mod localstorage;
+pub mod mqtt;
 pub mod postgres;
 pub mod rabbitmq;
 pub mod redis;

@@ -4,6 +4,7 @@
 
 pub mod jetstream;
 pub mod memory;
+pub mod mqtt;
 pub mod rabbitmq;
 pub mod redis;
 pub mod sqlite;
