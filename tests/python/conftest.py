@@ -477,3 +477,36 @@ def rss_kb(pid: int) -> int:
         if line.startswith("VmRSS:"):
             return int(line.split()[1])
     return 0
+
+
+# Pub/sub subscriber helpers shared by the broker suites.
+
+def numbers(record) -> list[int]:
+    if not record.exists():
+        return []
+    out = []
+    for line in record.read_text().splitlines():
+        try:
+            out.append(json.loads(json.loads(line)["body"])["data"]["n"])
+        except (ValueError, KeyError, TypeError):
+            pass
+    return out
+
+
+def subscriber_app(tmp_path, name: str, topic: str):
+    subs = tmp_path / f"{name}-subs.json"
+    subs.write_text(json.dumps([{"pubsubname": "pubsub", "topic": topic, "route": "/ok/n"}]))
+    record = tmp_path / f"{name}-record.jsonl"
+    app = start_app("subscriber_http.py", name, tmp_path, env={"SUBSCRIPTIONS": str(subs), "RECORD": str(record)})
+    return app, record
+
+
+def bulk_publish(sc, topic: str, start: int, count: int) -> int:
+    """Publishes {"n": start..start+count} in one bulk call; answers how many the sidecar acknowledged."""
+    entries = [{"entryId": str(i), "event": {"n": i}, "contentType": "application/json"}
+               for i in range(start, start + count)]
+    r = requests.post(sc.url(f"/v1.0-alpha1/publish/bulk/pubsub/{topic}"), json=entries, timeout=30)
+    if r.status_code == 204:
+        return count
+    failed = {f["entryId"] for f in r.json().get("failedEntries", [])}
+    return count - len(failed)

@@ -1,8 +1,6 @@
-"""At-least-once delivery over Redis Streams (`pubsub.redis`), and SQLite for the SIGKILL case, through real
-sidecars:
+"""At-least-once delivery over Redis Streams (`pubsub.redis`) through real sidecars (the SIGKILL no-loss test over
+every broker is in test_pubsub_brokers.py):
 
-* 10,000 messages published while the subscriber's sidecar is killed with SIGKILL mid-delivery and started again:
-  every message the publisher had acknowledged reaches the app (duplicates are allowed; their number is printed);
 * two sidecars of one app id compete for a topic (each message handled by one of them), and when one is killed
   the other, or its replacement, gets what it left;
 * a streaming subscription closed with events unanswered, then opened again, gets every event.
@@ -19,7 +17,8 @@ import uuid
 import pytest
 import requests
 
-from conftest import REDIS_HOST, component, poll_until, redis_available, redis_command, sdk_client, start_app
+from conftest import (REDIS_HOST, bulk_publish, component, numbers, poll_until, redis_available, redis_command,
+                      sdk_client, start_app, subscriber_app)
 
 pytestmark = pytest.mark.skipif(not redis_available(), reason=f"no Redis at {REDIS_HOST}")
 
@@ -30,88 +29,11 @@ def redis_pubsub(**extra: str) -> dict:
     return component("pubsub", "pubsub.redis", md)
 
 
-def numbers(record) -> list[int]:
-    if not record.exists():
-        return []
-    out = []
-    for line in record.read_text().splitlines():
-        try:
-            out.append(json.loads(json.loads(line)["body"])["data"]["n"])
-        except (ValueError, KeyError, TypeError):
-            pass
-    return out
-
-
-def subscriber_app(tmp_path, name: str, topic: str):
-    subs = tmp_path / f"{name}-subs.json"
-    subs.write_text(json.dumps([{"pubsubname": "pubsub", "topic": topic, "route": "/ok/n"}]))
-    record = tmp_path / f"{name}-record.jsonl"
-    app = start_app("subscriber_http.py", name, tmp_path, env={"SUBSCRIPTIONS": str(subs), "RECORD": str(record)})
-    return app, record
-
-
-def bulk_publish(sc, topic: str, start: int, count: int) -> int:
-    """Publishes {"n": start..start+count} in one bulk call; answers how many the sidecar acknowledged."""
-    entries = [{"entryId": str(i), "event": {"n": i}, "contentType": "application/json"}
-               for i in range(start, start + count)]
-    r = requests.post(sc.url(f"/v1.0-alpha1/publish/bulk/pubsub/{topic}"), json=entries, timeout=30)
-    if r.status_code == 204:
-        return count
-    failed = {f["entryId"] for f in r.json().get("failedEntries", [])}
-    return count - len(failed)
-
-
 @pytest.fixture
 def topic():
     t = f"tandem-test-{uuid.uuid4().hex[:10]}"
     yield t
     redis_command("DEL", t)
-
-
-@pytest.mark.parametrize("broker", ["redis", "sqlite"])
-def test_no_acknowledged_message_is_lost_through_a_sigkill(sidecars, tmp_path, topic, broker):
-    total, batch = 10_000, 250
-    app_id = f"killsub-{uuid.uuid4().hex[:6]}"
-    app, record = subscriber_app(tmp_path, "killsub", topic)
-    if broker == "redis":
-        broker_component = redis_pubsub
-    else:
-        # The embedded broker of `tandem run`: one SQLite file both sidecars open.
-        db = str(tmp_path / "pubsub.db")
-        broker_component = lambda: component("pubsub", "pubsub.sqlite", {
-            "connectionString": db, "processingTimeout": "2s", "redeliverInterval": "500ms"})
-    publisher = sidecars.start("killpub", [broker_component()])
-    sub = sidecars.start(app_id, [broker_component()], extra_args=["--app-port", str(app.port)])
-    acknowledged: list[int] = []
-
-    def publish_all():
-        for start in range(0, total, batch):
-            if bulk_publish(publisher, topic, start, batch) == batch:
-                acknowledged.extend(range(start, start + batch))
-            time.sleep(0.02)
-
-    writer = threading.Thread(target=publish_all)
-    writer.start()
-    try:
-        assert poll_until(lambda: len(numbers(record)) >= 2500, 60), "deliveries did not start"
-        sub.proc.kill()  # SIGKILL, mid-delivery: entries read but not yet acknowledged stay pending in Redis
-        sub.proc.wait()
-        delivered_before = len(numbers(record))
-        time.sleep(1)
-        sub = sidecars.start(app_id, [broker_component()], extra_args=["--app-port", str(app.port)])
-    finally:
-        writer.join()
-    assert len(acknowledged) == total, "the publisher's sidecar acknowledged every entry"
-    assert poll_until(lambda: set(numbers(record)) >= set(acknowledged), 120), (
-        f"missing {len(set(acknowledged) - set(numbers(record)))} of {total}"
-    )
-    got = numbers(record)
-    duplicates = len(got) - len(set(got))
-    print(f"\n{broker}: {total} published, {len(set(got))} delivered, {duplicates} duplicates "
-          f"({delivered_before} delivered before the SIGKILL)")
-    assert delivered_before < total, "the kill happened mid-delivery"
-    sub.stop()
-    app.stop()
 
 
 def test_two_sidecars_of_one_app_compete_and_survive_a_kill(sidecars, tmp_path, topic):
