@@ -4,6 +4,7 @@
 pub mod bindings;
 pub mod http_client;
 pub mod instance;
+pub mod kafka;
 pub mod kind;
 pub mod metadata;
 pub mod nameresolution;

@@ -2,6 +2,7 @@
 //! and reads the CloudEvent envelope); it publishes, and delivers a topic's messages to a handler whose verdict it
 //! turns into an ack or a redelivery.
 
+pub mod kafka;
 pub mod memory;
 pub mod redis;
 pub mod sqlite;
