@@ -14,7 +14,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use futures::future::BoxFuture;
 use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext, Rebalance, StreamConsumer};
-use rdkafka::message::{BorrowedMessage, Headers, Message};
+use rdkafka::message::{BorrowedMessage, Message};
 use rdkafka::{ClientContext, TopicPartitionList};
 use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
@@ -50,19 +50,7 @@ impl Delivered {
             key: m.key().map(Bytes::copy_from_slice),
             payload: m.payload().map(Bytes::copy_from_slice),
             timestamp: m.timestamp().to_millis(),
-            headers: m
-                .headers()
-                .map(|h| {
-                    h.iter()
-                        .map(|h| {
-                            (
-                                h.key.to_owned(),
-                                h.value.map(Bytes::copy_from_slice).unwrap_or_default(),
-                            )
-                        })
-                        .collect()
-                })
-                .unwrap_or_default(),
+            headers: headers(m),
         }
     }
 
@@ -97,6 +85,37 @@ impl Delivered {
         }
         md
     }
+}
+
+/// The headers of `m`, names read leniently: rdkafka's own reader panics on a header name that is not UTF-8, and
+/// header names come from whoever produced the message.
+fn headers(m: &BorrowedMessage<'_>) -> Vec<(String, Bytes)> {
+    use rdkafka::bindings as rd;
+    let ok = rd::rd_kafka_resp_err_t::RD_KAFKA_RESP_ERR_NO_ERROR;
+    let mut out = vec![];
+    // SAFETY: `m.ptr()` is a live message for as long as `m` is borrowed; librdkafka owns its headers and the name
+    // (NUL-terminated) and value (`size` bytes) it points to for the message's lifetime; they are only read, and
+    // copied, here.
+    unsafe {
+        let mut hdrs: *mut rd::rd_kafka_headers_t = std::ptr::null_mut();
+        if rd::rd_kafka_message_headers(m.ptr(), &mut hdrs) != ok || hdrs.is_null() {
+            return out;
+        }
+        for i in 0..rd::rd_kafka_header_cnt(hdrs) {
+            let (mut name, mut value, mut size) = (std::ptr::null(), std::ptr::null(), 0usize);
+            if rd::rd_kafka_header_get_all(hdrs, i, &mut name, &mut value, &mut size) != ok || name.is_null() {
+                continue;
+            }
+            let name = std::ffi::CStr::from_ptr(name).to_string_lossy().into_owned();
+            let value = if value.is_null() {
+                Bytes::new()
+            } else {
+                Bytes::copy_from_slice(std::slice::from_raw_parts(value.cast::<u8>(), size))
+            };
+            out.push((name, value));
+        }
+    }
+    out
 }
 
 /// What Go's `url.QueryEscape` escapes: all but letters, digits and `-_.~` (a space becomes `%20` here, `+`
