@@ -183,9 +183,9 @@ impl ConsumerContext for GroupContext {
 type GroupConsumer = StreamConsumer<GroupContext>;
 
 /// Joins `group`, subscribes to `topics` (which must exist) and hands their messages to `handler` until `stop`
-/// or `closed` (the component's) is cancelled. Returns once the group assigned this member its partitions (or, if that takes longer than the session
-/// timeout and some, while it still waits), with the task that reads; the task ends after the consumer left the
-/// group.
+/// or `closed` (the component's) is cancelled. Returns once the group assigned this member its partitions (or,
+/// if that takes longer than the session timeout and some, while it still waits), with the task that reads; the
+/// task ends after the consumer left the group.
 pub async fn start(
     config: Arc<KafkaConfig>,
     group: &str,
