@@ -5,6 +5,7 @@ pub mod amqp;
 pub mod bindings;
 pub mod http_client;
 pub mod instance;
+pub mod kafka;
 pub mod kind;
 pub mod metadata;
 pub mod mqtt;

@@ -46,12 +46,14 @@ impl Registry {
         r.register::<dyn PubSub, _, _>("pubsub.in-memory", "v1", pubsub::memory::build);
         r.register::<dyn PubSub, _, _>("pubsub.jetstream", "v1", pubsub::jetstream::build);
         r.register::<dyn PubSub, _, _>("pubsub.rabbitmq", "v1", pubsub::rabbitmq::build);
+        r.register::<dyn PubSub, _, _>("pubsub.kafka", "v1", pubsub::kafka::build);
         r.register::<dyn PubSub, _, _>("pubsub.redis", "v1", pubsub::redis::build);
         r.register::<dyn PubSub, _, _>("pubsub.sqlite", "v1", pubsub::sqlite::build);
         r.register::<dyn PubSub, _, _>("pubsub.mqtt3", "v1", pubsub::mqtt::build);
         r.register::<dyn PubSub, _, _>("pubsub.mqtt", "v1", pubsub::mqtt::build);
         r.register::<dyn Binding, _, _>("bindings.cron", "v1", bindings::cron::build);
         r.register::<dyn Binding, _, _>("bindings.http", "v1", bindings::http::build);
+        r.register::<dyn Binding, _, _>("bindings.kafka", "v1", bindings::kafka::build);
         r.register::<dyn Binding, _, _>("bindings.localstorage", "v1", bindings::localstorage::build);
         r.register::<dyn Binding, _, _>("bindings.rabbitmq", "v1", bindings::rabbitmq::build);
         r.register::<dyn Binding, _, _>("bindings.redis", "v1", bindings::redis::build);

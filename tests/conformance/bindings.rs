@@ -1,7 +1,7 @@
 //! Bindings conformance: every output backend through the runtime's bindings API (so Dapr's checks and error
 //! messages are exercised too), each operation Dapr documents for it, against the real server where there is
-//! one (Redis on 127.0.0.1:6379, PostgreSQL on 127.0.0.1:5432, RabbitMQ on 127.0.0.1:5672, an HTTP server the
-//! test runs); the input bindings (cron, RabbitMQ) through the trait.
+//! one (Redis on 127.0.0.1:6379, PostgreSQL on 127.0.0.1:5432, RabbitMQ on 127.0.0.1:5672, Kafka on
+//! 127.0.0.1:9092, an HTTP server the test runs); the input bindings (cron, RabbitMQ, Kafka) through the trait.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -13,7 +13,7 @@ use tandem::components::Registry;
 use tandem::components::bindings::{Binding, Event, Handler, InvokeRequest, InvokeResponse};
 use tandem::sidecar::Mode;
 use tandem::sidecar::bindings::{BindingsApi, InvokeFailure};
-use tandem::sidecar::components::{ComponentLoader, ComponentTable, References};
+use tandem::sidecar::components::{ComponentLoader, ComponentTable, Handle, References};
 use tandem::sidecar::metrics::Metrics;
 use tokio_util::sync::CancellationToken;
 
@@ -669,4 +669,99 @@ async fn mqtt_create_publishes_and_the_input_reads_and_retries() {
         .await
         .unwrap_err();
     assert!(err.contains("consumerID"), "{err}");
+}
+
+/// Kafka input binding events, in the order read, as (data, metadata).
+type Read = tokio::sync::mpsc::UnboundedReceiver<(String, BTreeMap<String, String>)>;
+
+/// Starts reading the Kafka input binding `name`; the handler fails every event whose data is `"bad"`.
+async fn read_kafka(c: &Ctx, name: &str, stop: &CancellationToken) -> (Handle<dyn Binding>, Read) {
+    let binding = c.table.get::<dyn Binding>(name).unwrap();
+    let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+    let handler: Handler = Arc::new(move |e: Event| {
+        let data = String::from_utf8_lossy(&e.data).into_owned();
+        let failed = data == r#""bad""#;
+        let _ = tx.send((data, e.metadata));
+        Box::pin(async move {
+            if failed {
+                Err("the app failed".to_owned())
+            } else {
+                Ok(Bytes::new())
+            }
+        })
+    });
+    binding.read(handler, stop.clone()).await.unwrap();
+    (binding, rx)
+}
+
+async fn next(rx: &mut Read) -> (String, BTreeMap<String, String>) {
+    tokio::time::timeout(Duration::from_secs(15), rx.recv())
+        .await
+        .expect("an event within 15s")
+        .expect("reading goes on")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kafka_create_publishes_and_the_input_binding_reads_and_commits() {
+    let topic = format!("conf-{}", uuid::Uuid::new_v4().simple());
+    let group = format!("conf-{}", uuid::Uuid::new_v4().simple());
+    let common = [
+        ("brokers", "127.0.0.1:9092"),
+        ("authType", "none"),
+        ("initialOffset", "oldest"),
+    ];
+    let component = |name: &str, extra: &[(&str, &str)]| {
+        let props: Vec<(&str, &str)> = common.iter().chain(extra).copied().collect();
+        Component::new(name, "bindings.kafka", &props)
+    };
+    let input = [
+        ("topics", topic.as_str()),
+        ("consumerGroup", group.as_str()),
+        ("direction", "input"),
+    ];
+    let c = ctx(&[
+        component("kout", &[("publishTopic", &topic), ("direction", "output")]),
+        component("kin", &input),
+    ])
+    .await;
+    runtime_checks(&c, "kout", "create").await;
+    // One key, so one partition, so read in the order published.
+    for body in [r#""bad""#, r#"{"n":1}"#] {
+        let answer = c
+            .ok("kout", req("create", body, &[("key", "k1"), ("trace", "t1")]))
+            .await;
+        assert_eq!(answer, None);
+    }
+    let f = c.fail("kout", req("create", "x", &[("partitionNumber", "-1")])).await;
+    assert!(
+        f.error.message.contains("partitionNumber must be non-negative"),
+        "{}",
+        f.error.message
+    );
+
+    let stop = CancellationToken::new();
+    let (binding, mut rx) = read_kafka(&c, "kin", &stop).await;
+    let (data, md) = next(&mut rx).await;
+    assert_eq!(data, r#""bad""#);
+    assert_eq!(md["__key"], "k1", "the key metadata keys the message");
+    assert_eq!(md["__topic"], topic);
+    assert_eq!(md["trace"], "t1", "request metadata travels as headers");
+    assert!(
+        md["__offset"].parse::<i64>().is_ok() && md["__partition"].parse::<i32>().is_ok(),
+        "{md:?}"
+    );
+    // As in Dapr, the binding passes over an event the app failed (consumeRetryEnabled is false by default).
+    let (data, _) = next(&mut rx).await;
+    assert_eq!(data, r#"{"n":1}"#);
+    stop.cancel();
+    binding.close().await;
+
+    // The offsets were committed: a new reader of the group starts after what the first one read.
+    c.ok("kout", req("create", r#""late""#, &[("key", "k1")])).await;
+    let again = ctx(&[component("kin2", &input)]).await;
+    let stop = CancellationToken::new();
+    let (binding, mut rx) = read_kafka(&again, "kin2", &stop).await;
+    assert_eq!(next(&mut rx).await.0, r#""late""#);
+    stop.cancel();
+    binding.close().await;
 }

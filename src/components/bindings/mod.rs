@@ -5,6 +5,7 @@
 
 pub mod cron;
 pub mod http;
+pub mod kafka;
 pub mod localstorage;
 pub mod mqtt;
 pub mod postgres;

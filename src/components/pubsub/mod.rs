@@ -3,6 +3,7 @@
 //! turns into an ack or a redelivery.
 
 pub mod jetstream;
+pub mod kafka;
 pub mod memory;
 pub mod mqtt;
 pub mod rabbitmq;
