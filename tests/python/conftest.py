@@ -25,6 +25,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import random
 import signal
 import socket
 import subprocess
@@ -54,8 +55,35 @@ def tandem_bin() -> str:
     return str(Path(target) / "debug" / "tandem")
 
 
+def _ephemeral_low() -> int:
+    try:
+        return int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return 32768
+
+
+_EPHEMERAL_LOW = _ephemeral_low()
+_HANDED_OUT: set[int] = set()
+_PORTS = random.Random()
+
+
 def free_port() -> int:
-    """A port nobody listens on right now (bind to 0, read it, close)."""
+    """A port nobody listens on right now, below the kernel's ephemeral range. A port from bind(0) comes from that
+    range, so between this call and the sidecar's bind any outgoing connection on the machine could take it as its
+    local port (seen: "Address already in use" once the suites opened thousands of broker connections); below the
+    range only a listener can, and each port is handed out once per test run."""
+    low = 20000 if _EPHEMERAL_LOW > 21000 else 1024
+    for _ in range(1000):
+        port = _PORTS.randrange(low, _EPHEMERAL_LOW)
+        if port in _HANDED_OUT or port in (25672,):  # 25672: RabbitMQ's distribution port
+            continue
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+            try:
+                s.bind(("0.0.0.0", port))
+            except OSError:
+                continue
+        _HANDED_OUT.add(port)
+        return port
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
