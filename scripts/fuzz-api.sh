@@ -75,12 +75,30 @@ spec:
 YAML
 echo '{"db-password": "s3cret", "nested": {"user": "u", "pass": "p"}}' >"$work/secrets.json"
 
-free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'; }
-port="$(free_port)"
+# Four distinct free ports below the kernel's ephemeral range: a bind(0) port comes from that range, where any
+# outgoing connection could take it as its local port before the sidecar binds it (as tests/python/conftest.py).
+read -r port grpc_port internal_port metrics_port < <(python3 - <<'PY'
+import random, socket
+low = int(open("/proc/sys/net/ipv4/ip_local_port_range").read().split()[0])
+floor = 20000 if low > 21000 else 1024
+picked = []
+while len(picked) < 4:
+    p = random.randrange(floor, low)
+    if p in picked or p == 25672:
+        continue
+    with socket.socket() as s:
+        try:
+            s.bind(("0.0.0.0", p))
+        except OSError:
+            continue
+    picked.append(p)
+print(*picked)
+PY
+)
 token="fuzz-$RANDOM$RANDOM"
 DAPR_API_TOKEN="$token" NO_COLOR=1 "$bin" sidecar --app-id api-fuzz --resources-path "$work/resources" \
-  --dapr-http-port "$port" --dapr-grpc-port "$(free_port)" --dapr-internal-grpc-port "$(free_port)" \
-  --metrics-port "$(free_port)" --log-level info >"$work/sidecar.log" 2>&1 &
+  --dapr-http-port "$port" --dapr-grpc-port "$grpc_port" --dapr-internal-grpc-port "$internal_port" \
+  --metrics-port "$metrics_port" --log-level info >"$work/sidecar.log" 2>&1 &
 pid=$!
 
 base="http://127.0.0.1:$port"
