@@ -1,9 +1,13 @@
-//! Pub/sub benchmark (prints figures; not a test): publish -> deliver through one tandem sidecar for
-//! pubsub.in-memory, pubsub.sqlite and pubsub.redis — publish throughput and latency, delivery throughput and
+//! Pub/sub benchmark (prints figures; not a test): publish -> deliver through one tandem sidecar for every
+//! pub/sub backend whose broker answers here — pubsub.in-memory, pubsub.sqlite, pubsub.redis, pubsub.rabbitmq,
+//! pubsub.jetstream, pubsub.mqtt3 and pubsub.kafka — publish throughput and latency, delivery throughput and
 //! end-to-end latency (publish call to the app's handler) — beside the baseline of the same HTTP POST straight to
 //! the app, measured in the same run; then bulk publish throughput (batches of 10 and 100) to in-memory.
 //!
-//!     cargo bench --bench pubsub        # BENCH_SECONDS=3 BENCH_CONCURRENCY=16; needs Redis on 127.0.0.1:6379
+//!     cargo bench --bench pubsub        # BENCH_SECONDS=3 BENCH_CONCURRENCY=16; BENCH_BROKERS=redis,kafka picks
+//!
+//! Brokers on 127.0.0.1: Redis 6379, RabbitMQ 5672 (guest/guest), NATS JetStream 4222, Mosquitto 1883, a Kafka
+//! broker 9092; one that does not answer gets a row saying so. Every run publishes to a topic of its own.
 //!
 //! The subscriber app is in this process: a hyper HTTP/1 server answering `GET /dapr/subscribe` and taking each
 //! event (204). Events carry their publish time; the app records when each arrived.
@@ -39,23 +43,23 @@ struct Received {
     latencies: Mutex<Vec<Duration>>,
 }
 
-const SUBSCRIPTIONS: &str = r#"[{"pubsubname":"pubsub","topic":"bench","route":"/events"}]"#;
-
-/// The app: lists one subscription and records the end-to-end latency of every event (the `t` in its data).
-async fn serve_app(port: u16, received: Arc<Received>) {
+/// The app: lists one subscription (to `topic`) and records the end-to-end latency of every event (the `t` in its
+/// data).
+async fn serve_app(port: u16, received: Arc<Received>, topic: String) {
+    let subscriptions = Bytes::from(format!(
+        r#"[{{"pubsubname":"pubsub","topic":"{topic}","route":"/events"}}]"#
+    ));
     let listener = tokio::net::TcpListener::bind(("127.0.0.1", port)).await.unwrap();
     loop {
         let (stream, _) = listener.accept().await.unwrap();
         let _ = stream.set_nodelay(true);
-        let received = received.clone();
+        let (received, subscriptions) = (received.clone(), subscriptions.clone());
         tokio::spawn(async move {
             let svc = service_fn(move |req: hyper::Request<Incoming>| {
-                let received = received.clone();
+                let (received, subscriptions) = (received.clone(), subscriptions.clone());
                 async move {
                     if req.uri().path() == "/dapr/subscribe" {
-                        return Ok::<_, Infallible>(hyper::Response::new(Full::new(Bytes::from_static(
-                            SUBSCRIPTIONS.as_bytes(),
-                        ))));
+                        return Ok::<_, Infallible>(hyper::Response::new(Full::new(subscriptions)));
                     }
                     let body = req
                         .into_body()
@@ -138,21 +142,67 @@ fn ms(d: Duration) -> String {
     format!("{:.2}", d.as_secs_f64() * 1e3)
 }
 
-fn component(dir: &std::path::Path, backend: &str) -> std::path::PathBuf {
+/// The port each backend's broker answers on; `None` for the backends inside the sidecar.
+fn broker_port(backend: &str) -> Option<u16> {
+    match backend {
+        "redis" => Some(6379),
+        "rabbitmq" => Some(5672),
+        "jetstream" => Some(4222),
+        "mqtt3" => Some(1883),
+        "kafka" => Some(9092),
+        _ => None,
+    }
+}
+
+fn component(dir: &std::path::Path, backend: &str, run: &str) -> std::path::PathBuf {
     let res = dir.join(backend);
     std::fs::create_dir_all(&res).unwrap();
+    let md = |pairs: &[(&str, String)]| -> String {
+        pairs
+            .iter()
+            .map(|(k, v)| format!("  - name: {k}\n    value: \"{v}\"\n"))
+            .collect()
+    };
     let (type_, md) = match backend {
         "in-memory" => ("pubsub.in-memory", String::new()),
         "sqlite" => (
             "pubsub.sqlite",
-            format!(
-                "  - name: connectionString\n    value: {}\n",
-                dir.join("pubsub.db").display()
-            ),
+            md(&[("connectionString", dir.join("pubsub.db").display().to_string())]),
         ),
-        "redis" => (
-            "pubsub.redis",
-            "  - name: redisHost\n    value: 127.0.0.1:6379\n".to_owned(),
+        "redis" => ("pubsub.redis", md(&[("redisHost", "127.0.0.1:6379".into())])),
+        // Persistent messages in a durable queue: the setup that loses nothing (Dapr's defaults do not persist).
+        "rabbitmq" => (
+            "pubsub.rabbitmq",
+            md(&[
+                ("connectionString", "amqp://guest:guest@127.0.0.1:5672".into()),
+                ("durable", "true".into()),
+                ("deliveryMode", "2".into()),
+            ]),
+        ),
+        "jetstream" => (
+            "pubsub.jetstream",
+            md(&[
+                ("natsURL", "nats://127.0.0.1:4222".into()),
+                ("concurrencyMode", "parallel".into()),
+            ]),
+        ),
+        // A client id of its own: a session another run left must not hand its messages to this one.
+        "mqtt3" => (
+            "pubsub.mqtt3",
+            md(&[
+                ("url", "tcp://127.0.0.1:1883".into()),
+                ("qos", "1".into()),
+                ("consumerID", format!("bench-{run}")),
+            ]),
+        ),
+        "kafka" => (
+            "pubsub.kafka",
+            md(&[
+                ("brokers", "127.0.0.1:9092".into()),
+                ("authType", "none".into()),
+                ("initialOffset", "oldest".into()),
+                ("consumerGroup", format!("bench-{run}")),
+            ]),
         ),
         other => panic!("{other}"),
     };
@@ -166,6 +216,37 @@ fn component(dir: &std::path::Path, backend: &str) -> std::path::PathBuf {
     res
 }
 
+/// What a broker needs before a run (JetStream: a stream holding the topic, as Dapr requires) and after it.
+async fn prepare(backend: &str, topic: &str) {
+    if backend == "jetstream" {
+        let js = async_nats::jetstream::new(async_nats::connect("nats://127.0.0.1:4222").await.unwrap());
+        js.create_stream(async_nats::jetstream::stream::Config {
+            name: topic.to_owned(),
+            subjects: vec![topic.to_owned()],
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    }
+}
+
+async fn clean_up(backend: &str, topic: &str) {
+    match backend {
+        "redis" => {
+            let _ = tokio::process::Command::new("redis-cli")
+                .args(["DEL", topic])
+                .output()
+                .await;
+        }
+        "jetstream" => {
+            if let Ok(c) = async_nats::connect("nats://127.0.0.1:4222").await {
+                let _ = async_nats::jetstream::new(c).delete_stream(topic).await;
+            }
+        }
+        _ => {}
+    }
+}
+
 #[tokio::main]
 async fn main() {
     let secs = env("BENCH_SECONDS", 3);
@@ -176,7 +257,7 @@ async fn main() {
 
     let received = Arc::new(Received::default());
     let app_port = free_port();
-    tokio::spawn(serve_app(app_port, received.clone()));
+    tokio::spawn(serve_app(app_port, received.clone(), "baseline".to_owned()));
     tokio::time::sleep(Duration::from_millis(100)).await;
     let url = format!("http://127.0.0.1:{app_port}/events");
     let (_, rate, p) = post_loop(&client, &url, workers, secs, "application/json", None, None).await;
@@ -190,19 +271,61 @@ async fn main() {
         "| broker | publish msg/s (closed loop) | delivered msg/s until drained | at 1000 msg/s: publish p50 / p99 ms | end-to-end p50 / p99 ms | sidecar RSS |"
     );
     println!("|---|---|---|---|---|---|");
-    for backend in ["in-memory", "sqlite", "redis"] {
-        if backend == "redis" {
-            let _ = tokio::process::Command::new("redis-cli")
-                .args(["DEL", "bench"])
-                .output()
-                .await;
+    let run = format!("{}-{}", std::process::id(), now_ns() % 1_000_000_000);
+    let wanted = std::env::var("BENCH_BROKERS").unwrap_or_default();
+    for backend in [
+        "in-memory",
+        "sqlite",
+        "redis",
+        "rabbitmq",
+        "jetstream",
+        "mqtt3",
+        "kafka",
+    ] {
+        if !wanted.is_empty() && !wanted.split(',').any(|w| w.trim() == backend) {
+            continue;
         }
+        if let Some(port) = broker_port(backend)
+            && tokio::net::TcpStream::connect(("127.0.0.1", port)).await.is_err()
+        {
+            println!("| {backend} | skipped: no broker answers on 127.0.0.1:{port} | | | | |");
+            continue;
+        }
+        let topic = format!("bench-{run}");
+        prepare(backend, &topic).await;
         let received = Arc::new(Received::default());
         let app_port = free_port();
-        tokio::spawn(serve_app(app_port, received.clone()));
-        let (mut sidecar, http) = start_sidecar(&component(dir.path(), backend), Some(app_port));
+        tokio::spawn(serve_app(app_port, received.clone(), topic.clone()));
+        let (mut sidecar, http) = start_sidecar(&component(dir.path(), backend, &run), Some(app_port));
         wait_ready(&client, http).await;
-        let url = format!("http://127.0.0.1:{http}/v1.0/publish/pubsub/bench");
+        let url = format!("http://127.0.0.1:{http}/v1.0/publish/pubsub/{topic}");
+        // Subscriptions with a broker are made after the sidecar is ready; a message published before would be
+        // lost to a broker that keeps nothing for topics nobody subscribes to (RabbitMQ, MQTT), so one probe is
+        // sent until one arrives.
+        let probed = async {
+            loop {
+                let probe = hyper::Request::post(url.as_str())
+                    .header("content-type", "application/json")
+                    .body(payload())
+                    .unwrap();
+                if let Ok(resp) = client.request(probe).await {
+                    let _ = resp.into_body().collect().await;
+                }
+                tokio::time::sleep(Duration::from_millis(200)).await;
+                if received.count.load(Ordering::Relaxed) > 0 {
+                    break;
+                }
+            }
+        };
+        if tokio::time::timeout(Duration::from_secs(30), probed).await.is_err() {
+            println!("| {backend} | no message arrived within 30 s of subscribing | | | | |");
+            let _ = sidecar.kill().await;
+            clean_up(backend, &topic).await;
+            continue;
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        received.count.store(0, Ordering::Relaxed);
+        received.latencies.lock().unwrap().clear();
         // Throughput: publish as fast as the publishers can, then until every message is delivered.
         let started = Instant::now();
         let (published, rate, _) = post_loop(&client, &url, workers, secs, "application/json", None, None).await;
@@ -237,12 +360,13 @@ async fn main() {
             ms(e2e.p99)
         );
         let _ = sidecar.kill().await;
+        clean_up(backend, &topic).await;
     }
 
     // Bulk publish to in-memory with no subscriber, as Dapr's published bulk figures are measured.
     println!("\n| bulk publish to in-memory, {workers} workers | requests/s | messages/s | p50 / p99 ms |");
     println!("|---|---|---|---|");
-    let res = component(dir.path(), "in-memory");
+    let res = component(dir.path(), "in-memory", &run);
     let (mut sidecar, http) = start_sidecar(&res, None);
     wait_ready(&client, http).await;
     for batch in [10usize, 100] {
