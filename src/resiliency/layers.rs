@@ -11,6 +11,7 @@ use super::{Policy, PolicyError, Retryable, Status};
 use crate::components::Instance;
 use crate::components::Kind;
 use crate::components::bindings::{Binding, BindingError, Directions, Handler, InvokeRequest, InvokeResponse};
+use crate::components::pubsub::{self, BulkEntry, FailedEntry, Message, PubSub, PubSubError, SubscribeRequest};
 use crate::components::secretstores::{Secret, SecretError, SecretStore};
 use crate::components::state::{
     DeleteRequest, Feature, Query, QueryResponse, SetRequest, StateError, StateItem, StateStore, TransactionOp,
@@ -22,6 +23,7 @@ pub fn outbound(instance: Instance, policy: Policy) -> Instance {
         Kind::State => instance.map::<dyn StateStore>(|inner| Arc::new(ResilientState { inner, policy })),
         Kind::SecretStore => instance.map::<dyn SecretStore>(|inner| Arc::new(ResilientSecrets { inner, policy })),
         Kind::Bindings => instance.map::<dyn Binding>(|inner| Arc::new(ResilientBinding { inner, policy })),
+        Kind::PubSub => instance.map::<dyn PubSub>(|inner| Arc::new(ResilientPubSub { inner, policy })),
         other => {
             tracing::warn!(kind = %other, policy = %policy.name(), "resiliency policies do not apply to {other} components yet");
             instance
@@ -153,6 +155,83 @@ impl Binding for ResilientBinding {
     async fn read(&self, handler: Handler, stop: tokio_util::sync::CancellationToken) -> Result<(), BindingError> {
         self.inner.read(handler, stop).await
     }
+    async fn close(&self) {
+        self.inner.close().await
+    }
+}
+
+impl Retryable for PubSubError {
+    fn is_permanent(&self) -> bool {
+        matches!(self, PubSubError::Closed)
+    }
+}
+
+/// A pub/sub whose publishing runs under a policy (delivery to the app is the inbound policy's).
+struct ResilientPubSub {
+    inner: Arc<dyn PubSub>,
+    policy: Policy,
+}
+
+#[async_trait]
+impl PubSub for ResilientPubSub {
+    fn features(&self) -> &'static [pubsub::Feature] {
+        self.inner.features()
+    }
+
+    async fn publish(&self, msg: &Message) -> Result<(), PubSubError> {
+        self.policy
+            .run(every_response_succeeds, || self.inner.publish(msg))
+            .await
+            .map_err(|e| flatten(e, PubSubError::Backend))
+    }
+
+    /// The backend's own bulk publish; a retry publishes again only the entries that failed. When the policy
+    /// gives up on a timeout or an open breaker, every entry not yet published is reported failed.
+    async fn bulk_publish(&self, entries: &[BulkEntry]) -> Vec<FailedEntry> {
+        let pending = std::sync::Mutex::new((entries.to_vec(), Vec::<FailedEntry>::new()));
+        let (shared, inner) = (&pending, &self.inner);
+        let attempt = move || async move {
+            let todo = shared.lock().unwrap_or_else(|p| p.into_inner()).0.clone();
+            let failed = inner.bulk_publish(&todo).await;
+            if failed.is_empty() {
+                return Ok(());
+            }
+            let ids: std::collections::HashSet<&str> = failed.iter().map(|f| f.entry_id.as_str()).collect();
+            let again: Vec<BulkEntry> = todo
+                .iter()
+                .filter(|e| ids.contains(e.entry_id.as_str()))
+                .cloned()
+                .collect();
+            let error = PubSubError::Backend(format!("{} of {} entries failed", failed.len(), todo.len()));
+            *shared.lock().unwrap_or_else(|p| p.into_inner()) = (again, failed);
+            Err(error)
+        };
+        let outcome = self.policy.run(every_response_succeeds, attempt).await;
+        let (todo, failed) = pending.into_inner().unwrap_or_else(|p| p.into_inner());
+        match outcome {
+            Ok(()) => vec![],
+            Err(PolicyError::Op(_)) => failed,
+            Err(other) => {
+                let error = flatten(other, PubSubError::Backend).to_string();
+                todo.into_iter()
+                    .map(|e| FailedEntry {
+                        entry_id: e.entry_id,
+                        error: error.clone(),
+                    })
+                    .collect()
+            }
+        }
+    }
+
+    async fn subscribe(
+        &self,
+        req: SubscribeRequest,
+        handler: pubsub::Handler,
+        stop: tokio_util::sync::CancellationToken,
+    ) -> Result<(), PubSubError> {
+        self.inner.subscribe(req, handler, stop).await
+    }
+
     async fn close(&self) {
         self.inner.close().await
     }
@@ -330,5 +409,94 @@ spec:
         ))
         .unwrap_err();
         assert_eq!(err.field, "spec.targets.components.store.outbound.retry");
+    }
+
+    /// A broker that refuses each entry the first `refusals` times it is published, and records every attempt.
+    #[derive(Default)]
+    struct Refusing {
+        refusals: u32,
+        attempts: std::sync::Mutex<Vec<String>>,
+    }
+
+    #[async_trait]
+    impl PubSub for Refusing {
+        fn features(&self) -> &'static [pubsub::Feature] {
+            &[]
+        }
+        async fn publish(&self, msg: &Message) -> Result<(), PubSubError> {
+            let body = String::from_utf8_lossy(&msg.data).into_owned();
+            let mut attempts = self.attempts.lock().unwrap();
+            attempts.push(body.clone());
+            let tries = attempts.iter().filter(|a| **a == body).count() as u32;
+            if body.starts_with("bad") && tries <= self.refusals {
+                return Err(PubSubError::Backend("broker unavailable".into()));
+            }
+            Ok(())
+        }
+        async fn subscribe(
+            &self,
+            _: SubscribeRequest,
+            _: pubsub::Handler,
+            _: tokio_util::sync::CancellationToken,
+        ) -> Result<(), PubSubError> {
+            Ok(())
+        }
+    }
+
+    fn layered_pubsub(refusals: u32) -> (Arc<Refusing>, Arc<dyn PubSub>) {
+        let broker = Arc::new(Refusing {
+            refusals,
+            ..Default::default()
+        });
+        let policy = resiliency(&RETRY_STORE.replace("store:", "broker:"))
+            .component_outbound("broker", Kind::PubSub)
+            .expect("a policy");
+        let instance = outbound(Instance::new::<dyn PubSub>(broker.clone()), policy);
+        (broker, instance.get::<dyn PubSub>().unwrap())
+    }
+
+    fn entries(bodies: &[&str]) -> Vec<BulkEntry> {
+        bodies
+            .iter()
+            .map(|b| BulkEntry {
+                entry_id: format!("id-{b}"),
+                message: Message {
+                    data: bytes::Bytes::from(b.to_string()),
+                    ..Default::default()
+                },
+            })
+            .collect()
+    }
+
+    #[tokio::test]
+    async fn publishing_is_retried_under_the_components_policy() {
+        let (broker, pubsub) = layered_pubsub(2);
+        let msg = &entries(&["bad"])[0].message;
+        pubsub.publish(msg).await.unwrap();
+        assert_eq!(broker.attempts.lock().unwrap().len(), 3);
+        let (_, pubsub) = layered_pubsub(10);
+        let err = pubsub.publish(msg).await.unwrap_err();
+        assert_eq!(err, PubSubError::Backend("broker unavailable".into()));
+    }
+
+    #[tokio::test]
+    async fn a_bulk_retry_publishes_only_the_entries_that_failed() {
+        let (broker, pubsub) = layered_pubsub(1);
+        let failed = pubsub.bulk_publish(&entries(&["a", "bad1", "b", "bad2"])).await;
+        assert_eq!(failed, vec![]);
+        let mut attempts = broker.attempts.lock().unwrap().clone();
+        attempts.sort();
+        assert_eq!(attempts, ["a", "b", "bad1", "bad1", "bad2", "bad2"]);
+
+        // Retries exhausted (3): the entries still failing are reported, with the broker's error.
+        let (_, pubsub) = layered_pubsub(10);
+        let failed = pubsub.bulk_publish(&entries(&["a", "bad1"])).await;
+        assert_eq!(
+            failed,
+            vec![FailedEntry {
+                entry_id: "id-bad1".into(),
+                error: "broker unavailable".into()
+            }]
+        );
     }
 }
