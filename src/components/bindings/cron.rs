@@ -3,14 +3,17 @@
 //! `?` for `*`, and the descriptors `@yearly`/`@annually`, `@monthly`, `@weekly`, `@daily`/`@midnight`, `@hourly`
 //! and `@every <duration>`. The first tick comes one interval after reading starts. Each tick reaches the app as
 //! an event with no body and the metadata `timeZone` and `readTimeUTC`; a tick the app failed is not repeated.
-//! Schedules are evaluated in UTC; a `TZ=`/`CRON_TZ=` prefix other than UTC is refused at start rather than
-//! silently read as UTC.
+//! Schedules are evaluated in the machine's local time zone (the `TZ` variable, else `/etc/localtime`), as Dapr
+//! evaluates them in Go's `time.Local`, or in the zone a `TZ=`/`CRON_TZ=` prefix names (`CRON_TZ=Europe/Paris
+//! 0 9 * * *`), read from the system's tz database. A wall-clock time that a daylight-saving change skips does not
+//! fire that day; one it repeats fires once, at its first occurrence.
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
-use time::{Date, Month, OffsetDateTime, PrimitiveDateTime, Time};
+use jiff::tz::{AmbiguousOffset, TimeZone};
+use time::{Date, Month, OffsetDateTime, PrimitiveDateTime, Time, UtcOffset};
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 
@@ -121,9 +124,11 @@ pub enum Schedule {
 }
 
 /// The six fields as bit sets (bit n set: value n matches). `dom_star`/`dow_star`: the field was `*` or `?`
-/// (then a day matches when both day fields match; otherwise when either does, as in Vixie cron).
+/// (then a day matches when both day fields match; otherwise when either does, as in Vixie cron). `zone`: where
+/// the fields are read.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Fields {
+    zone: TimeZone,
     second: u64,
     minute: u64,
     hour: u64,
@@ -140,16 +145,19 @@ const MONTHS: [&str; 12] = [
 const DAYS: [&str; 7] = ["sun", "mon", "tue", "wed", "thu", "fri", "sat"];
 
 impl Schedule {
+    /// `spec` read in the machine's local time zone unless it names one.
     pub fn parse(spec: &str) -> Result<Schedule, String> {
+        Schedule::parse_in(spec, TimeZone::system())
+    }
+
+    /// `spec` read in `zone` unless it names one.
+    pub fn parse_in(spec: &str, zone: TimeZone) -> Result<Schedule, String> {
         let mut spec = spec.trim();
+        let mut zone = zone;
         for prefix in ["TZ=", "CRON_TZ="] {
             if let Some(rest) = spec.strip_prefix(prefix) {
-                let (zone, rest) = rest.split_once(char::is_whitespace).unwrap_or((rest, ""));
-                if !matches!(zone, "UTC" | "Etc/UTC" | "Etc/GMT" | "GMT" | "Zulu" | "Etc/Zulu") {
-                    return Err(format!(
-                        "time zone {zone}: tandem evaluates schedules in UTC only; write the schedule in UTC"
-                    ));
-                }
+                let (name, rest) = rest.split_once(char::is_whitespace).unwrap_or((rest, ""));
+                zone = TimeZone::get(name).map_err(|e| format!("provided bad location {name}: {e}"))?;
                 spec = rest.trim();
             }
         }
@@ -174,7 +182,7 @@ impl Schedule {
                     return Ok(Schedule::Every(d));
                 }
             };
-            return Schedule::parse(fields);
+            return Schedule::parse_in(fields, zone);
         }
         let parts: Vec<&str> = spec.split_whitespace().collect();
         let parts: Vec<&str> = match parts.len() {
@@ -185,6 +193,7 @@ impl Schedule {
         let (dom, dom_star) = field(parts[3], 1, 31, &[])?;
         let (dow, dow_star) = field(parts[5], 0, 6, &DAYS)?;
         Ok(Schedule::Fields(Fields {
+            zone,
             second: field(parts[0], 0, 59, &[])?.0,
             minute: field(parts[1], 0, 59, &[])?.0,
             hour: field(parts[2], 0, 23, &[])?.0,
@@ -216,12 +225,58 @@ impl Fields {
         }
     }
 
+    /// The first instant after `after` whose wall-clock time in the zone matches: wall-clock times are searched
+    /// from the one after `after`'s, and each match is kept if the zone has an instant for it after `after`.
     fn next(&self, after: OffsetDateTime) -> Option<OffsetDateTime> {
-        let after = after.to_offset(time::UtcOffset::UTC);
+        let offset = self
+            .zone
+            .to_offset(jiff::Timestamp::from_second(after.unix_timestamp()).ok()?);
+        let local = after.to_offset(UtcOffset::from_whole_seconds(offset.seconds()).ok()?);
+        let mut from = PrimitiveDateTime::new(local.date(), local.time());
+        let limit = from.year() + 5;
+        while from.year() <= limit {
+            let t = self.next_wall_clock(from, limit)?;
+            if let Some(at) = self.instant(t, after) {
+                return Some(at);
+            }
+            from = t;
+        }
+        None
+    }
+
+    /// The first instant after `after` at which the zone's clocks show `t`: none when a daylight-saving change
+    /// skips `t`, the first of two when it repeats `t`.
+    fn instant(&self, t: PrimitiveDateTime, after: OffsetDateTime) -> Option<OffsetDateTime> {
+        let civil = jiff::civil::DateTime::new(
+            t.year().try_into().ok()?,
+            u8::from(t.month()) as i8,
+            t.day() as i8,
+            t.hour() as i8,
+            t.minute() as i8,
+            t.second() as i8,
+            0,
+        )
+        .ok()?;
+        let offsets = match self.zone.to_ambiguous_timestamp(civil).offset() {
+            AmbiguousOffset::Unambiguous { offset } => vec![offset],
+            AmbiguousOffset::Gap { .. } => vec![],
+            AmbiguousOffset::Fold { before, after } => vec![before, after],
+        };
+        offsets
+            .into_iter()
+            .filter_map(|o| {
+                Some(
+                    t.assume_offset(UtcOffset::from_whole_seconds(o.seconds()).ok()?)
+                        .to_offset(UtcOffset::UTC),
+                )
+            })
+            .find(|at| *at > after)
+    }
+
+    /// The first wall-clock time after `from` (ignoring its fraction) that the fields match, up to year `limit`.
+    fn next_wall_clock(&self, from: PrimitiveDateTime, limit: i32) -> Option<PrimitiveDateTime> {
         // The next whole second.
-        let start = after.replace_nanosecond(0).ok()? + time::Duration::SECOND;
-        let mut t = PrimitiveDateTime::new(start.date(), start.time());
-        let limit = t.year() + 5;
+        let mut t = from.replace_nanosecond(0).ok()? + time::Duration::SECOND;
         'search: while t.year() <= limit {
             while self.month & (1 << u8::from(t.month())) == 0 {
                 let (y, m) = match t.month() {
@@ -261,7 +316,7 @@ impl Fields {
                     continue 'search;
                 }
             }
-            return Some(t.assume_utc());
+            return Some(t);
         }
         None
     }
@@ -329,8 +384,13 @@ mod tests {
         .assume_utc()
     }
 
+    /// `spec` read in UTC unless it names a zone (the tests must not depend on the machine's zone).
+    fn parse_utc(spec: &str) -> Result<Schedule, String> {
+        Schedule::parse_in(spec, TimeZone::UTC)
+    }
+
     fn next(spec: &str, from: OffsetDateTime) -> OffsetDateTime {
-        Schedule::parse(spec).unwrap().next(from).unwrap()
+        parse_utc(spec).unwrap().next(from).unwrap()
     }
 
     #[test]
@@ -358,6 +418,42 @@ mod tests {
     }
 
     #[test]
+    fn a_named_zone_reads_the_fields_on_its_clocks() {
+        // Paris is UTC+1 in winter and UTC+2 in summer.
+        assert_eq!(
+            next("CRON_TZ=Europe/Paris 0 0 9 * * *", at(2026, 12, 6, 0, 0, 0)),
+            at(2026, 12, 6, 8, 0, 0)
+        );
+        assert_eq!(
+            next("TZ=Europe/Paris 0 9 * * *", at(2026, 7, 1, 0, 0, 0)),
+            at(2026, 7, 1, 7, 0, 0)
+        );
+        assert_eq!(
+            next("CRON_TZ=Asia/Tokyo @daily", at(2026, 12, 6, 16, 0, 0)),
+            at(2026, 12, 7, 15, 0, 0)
+        );
+        // Without a prefix, the zone the schedule is read in (the machine's, in production).
+        let tokyo = TimeZone::get("Asia/Tokyo").unwrap();
+        let s = Schedule::parse_in("0 0 9 * * *", tokyo).unwrap();
+        assert_eq!(s.next(at(2026, 12, 6, 0, 0, 0)), Some(at(2026, 12, 7, 0, 0, 0)));
+    }
+
+    #[test]
+    fn daylight_saving_changes_skip_or_fire_once() {
+        let s = parse_utc("CRON_TZ=Europe/Paris 0 30 2 * * *").unwrap();
+        // 29 March 2026: clocks go from 02:00 to 03:00, so 02:30 does not happen that day.
+        assert_eq!(s.next(at(2026, 3, 28, 12, 0, 0)), Some(at(2026, 3, 30, 0, 30, 0)));
+        // 25 October 2026: clocks go from 03:00 back to 02:00, so 02:30 happens twice; it fires at the first.
+        let first = s.next(at(2026, 10, 24, 12, 0, 0)).unwrap();
+        assert_eq!(first, at(2026, 10, 25, 0, 30, 0));
+        assert_eq!(s.next(first), Some(at(2026, 10, 26, 1, 30, 0)));
+        // An hourly schedule goes on through the changes.
+        let hourly = parse_utc("CRON_TZ=Europe/Paris 0 0 * * * *").unwrap();
+        assert_eq!(hourly.next(at(2026, 3, 29, 0, 30, 0)), Some(at(2026, 3, 29, 1, 0, 0)));
+        assert_eq!(hourly.next(at(2026, 3, 29, 1, 0, 0)), Some(at(2026, 3, 29, 2, 0, 0)));
+    }
+
+    #[test]
     fn day_of_month_or_weekday_when_both_are_restricted() {
         // The 1st, or any Monday.
         let t = at(2026, 12, 5, 10, 0, 7);
@@ -377,15 +473,15 @@ mod tests {
             ("@often", "unrecognized descriptor"),
             ("@every soon", "failed to parse duration"),
             ("@every 0s", "above zero"),
-            ("TZ=Europe/Paris * * * * *", "UTC only"),
+            (
+                "TZ=Mars/Olympus_Mons * * * * *",
+                "provided bad location Mars/Olympus_Mons",
+            ),
         ] {
-            let err = Schedule::parse(spec).unwrap_err();
+            let err = parse_utc(spec).unwrap_err();
             assert!(err.contains(want), "{spec}: {err}");
         }
-        assert_eq!(
-            Schedule::parse("0 0 0 31 2 *").unwrap().next(at(2026, 1, 1, 0, 0, 0)),
-            None
-        );
+        assert_eq!(parse_utc("0 0 0 31 2 *").unwrap().next(at(2026, 1, 1, 0, 0, 0)), None);
     }
 
     #[test]
