@@ -3,7 +3,8 @@ published while the subscriber's sidecar is killed with SIGKILL mid-delivery and
 publisher's sidecar acknowledged must reach the app (duplicates are allowed; their number is printed).
 
 Brokers: Redis Streams (127.0.0.1:6379), the SQLite file of `tandem run`, RabbitMQ (127.0.0.1:5672, guest/guest),
-NATS JetStream (127.0.0.1:4222) and Mosquitto (127.0.0.1:1883). A broker that does not answer is reported skipped.
+NATS JetStream (127.0.0.1:4222), Mosquitto (127.0.0.1:1883) and Kafka (tansu on 127.0.0.1:9092, started by
+scripts/kafka-broker.sh). A broker that does not answer is reported skipped.
 """
 
 from __future__ import annotations
@@ -75,6 +76,13 @@ def broker_component(broker: str, topic: str, tmp_path):
         # The client id is the app id (consumerID's default): the restarted sidecar takes over the session the
         # broker kept (cleanSession false), with what it had sent and not had acknowledged.
         return lambda: component("pubsub", "pubsub.mqtt3", {"url": "tcp://127.0.0.1:1883", "qos": "1"})
+    if broker == "kafka":
+        # One consumer group for both lives of the subscriber; `oldest`, so the group's first reader sees the probes
+        # published before it joined. The read-ahead holds the whole run, so no partition is ever paused.
+        md = {"brokers": "127.0.0.1:9092", "authType": "none", "consumerGroup": f"{topic}-group",
+              "initialOffset": "oldest", "channelBufferSize": "20000", "sessionTimeout": "6s",
+              "heartbeatInterval": "1s"}
+        return lambda: component("pubsub", "pubsub.kafka", md)
     raise ValueError(broker)
 
 
@@ -84,6 +92,7 @@ BROKERS = [
     pytest.param("rabbitmq", marks=pytest.mark.skipif(not answers(5672), reason="no RabbitMQ on 127.0.0.1:5672")),
     pytest.param("jetstream", marks=pytest.mark.skipif(not answers(4222), reason="no NATS on 127.0.0.1:4222")),
     pytest.param("mqtt", marks=pytest.mark.skipif(not answers(1883), reason="no MQTT broker on 127.0.0.1:1883")),
+    pytest.param("kafka", marks=pytest.mark.skipif(not answers(9092), reason="no Kafka broker on 127.0.0.1:9092")),
 ]
 
 
@@ -100,6 +109,15 @@ def cleanup_broker(broker: str, topic: str, app_id: str):
         nats_request(f"$JS.API.STREAM.DELETE.{topic}", {})
     elif broker == "rabbitmq" and shutil.which("rabbitmqctl"):
         subprocess.run(["rabbitmqctl", "-q", "delete_queue", f"{app_id}-{topic}"], capture_output=True, timeout=60)
+
+
+def publish_singly(sc, topic: str, start: int, count: int) -> int:
+    """Publishes {"n": start..start+count} one request at a time; answers how many the sidecar acknowledged."""
+    acknowledged = 0
+    for i in range(start, start + count):
+        r = requests.post(sc.url(f"/v1.0/publish/pubsub/{topic}"), json={"n": i}, timeout=30)
+        acknowledged += r.status_code == 204
+    return acknowledged
 
 
 def probe(sc, topic: str) -> bool:
@@ -123,9 +141,14 @@ def test_no_acknowledged_message_is_lost_through_a_sigkill(sidecars, tmp_path, b
     assert poll_until(lambda: probe(publisher, topic) and -1 in numbers(record), 30, interval=0.5), sub.stderr()
     acknowledged: list[int] = []
 
+    # tansu 0.6 answers a fetch that starts inside a record batch from the next batch on, losing the rest of that
+    # batch, and a restarted consumer resumes at its group's committed offset, wherever that falls: published one
+    # at a time, each Kafka record is a batch of its own, so the broker's loss cannot pass for the sidecar's.
+    publish = publish_singly if broker == "kafka" else bulk_publish
+
     def publish_all():
         for start in range(0, total, batch):
-            if bulk_publish(publisher, topic, start, batch) == batch:
+            if publish(publisher, topic, start, batch) == batch:
                 acknowledged.extend(range(start, start + batch))
             time.sleep(0.02)
 
@@ -136,12 +159,16 @@ def test_no_acknowledged_message_is_lost_through_a_sigkill(sidecars, tmp_path, b
         sub.proc.kill()  # SIGKILL, mid-delivery: what was read and not yet acknowledged stays with the broker
         sub.proc.wait()
         delivered_before = len(numbers(record))
-        time.sleep(1)
+        # tansu 0.6 keeps a member that died while another joins as the group's leader with every partition, and
+        # never reassigns them (Kafka would once the dead member's session expires): for Kafka the sidecar comes
+        # back after the killed one's session (6 s) has expired, when tansu hands the partitions over.
+        time.sleep(8 if broker == "kafka" else 1)
         sub = sidecars.start(app_id, [make()], extra_args=["--app-port", str(app.port)])
         writer.join()
         assert len(acknowledged) == total, "the publisher's sidecar acknowledged every entry"
         assert poll_until(lambda: set(numbers(record)) >= set(acknowledged), 120), (
-            f"missing {len(set(acknowledged) - set(numbers(record)))} of {total}"
+            f"missing {len(set(acknowledged) - set(numbers(record)))} of {total}; the restarted sidecar said:\n"
+            + sub.stderr()[-3000:]
         )
         got = [n for n in numbers(record) if n >= 0]
         duplicates = len(got) - len(set(got))
