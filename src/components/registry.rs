@@ -43,6 +43,11 @@ impl Registry {
         r.register::<dyn StateStore, _, _>("state.in-memory", "v1", state::memory::build);
         r.register::<dyn StateStore, _, _>("state.sqlite", "v1", state::sqlite::build);
         r.register::<dyn StateStore, _, _>("state.redis", "v1", state::redis::build);
+        for pg in ["state.postgresql", "state.postgres"] {
+            r.register::<dyn StateStore, _, _>(pg, "v1", state::postgres::build_v1);
+            r.register::<dyn StateStore, _, _>(pg, "v2", state::postgres::build_v2);
+        }
+        r.register::<dyn StateStore, _, _>("state.mysql", "v1", state::mysql::build);
         r.register::<dyn PubSub, _, _>("pubsub.in-memory", "v1", pubsub::memory::build);
         r.register::<dyn PubSub, _, _>("pubsub.jetstream", "v1", pubsub::jetstream::build);
         r.register::<dyn PubSub, _, _>("pubsub.rabbitmq", "v1", pubsub::rabbitmq::build);
