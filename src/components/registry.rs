@@ -184,6 +184,21 @@ mod tests {
         }
     }
 
+    #[test]
+    fn sql_state_stores_answer_to_dapr_s_names_and_versions() {
+        let r = Registry::builtin();
+        for (t, v) in [
+            ("state.postgresql", "v1"),
+            ("state.postgresql", "v2"),
+            ("state.postgres", "v1"),
+            ("state.postgres", "v2"),
+            ("state.mysql", "v1"),
+        ] {
+            assert_eq!(r.lookup(t, v).unwrap(), Kind::State, "{t}/{v}");
+        }
+        assert!(r.lookup("state.mysql", "v2").is_err());
+    }
+
     #[tokio::test]
     async fn builds_an_instance_of_the_types_kind() {
         let md = Metadata::new("s", "app", "", []);

@@ -87,6 +87,15 @@ struct Ctx {
     backend: &'static str,
 }
 
+impl Drop for Ctx {
+    /// A SQL backend's tables go with the test that made them.
+    fn drop(&mut self) {
+        if matches!(self.backend, "postgresql" | "postgresql_v2" | "mysql") {
+            sql_state::drop_tables(self.backend, &sql_state::table_for(&self._dir));
+        }
+    }
+}
+
 async fn ctx(backend: &'static str) -> Ctx {
     let dir = tempfile::tempdir().unwrap();
     let rt = runtime(backend, &unique("conf"), &dir).await;

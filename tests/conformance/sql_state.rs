@@ -67,6 +67,42 @@ pub fn component(backend: &str, table: &str) -> Component {
     }
 }
 
+/// Drops the tables [`component`] names, from any context (a drop in an async test included).
+pub fn drop_tables(backend: &str, table: &str) {
+    let name = table.to_owned();
+    let (backend, table) = (backend.to_owned(), table.to_owned());
+    let dropped = std::thread::spawn(move || {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        rt.block_on(async {
+            let meta = format!("{table}_meta");
+            match backend.as_str() {
+                "mysql" => {
+                    let mut db = mysql().await;
+                    db.query_drop(format!("DROP TABLE IF EXISTS {table}, {meta}"))
+                        .await
+                        .map_err(|e| e.to_string())
+                }
+                "postgresql_v2" => pg()
+                    .await
+                    .batch_execute(&format!("DROP TABLE IF EXISTS {table}_state, {meta}"))
+                    .await
+                    .map_err(|e| e.to_string()),
+                _ => pg()
+                    .await
+                    .batch_execute(&format!("DROP TABLE IF EXISTS {table}, {meta}"))
+                    .await
+                    .map_err(|e| e.to_string()),
+            }
+        })
+    });
+    if let Ok(Err(e)) = dropped.join() {
+        eprintln!("dropping the test tables {name}: {e}");
+    }
+}
+
 async fn pg() -> tokio_postgres::Client {
     let (client, conn) = tokio_postgres::connect(PG, tokio_postgres::NoTls)
         .await
@@ -454,6 +490,7 @@ async fn expired_rows_are_swept() {
         }
         assert_eq!(left, 1, "{backend}: the expired row was deleted, the other kept");
         assert!(data(&rt, "kept").await.is_some());
+        drop_tables(backend, &t);
     }
 }
 

@@ -5,6 +5,7 @@ Every run uses tables of its own."""
 from __future__ import annotations
 
 import json
+import subprocess
 import uuid
 import warnings
 
@@ -20,6 +21,19 @@ PG = "host=127.0.0.1 port=5432 user=postgres dbname=test"
 MYSQL = "root:@tcp(127.0.0.1:3306)/?parseTime=true"
 STORES = ["pg", "pgv2", "mysql"]
 RUN = "py" + uuid.uuid4().hex[:12]
+
+
+@pytest.fixture(scope="module", autouse=True)
+def drop_tables_afterwards():
+    """The run's tables go when the module is done (best effort: the command-line clients may be missing)."""
+    yield
+    tables = f"{RUN}_v1, {RUN}_state, {RUN}_meta"
+    for cmd in (["psql", "-h", "127.0.0.1", "-U", "postgres", "-d", "test", "-c", f"DROP TABLE IF EXISTS {tables}"],
+                ["mariadb", "-h", "127.0.0.1", "-uroot", "test", "-e", f"DROP TABLE IF EXISTS {RUN}_m, {RUN}_meta"]):
+        try:
+            subprocess.run(cmd, capture_output=True, timeout=30)
+        except (OSError, subprocess.SubprocessError):
+            pass
 
 
 @pytest.fixture(scope="module")
