@@ -43,6 +43,11 @@ impl Registry {
         r.register::<dyn StateStore, _, _>("state.in-memory", "v1", state::memory::build);
         r.register::<dyn StateStore, _, _>("state.sqlite", "v1", state::sqlite::build);
         r.register::<dyn StateStore, _, _>("state.redis", "v1", state::redis::build);
+        for pg in ["state.postgresql", "state.postgres"] {
+            r.register::<dyn StateStore, _, _>(pg, "v1", state::postgres::build_v1);
+            r.register::<dyn StateStore, _, _>(pg, "v2", state::postgres::build_v2);
+        }
+        r.register::<dyn StateStore, _, _>("state.mysql", "v1", state::mysql::build);
         r.register::<dyn PubSub, _, _>("pubsub.in-memory", "v1", pubsub::memory::build);
         r.register::<dyn PubSub, _, _>("pubsub.jetstream", "v1", pubsub::jetstream::build);
         r.register::<dyn PubSub, _, _>("pubsub.rabbitmq", "v1", pubsub::rabbitmq::build);
@@ -177,6 +182,21 @@ mod tests {
         for t in ["bindings.mqtt3", "bindings.mqtt"] {
             assert_eq!(r.lookup(t, "v1").unwrap(), Kind::Bindings);
         }
+    }
+
+    #[test]
+    fn sql_state_stores_answer_to_dapr_s_names_and_versions() {
+        let r = Registry::builtin();
+        for (t, v) in [
+            ("state.postgresql", "v1"),
+            ("state.postgresql", "v2"),
+            ("state.postgres", "v1"),
+            ("state.postgres", "v2"),
+            ("state.mysql", "v1"),
+        ] {
+            assert_eq!(r.lookup(t, v).unwrap(), Kind::State, "{t}/{v}");
+        }
+        assert!(r.lookup("state.mysql", "v2").is_err());
     }
 
     #[tokio::test]

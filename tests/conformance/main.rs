@@ -1,9 +1,12 @@
 //! State store conformance (pub/sub in pubsub.rs): every behaviour of the state API, run against every backend through the runtime
-//! (so Dapr's key scheme is exercised too). Redis runs against the server on 127.0.0.1:6379.
+//! (so Dapr's key scheme is exercised too). Redis runs against the server on 127.0.0.1:6379, PostgreSQL (both
+//! of Dapr's table layouts) on 127.0.0.1:5432 (database `test`) and MySQL/MariaDB on 127.0.0.1:3306 (database
+//! `test`), each test in tables of its own.
 
 mod bindings;
 mod jetstream;
 mod pubsub;
+mod sql_state;
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -21,12 +24,21 @@ use tandem::sidecar::state::{DeleteItem, SaveItem, State, TxOp};
 /// The state API of a fresh app id holding one state store `s` of the given backend.
 async fn runtime(backend: &str, app_id: &str, dir: &tempfile::TempDir) -> State {
     let db = dir.path().join("state.db");
+    let table = sql_state::table_for(dir);
     let component = match backend {
         "memory" => Component::new("s", "state.in-memory", &[]),
         "sqlite" => Component::new("s", "state.sqlite", &[("connectionString", db.to_str().unwrap())]),
         "redis" => Component::new("s", "state.redis", &[("redisHost", "127.0.0.1:6379")]),
+        "postgresql" | "postgresql_v2" | "mysql" => sql_state::component(backend, &table),
         other => panic!("unknown backend {other}"),
     };
+    runtime_with(component, app_id)
+        .await
+        .unwrap_or_else(|e| panic!("{backend} store failed to start (is the server running?): {e}"))
+}
+
+/// The state API of app `app_id` holding `component` (named `s`).
+async fn runtime_with(component: Component, app_id: &str) -> Result<State, String> {
     let table = Arc::new(ComponentTable::default());
     let references = References::new(table.clone(), app_id, "", Mode::Standalone);
     ComponentLoader::new(
@@ -40,8 +52,8 @@ async fn runtime(backend: &str, app_id: &str, dir: &tempfile::TempDir) -> State 
     .with_admission(Kind::State, tandem::sidecar::state::admit)
     .load_all(&[component])
     .await
-    .unwrap_or_else(|e| panic!("{backend} store failed to start (is the server running?): {e}"));
-    State::new(table, app_id)
+    .map_err(|e| e.to_string())?;
+    Ok(State::new(table, app_id))
 }
 
 fn unique(prefix: &str) -> String {
@@ -75,6 +87,15 @@ struct Ctx {
     backend: &'static str,
 }
 
+impl Drop for Ctx {
+    /// A SQL backend's tables go with the test that made them.
+    fn drop(&mut self) {
+        if matches!(self.backend, "postgresql" | "postgresql_v2" | "mysql") {
+            sql_state::drop_tables(self.backend, &sql_state::table_for(&self._dir));
+        }
+    }
+}
+
 async fn ctx(backend: &'static str) -> Ctx {
     let dir = tempfile::tempdir().unwrap();
     let rt = runtime(backend, &unique("conf"), &dir).await;
@@ -93,7 +114,12 @@ async fn etag_of(c: &Ctx, key: &str) -> String {
 async fn set_get_roundtrip(c: Ctx) {
     c.rt.save("s", &[item("a", r#"{"x":1}"#)]).await.unwrap();
     let got = c.rt.get("s", "a").await.unwrap().unwrap();
-    assert_eq!(got.data, Bytes::from_static(br#"{"x":1}"#));
+    if c.backend == "postgresql" {
+        // A jsonb column gives JSON back in PostgreSQL's spelling, as Dapr's v1 store does.
+        assert_eq!(got.data, Bytes::from_static(br#"{"x": 1}"#));
+    } else {
+        assert_eq!(got.data, Bytes::from_static(br#"{"x":1}"#));
+    }
     let first = got.etag.clone().expect("etag");
     c.rt.save("s", &[item("a", "2")]).await.unwrap();
     let second = etag_of(&c, "a").await;
@@ -127,9 +153,13 @@ async fn etag_rules(c: Ctx) {
         c.rt.save("s", &[with_etag(item("k", "3"), "not-a-version")])
             .await
             .unwrap_err();
-    // Redis etags are version numbers, so a malformed one is invalid (400); the other stores, like Dapr's,
-    // only know whether an etag matches (409).
-    let expected = if c.backend == "redis" { 400 } else { 409 };
+    // Redis etags are version numbers and PostgreSQL v1 etags transaction ids, so a malformed one is invalid
+    // (400); the other stores, like Dapr's, only know whether an etag matches (409).
+    let expected = if matches!(c.backend, "redis" | "postgresql") {
+        400
+    } else {
+        409
+    };
     assert_eq!(
         (invalid.status, invalid.code),
         (expected, "ERR_STATE_SAVE"),
@@ -334,12 +364,14 @@ async fn query(c: Ctx) {
 
 async fn query_unsupported(c: Ctx) {
     let err = c.rt.query("s", b"{}").await.unwrap_err();
-    assert!(
-        err.message.contains("redis-json server support is required"),
-        "{}",
-        err.message
-    );
-    assert_eq!((err.status, err.code), (500, "ERR_STATE_QUERY"), "{}", c.backend);
+    // Redis has a query engine that needs RedisJSON; the others have none, and Dapr says so with its own code.
+    let (expected, code) = if c.backend == "redis" {
+        ("redis-json server support is required", "ERR_STATE_QUERY")
+    } else {
+        ("state store does not support querying", "ERR_STATE_STORE_NOT_SUPPORTED")
+    };
+    assert!(err.message.contains(expected), "{}", err.message);
+    assert_eq!((err.status, err.code), (500, code), "{}", c.backend);
 }
 
 /// A key named more than once in one save, bulk delete or transaction ends as its last write leaves it, on every
@@ -559,3 +591,12 @@ suite!(redis: set_get_roundtrip, binary_values_roundtrip, etag_rules, first_writ
     transactions_are_all_or_nothing, ttl, apps_do_not_see_each_others_keys, optimistic_concurrency_under_contention,
     query_unsupported, duplicate_keys_last_write_wins, a_write_failing_halfway_applies_nothing,
     redis_failed_writes_leave_foreign_keys_and_etags_are_integers);
+suite!(postgresql: set_get_roundtrip, binary_values_roundtrip, etag_rules, first_write, delete_rules, bulk_get,
+    transactions_are_all_or_nothing, ttl, apps_do_not_see_each_others_keys, optimistic_concurrency_under_contention, query,
+    duplicate_keys_last_write_wins, a_write_failing_halfway_applies_nothing);
+suite!(postgresql_v2: set_get_roundtrip, binary_values_roundtrip, etag_rules, first_write, delete_rules, bulk_get,
+    transactions_are_all_or_nothing, ttl, apps_do_not_see_each_others_keys, optimistic_concurrency_under_contention,
+    query_unsupported, duplicate_keys_last_write_wins, a_write_failing_halfway_applies_nothing);
+suite!(mysql: set_get_roundtrip, binary_values_roundtrip, etag_rules, first_write, delete_rules, bulk_get,
+    transactions_are_all_or_nothing, ttl, apps_do_not_see_each_others_keys, optimistic_concurrency_under_contention,
+    query_unsupported, duplicate_keys_last_write_wins, a_write_failing_halfway_applies_nothing);

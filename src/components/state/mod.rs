@@ -1,9 +1,12 @@
 //! The state store kind: one trait every backend implements, and the request types it takes.
 
 pub mod memory;
+pub mod mysql;
+pub mod postgres;
 pub mod query;
 pub mod redis;
 pub mod sqlite;
+pub mod sqlvalue;
 
 use std::time::SystemTime;
 
