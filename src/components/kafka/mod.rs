@@ -232,6 +232,8 @@ impl KafkaConfig {
         c.set("bootstrap.servers", self.brokers.join(","))
             .set("client.id", &self.client_id)
             .set("security.protocol", "plaintext")
+            // As Go's net package (and so Sarama) does: no Nagle delay on requests.
+            .set("socket.nagle.disable", "true")
             .set(
                 "socket.connection.setup.timeout.ms",
                 millis(self.dial_timeout).max(1000).to_string(),
