@@ -1,7 +1,8 @@
 #!/usr/bin/env python3
 """Runs Dapr's own quickstarts (a checkout of github.com/dapr/quickstarts) unchanged against tandem, the way
-their READMEs' mechanical-markdown steps run them with the Dapr CLI: `dapr run -f .` becomes `tandem run -f .`,
-the step's `sleep` passes, `tandem stop -f .` stops it, and every `expected_stdout_lines` entry of the step must
+their READMEs' mechanical-markdown steps run them with the Dapr CLI: `dapr run -f .` becomes `tandem run -f .`
+(a quickstart of one app: its `cd <dir>` and `dapr run <flags> -- <app>` become `tandem run <flags> -- <app>` in
+that directory), the step's `sleep` passes, `tandem stop` stops it, and every `expected_stdout_lines` entry of the step must
 appear in the output (in order unless the step says `match_order: none`).
 
 Usage: scripts/quickstarts.py QUICKSTARTS_DIR [QUICKSTART ...]
@@ -31,6 +32,7 @@ DEFAULT = [
     "pub_sub/python/http",
     "bindings/python/sdk",
     "bindings/python/http",
+    "configuration/python/sdk",
 ]
 
 # The bindings quickstart's README first starts PostgreSQL in Docker with bindings/db/orders.sql (database
@@ -58,15 +60,32 @@ def orders_rows() -> str:
     return f"rows missing from table orders: {missing!r}; found:\n{rows}" if missing else ""
 
 
-PREPARE = {"bindings/python/sdk": orders_db, "bindings/python/http": orders_db}
+def config_items() -> None:
+    """The configuration quickstart's first step (`redis-cli MSET orderId1 "101" orderId2 "102"` in Dapr's Redis
+    container), against the Redis on 127.0.0.1:6379."""
+    import socket
+
+    args = [b"MSET", b"orderId1", b"101", b"orderId2", b"102"]
+    cmd = b"*%d\r\n" % len(args) + b"".join(b"$%d\r\n%s\r\n" % (len(a), a) for a in args)
+    with socket.create_connection(("127.0.0.1", 6379), timeout=5) as s:
+        s.sendall(cmd)
+        if not s.recv(64).startswith(b"+OK"):
+            raise SystemExit("Redis refused MSET")
+
+
+PREPARE = {"bindings/python/sdk": orders_db, "bindings/python/http": orders_db,
+           "configuration/python/sdk": config_items}
 VERIFY = {"bindings/python/sdk": orders_rows, "bindings/python/http": orders_rows}
 
 
 def run_file_step(readme: str) -> dict:
-    """The STEP whose command is `dapr run -f .`: its expected lines, sleep and match order."""
-    for m in re.finditer(r"<!-- STEP(.*?)-->\s*```bash\s*(.*?)```", readme, re.S):
+    """The STEP whose command is `dapr run -f .` (else the first `dapr run`): its expected lines, sleep and match
+    order."""
+    steps = list(re.finditer(r"<!-- STEP(.*?)-->\s*```bash\s*(.*?)```", readme, re.S))
+    wanted = "dapr run -f" if any("dapr run -f" in m.group(2) for m in steps) else "dapr run "
+    for m in steps:
         header, command = m.group(1), m.group(2)
-        if "dapr run -f" not in command:
+        if wanted not in command:
             continue
         lines, in_list = [], False
         sleep, ordered = 15, True
@@ -88,7 +107,23 @@ def run_file_step(readme: str) -> dict:
             if raw.strip().startswith("match_order:") and "none" in raw:
                 ordered = False
         return {"expected": lines, "sleep": sleep, "ordered": ordered, "command": command.strip()}
-    raise SystemExit("no `dapr run -f` step in the README")
+    raise SystemExit("no `dapr run` step in the README")
+
+
+def single_app(qs: Path, command: str, tandem: str) -> tuple[Path, list[str], list[str]]:
+    """A one-app step (`cd <dir>` then `dapr run <flags> -- <app>`): where to run, the tandem command, and how to
+    stop it."""
+    import shlex
+
+    cwd, argv = qs, []
+    for line in command.splitlines():
+        words = shlex.split(line)
+        if words[:1] == ["cd"] and len(words) == 2:
+            cwd = (cwd / words[1]).resolve()
+        elif words[:2] == ["dapr", "run"]:
+            argv = [tandem, "run"] + words[2:]
+    app_id = argv[argv.index("--app-id") + 1] if "--app-id" in argv else ""
+    return cwd, argv, [tandem, "stop", "--app-id", app_id]
 
 
 def check(output: str, expected: list[str], ordered: bool) -> list[str]:
@@ -109,10 +144,13 @@ def run_one(tandem: str, root: Path, name: str) -> tuple[bool, str]:
         PREPARE[name]()
     home = tempfile.mkdtemp(prefix="tandem-qs-")
     env = {**os.environ, "HOME": home}
+    cwd, argv, stop = qs, [tandem, "run", "-f", "."], [tandem, "stop", "-f", "."]
+    if "dapr run -f" not in step["command"]:
+        cwd, argv, stop = single_app(qs, step["command"], tandem)
     with tempfile.TemporaryFile() as out:
-        proc = subprocess.Popen([tandem, "run", "-f", "."], cwd=qs, env=env, stdout=out, stderr=subprocess.STDOUT)
+        proc = subprocess.Popen(argv, cwd=cwd, env=env, stdout=out, stderr=subprocess.STDOUT)
         time.sleep(step["sleep"])
-        subprocess.run([tandem, "stop", "-f", "."], cwd=qs, env=env, capture_output=True, timeout=60)
+        subprocess.run(stop, cwd=cwd, env=env, capture_output=True, timeout=60)
         try:
             proc.wait(timeout=60)
         except subprocess.TimeoutExpired:

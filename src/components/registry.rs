@@ -8,6 +8,7 @@ use std::sync::{Arc, OnceLock};
 use futures::future::BoxFuture;
 
 use super::bindings::{self, Binding};
+use super::configuration::{self, ConfigurationStore};
 use super::instance::Instance;
 use super::kind::{ComponentKind, Kind};
 use super::nameresolution::{self, NameResolver};
@@ -66,6 +67,9 @@ impl Registry {
         r.register::<dyn Binding, _, _>("bindings.mqtt", "v1", bindings::mqtt::build);
         r.register::<dyn Binding, _, _>("bindings.postgresql", "v1", bindings::postgres::build);
         r.register::<dyn Binding, _, _>("bindings.postgres", "v1", bindings::postgres::build);
+        r.register::<dyn ConfigurationStore, _, _>("configuration.redis", "v1", configuration::redis::build);
+        r.register::<dyn ConfigurationStore, _, _>("configuration.postgresql", "v1", configuration::postgres::build);
+        r.register::<dyn ConfigurationStore, _, _>("configuration.postgres", "v1", configuration::postgres::build);
         r.register::<dyn SecretStore, _, _>("secretstores.local.file", "v1", secretstores::local_file::build);
         r.register::<dyn SecretStore, _, _>("secretstores.local.env", "v1", secretstores::local_env::build);
         r.register::<dyn SecretStore, _, _>("secretstores.kubernetes", "v1", secretstores::kubernetes::build);

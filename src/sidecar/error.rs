@@ -510,4 +510,74 @@ impl ApiError {
             format!("failed setting metadata: {}", echo(&e.to_string())),
         )
     }
+
+    // Configuration. HTTP errors carry no details, as Dapr's; the gRPC adapter adds the ErrorInfo reason
+    // (`ApiError::with_own_reason`) that Dapr's gRPC API sends.
+    pub fn configuration_stores_not_configured() -> Self {
+        Self::new(
+            500,
+            Code::FailedPrecondition,
+            "ERR_CONFIGURATION_STORE_NOT_CONFIGURED",
+            "configuration stores not configured",
+        )
+    }
+    pub fn configuration_store_not_found(name: &str) -> Self {
+        Self::new(
+            400,
+            Code::InvalidArgument,
+            "ERR_CONFIGURATION_STORE_NOT_FOUND",
+            format!("configuration store {} not found", echo(name)),
+        )
+    }
+    /// `keys` as Go prints a `[]string` (`[a b]`), as Dapr's configuration errors name them.
+    fn go_keys(keys: &[String]) -> String {
+        let keys: Vec<String> = keys.iter().take(32).map(|k| echo(k).to_string()).collect();
+        format!("[{}]", keys.join(" "))
+    }
+    pub fn configuration_get(keys: &[String], store: &str, e: impl std::fmt::Display) -> Self {
+        Self::new(
+            500,
+            Code::Internal,
+            "ERR_CONFIGURATION_GET",
+            format!(
+                "failed to get {} from Configuration store {}: {e}",
+                Self::go_keys(keys),
+                echo(store)
+            ),
+        )
+    }
+    pub fn configuration_subscribe(keys: &[String], store: &str, e: impl std::fmt::Display) -> Self {
+        Self::new(
+            500,
+            Code::InvalidArgument,
+            "ERR_CONFIGURATION_SUBSCRIBE",
+            format!(
+                "failed to subscribe {} from Configuration store {}: {e}",
+                Self::go_keys(keys),
+                echo(store)
+            ),
+        )
+    }
+    pub fn configuration_unsubscribe(id: &str, e: impl std::fmt::Display) -> Self {
+        Self::new(
+            500,
+            Code::Internal,
+            "ERR_CONFIGURATION_UNSUBSCRIBE",
+            format!("failed to unsubscribe to configuration request {}: {e}", echo(id)),
+        )
+    }
+    /// A subscription that must deliver to the app, without an app.
+    pub fn app_channel_nil(what: &str) -> Self {
+        Self::new(
+            500,
+            Code::Internal,
+            "ERR_APP_CHANNEL_NIL",
+            format!("app channel is not initialized. {what}"),
+        )
+    }
+    /// The error with its own code as ErrorInfo reason (what Dapr's `apierrors.Basic` sends on gRPC).
+    pub fn with_own_reason(self) -> Self {
+        let code = self.code;
+        self.with_reason(code)
+    }
 }

@@ -7,6 +7,7 @@ pub mod args;
 pub mod args_render;
 pub mod bindings;
 pub mod components;
+pub mod configuration;
 pub mod error;
 pub mod grpc;
 pub mod hot_reload;
@@ -81,6 +82,7 @@ impl Sidecar {
         self.init.abort();
         // Subscriptions and input bindings stop first: no new message is taken, and deliveries under way finish while the app and
         // the components are still there.
+        self.rt.configuration.shutdown();
         tokio::join!(self.rt.subscriber.shutdown(), self.rt.inputs.shutdown());
         let deadline = tokio::time::Instant::now() + self.grace;
         tracing::info!(grace = ?self.grace, "shutting down: draining in-flight requests");

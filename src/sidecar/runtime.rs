@@ -8,6 +8,7 @@ use super::app_channel::AppChannel;
 use super::bindings::BindingsApi;
 use super::bindings::input::InputBindings;
 use super::components::{ComponentTable, References};
+use super::configuration::ConfigurationApi;
 use super::invoke::Invoker;
 use super::metadata::SidecarMetadata;
 use super::pubsub::PubSubApi;
@@ -62,6 +63,8 @@ pub struct Runtime {
     pub bindings: BindingsApi,
     /// Input bindings: their events delivered to the app.
     pub inputs: Arc<InputBindings>,
+    /// Configuration stores: reads and subscriptions.
+    pub configuration: Arc<ConfigurationApi>,
     pub metrics: Arc<super::metrics::Metrics>,
 }
 
@@ -103,6 +106,7 @@ impl Runtime {
             parts.grace,
         ));
         Runtime {
+            configuration: Arc::new(ConfigurationApi::new(parts.components.clone(), parts.app.clone())),
             bindings: BindingsApi::new(parts.components.clone(), parts.metrics.clone()),
             inputs,
             metrics: parts.metrics,

@@ -558,6 +558,7 @@ async fn initialise(rt: Arc<Runtime>, loader: ComponentLoader, s: Startup) {
     rt.subscriber.set_declarative(&s.resources.subscriptions).await;
     tokio::spawn(rt.subscriber.clone().follow());
     tokio::spawn(rt.inputs.clone().follow());
+    tokio::spawn(rt.configuration.clone().follow());
     if let Some((client, baseline)) = s.operator {
         let span = tracing::info_span!("hot_reload", app_id = %rt.app_id);
         tokio::spawn(tracing::Instrument::instrument(

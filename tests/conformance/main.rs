@@ -4,6 +4,7 @@
 //! `test`), each test in tables of its own.
 
 mod bindings;
+mod configuration;
 mod jetstream;
 mod pubsub;
 mod sql_state;

@@ -1,4 +1,5 @@
-"""Dapr's own Python quickstarts, run unchanged with `tandem run -f .` (scripts/quickstarts.py).
+"""Dapr's own Python quickstarts, run unchanged with `tandem run -f .` or, for one-app quickstarts (configuration),
+`tandem run <flags> -- <app>` (scripts/quickstarts.py).
 
 Needs a checkout of github.com/dapr/quickstarts in QUICKSTARTS_DIR; the apps run with this interpreter, which
 has their requirements (Flask, requests, the Dapr SDK) from tests/python/requirements.txt. CI machines cannot
@@ -24,4 +25,4 @@ def test_dapr_python_quickstarts_print_what_their_readmes_say(tandem):
                        env=env, capture_output=True, text=True, timeout=600)
     print(r.stdout)
     assert r.returncode == 0, r.stdout + r.stderr
-    assert r.stdout.count("PASS ") == 7  # every quickstart of scripts/quickstarts.py DEFAULT
+    assert r.stdout.count("PASS ") == 8  # every quickstart of scripts/quickstarts.py DEFAULT

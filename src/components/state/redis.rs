@@ -105,13 +105,21 @@ pub struct RedisStore {
 }
 
 impl RedisConfig {
+    /// A client for connections the caller manages itself (pub/sub).
+    pub fn client(&self) -> Result<redis::Client, ComponentError> {
+        let init = |e: redis::RedisError| {
+            ComponentError::Init(format!("connecting to redis at {}:{}: {e}", self.host, self.port))
+        };
+        redis::Client::open(self.connection_info().map_err(init)?).map_err(init)
+    }
+
     /// A reconnecting connection; `response_timeout` bounds each command (`None`: the client's default), so a
     /// blocking read can be given a longer one than its block time.
     pub async fn connect(&self, response_timeout: Option<Duration>) -> Result<ConnectionManager, ComponentError> {
         let init = |e: redis::RedisError| {
             ComponentError::Init(format!("connecting to redis at {}:{}: {e}", self.host, self.port))
         };
-        let client = redis::Client::open(self.connection_info().map_err(init)?).map_err(init)?;
+        let client = self.client()?;
         let mut manager_cfg = ConnectionManagerConfig::new()
             .set_number_of_retries(self.max_retries)
             .set_connection_timeout(Some(self.dial_timeout));

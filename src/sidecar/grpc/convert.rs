@@ -59,6 +59,23 @@ pub fn delete_item(item: common::StateItem) -> DeleteItem {
     }
 }
 
+/// Configuration items as the gRPC API carries them.
+pub fn configuration_items(
+    items: crate::components::configuration::Items,
+) -> HashMap<String, common::ConfigurationItem> {
+    items
+        .into_iter()
+        .map(|(k, i)| {
+            let item = common::ConfigurationItem {
+                value: i.value,
+                version: i.version,
+                metadata: i.metadata.into_iter().collect(),
+            };
+            (k, item)
+        })
+        .collect()
+}
+
 pub fn metadata_response(m: MetadataSnapshot) -> rt::GetMetadataResponse {
     let app = m.app_connection;
     rt::GetMetadataResponse {

@@ -343,3 +343,97 @@ pub async fn invoke_binding(api: &DaprApi, req: Request<rt::InvokeBindingRequest
         }
     }
 }
+
+#[instrument(level = "debug", name = "grpc.get_configuration", skip_all, fields(store = %echo(&req.get_ref().store_name)))]
+pub async fn get_configuration(
+    api: &DaprApi,
+    req: Request<rt::GetConfigurationRequest>,
+) -> Reply<rt::GetConfigurationResponse> {
+    let r = req.into_inner();
+    let items = api
+        .rt
+        .configuration
+        .get(&r.store_name, &r.keys, &convert::metadata(r.metadata))
+        .await
+        .map_err(ApiError::with_own_reason)?;
+    Ok(Response::new(rt::GetConfigurationResponse {
+        items: convert::configuration_items(items),
+    }))
+}
+
+pub async fn get_configuration_alpha1(
+    api: &DaprApi,
+    req: Request<rt::GetConfigurationRequest>,
+) -> Reply<rt::GetConfigurationResponse> {
+    get_configuration(api, req).await
+}
+
+type ConfigurationStream = std::pin::Pin<
+    Box<dyn tokio_stream::Stream<Item = Result<rt::SubscribeConfigurationResponse, Status>> + Send + 'static>,
+>;
+
+/// A server stream: the subscription id first, then each change; it ends on unsubscribe, when the store goes
+/// away, or at shutdown, and the subscription ends when the client goes away.
+#[instrument(level = "debug", name = "grpc.subscribe_configuration", skip_all, fields(store = %echo(&req.get_ref().store_name)))]
+pub async fn subscribe_configuration(
+    api: &DaprApi,
+    req: Request<rt::SubscribeConfigurationRequest>,
+) -> Reply<ConfigurationStream> {
+    let r = req.into_inner();
+    let mut keys = r.keys;
+    keys.sort();
+    let sub = crate::components::configuration::SubscribeRequest {
+        keys,
+        metadata: convert::metadata(r.metadata),
+    };
+    let stream = api
+        .rt
+        .configuration
+        .subscribe_stream(&r.store_name, sub)
+        .await
+        .map_err(ApiError::with_own_reason)?;
+    let stream = futures::StreamExt::map(stream, |e| {
+        Ok(rt::SubscribeConfigurationResponse {
+            id: e.id,
+            items: convert::configuration_items(e.items),
+        })
+    });
+    Ok(Response::new(Box::pin(stream)))
+}
+
+pub async fn subscribe_configuration_alpha1(
+    api: &DaprApi,
+    req: Request<rt::SubscribeConfigurationRequest>,
+) -> Reply<ConfigurationStream> {
+    subscribe_configuration(api, req).await
+}
+
+/// Dapr's deprecated unsubscribe: ends the gRPC subscription of that id (the store name is not looked at).
+#[instrument(level = "debug", name = "grpc.unsubscribe_configuration", skip_all)]
+pub async fn unsubscribe_configuration(
+    api: &DaprApi,
+    req: Request<rt::UnsubscribeConfigurationRequest>,
+) -> Reply<rt::UnsubscribeConfigurationResponse> {
+    let id = req.into_inner().id;
+    Ok(Response::new(if api.rt.configuration.unsubscribe_stream(&id) {
+        rt::UnsubscribeConfigurationResponse {
+            ok: true,
+            message: String::new(),
+        }
+    } else {
+        rt::UnsubscribeConfigurationResponse {
+            ok: false,
+            message: format!(
+                "failed to unsubscribe to configuration request {}: subscription does not exist",
+                echo(&id)
+            ),
+        }
+    }))
+}
+
+pub async fn unsubscribe_configuration_alpha1(
+    api: &DaprApi,
+    req: Request<rt::UnsubscribeConfigurationRequest>,
+) -> Reply<rt::UnsubscribeConfigurationResponse> {
+    unsubscribe_configuration(api, req).await
+}

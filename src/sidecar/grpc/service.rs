@@ -218,54 +218,42 @@ impl Dapr for DaprApi {
         &self,
         request: tonic::Request<rt::GetConfigurationRequest>,
     ) -> std::result::Result<tonic::Response<rt::GetConfigurationResponse>, tonic::Status> {
-        Err(Status::unimplemented(
-            "GetConfigurationAlpha1 is not implemented by tandem yet",
-        ))
+        handlers::get_configuration_alpha1(self, request).await
     }
 
     async fn get_configuration(
         &self,
         request: tonic::Request<rt::GetConfigurationRequest>,
     ) -> std::result::Result<tonic::Response<rt::GetConfigurationResponse>, tonic::Status> {
-        Err(Status::unimplemented(
-            "GetConfiguration is not implemented by tandem yet",
-        ))
+        handlers::get_configuration(self, request).await
     }
 
     async fn subscribe_configuration_alpha1(
         &self,
         request: tonic::Request<rt::SubscribeConfigurationRequest>,
     ) -> std::result::Result<tonic::Response<Self::SubscribeConfigurationAlpha1Stream>, tonic::Status> {
-        Err(Status::unimplemented(
-            "SubscribeConfigurationAlpha1 is not implemented by tandem yet",
-        ))
+        handlers::subscribe_configuration_alpha1(self, request).await
     }
 
     async fn subscribe_configuration(
         &self,
         request: tonic::Request<rt::SubscribeConfigurationRequest>,
     ) -> std::result::Result<tonic::Response<Self::SubscribeConfigurationStream>, tonic::Status> {
-        Err(Status::unimplemented(
-            "SubscribeConfiguration is not implemented by tandem yet",
-        ))
+        handlers::subscribe_configuration(self, request).await
     }
 
     async fn unsubscribe_configuration_alpha1(
         &self,
         request: tonic::Request<rt::UnsubscribeConfigurationRequest>,
     ) -> std::result::Result<tonic::Response<rt::UnsubscribeConfigurationResponse>, tonic::Status> {
-        Err(Status::unimplemented(
-            "UnsubscribeConfigurationAlpha1 is not implemented by tandem yet",
-        ))
+        handlers::unsubscribe_configuration_alpha1(self, request).await
     }
 
     async fn unsubscribe_configuration(
         &self,
         request: tonic::Request<rt::UnsubscribeConfigurationRequest>,
     ) -> std::result::Result<tonic::Response<rt::UnsubscribeConfigurationResponse>, tonic::Status> {
-        Err(Status::unimplemented(
-            "UnsubscribeConfiguration is not implemented by tandem yet",
-        ))
+        handlers::unsubscribe_configuration(self, request).await
     }
 
     async fn try_lock_alpha1(
