@@ -11,6 +11,7 @@ use super::{Policy, PolicyError, Retryable, Status};
 use crate::components::Instance;
 use crate::components::Kind;
 use crate::components::bindings::{Binding, BindingError, Directions, Handler, InvokeRequest, InvokeResponse};
+use crate::components::lock::{LockError, LockKey, LockStore, TryLockRequest, UnlockStatus};
 use crate::components::secretstores::{Secret, SecretError, SecretStore};
 use crate::components::state::{
     DeleteRequest, Feature, Query, QueryResponse, SetRequest, StateError, StateItem, StateStore, TransactionOp,
@@ -22,6 +23,7 @@ pub fn outbound(instance: Instance, policy: Policy) -> Instance {
         Kind::State => instance.map::<dyn StateStore>(|inner| Arc::new(ResilientState { inner, policy })),
         Kind::SecretStore => instance.map::<dyn SecretStore>(|inner| Arc::new(ResilientSecrets { inner, policy })),
         Kind::Bindings => instance.map::<dyn Binding>(|inner| Arc::new(ResilientBinding { inner, policy })),
+        Kind::Lock => instance.map::<dyn LockStore>(|inner| Arc::new(ResilientLock { inner, policy })),
         other => {
             tracing::warn!(kind = %other, policy = %policy.name(), "resiliency policies do not apply to {other} components yet");
             instance
@@ -152,6 +154,33 @@ impl Binding for ResilientBinding {
     }
     async fn read(&self, handler: Handler, stop: tokio_util::sync::CancellationToken) -> Result<(), BindingError> {
         self.inner.read(handler, stop).await
+    }
+    async fn close(&self) {
+        self.inner.close().await
+    }
+}
+
+impl Retryable for LockError {}
+
+/// A lock store whose every operation runs under a policy, as Dapr runs them.
+struct ResilientLock {
+    inner: Arc<dyn LockStore>,
+    policy: Policy,
+}
+
+#[async_trait]
+impl LockStore for ResilientLock {
+    async fn try_lock(&self, req: &TryLockRequest) -> Result<bool, LockError> {
+        self.policy
+            .run(every_response_succeeds, || self.inner.try_lock(req))
+            .await
+            .map_err(|e| flatten(e, LockError))
+    }
+    async fn unlock(&self, key: &LockKey) -> Result<UnlockStatus, LockError> {
+        self.policy
+            .run(every_response_succeeds, || self.inner.unlock(key))
+            .await
+            .map_err(|e| flatten(e, LockError))
     }
     async fn close(&self) {
         self.inner.close().await

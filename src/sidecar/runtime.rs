@@ -9,6 +9,7 @@ use super::bindings::BindingsApi;
 use super::bindings::input::InputBindings;
 use super::components::{ComponentTable, References};
 use super::invoke::Invoker;
+use super::lock::Locks;
 use super::metadata::SidecarMetadata;
 use super::pubsub::PubSubApi;
 use super::pubsub::subscriber::Subscriber;
@@ -60,6 +61,8 @@ pub struct Runtime {
     pub pubsub: PubSubApi,
     pub subscriber: Arc<Subscriber>,
     pub bindings: BindingsApi,
+    /// Distributed locks.
+    pub locks: Locks,
     /// Input bindings: their events delivered to the app.
     pub inputs: Arc<InputBindings>,
     pub metrics: Arc<super::metrics::Metrics>,
@@ -104,6 +107,7 @@ impl Runtime {
         ));
         Runtime {
             bindings: BindingsApi::new(parts.components.clone(), parts.metrics.clone()),
+            locks: Locks::new(parts.components.clone()),
             inputs,
             metrics: parts.metrics,
             pubsub,

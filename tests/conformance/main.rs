@@ -1,8 +1,24 @@
 //! State store conformance (pub/sub in pubsub.rs): every behaviour of the state API, run against every backend through the runtime
 //! (so Dapr's key scheme is exercised too). Redis runs against the server on 127.0.0.1:6379.
 
+/// One module per backend, one test per case: `case(ctx("backend").await)`, with the `ctx` and cases of the
+/// module it is used in (defined before the suites' modules so each can use it).
+macro_rules! suite {
+    ($backend:ident: $($case:ident),* $(,)?) => {
+        mod $backend {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $case() {
+                    super::$case(super::ctx(stringify!($backend)).await).await;
+                }
+            )*
+        }
+    };
+}
+
 mod bindings;
 mod jetstream;
+mod lock;
 mod pubsub;
 
 use std::collections::BTreeMap;
@@ -28,6 +44,16 @@ async fn runtime(backend: &str, app_id: &str, dir: &tempfile::TempDir) -> State 
         other => panic!("unknown backend {other}"),
     };
     let table = Arc::new(ComponentTable::default());
+    loader(&table, app_id)
+        .with_admission(Kind::State, tandem::sidecar::state::admit)
+        .load_all(&[component])
+        .await
+        .unwrap_or_else(|e| panic!("{backend} store failed to start (is the server running?): {e}"));
+    State::new(table, app_id)
+}
+
+/// A loader of app `app_id`'s components into `table`, as the sidecar's (without resiliency policies).
+fn loader(table: &Arc<ComponentTable>, app_id: &str) -> ComponentLoader {
     let references = References::new(table.clone(), app_id, "", Mode::Standalone);
     ComponentLoader::new(
         Registry::builtin(),
@@ -37,11 +63,6 @@ async fn runtime(backend: &str, app_id: &str, dir: &tempfile::TempDir) -> State 
         app_id,
         "",
     )
-    .with_admission(Kind::State, tandem::sidecar::state::admit)
-    .load_all(&[component])
-    .await
-    .unwrap_or_else(|e| panic!("{backend} store failed to start (is the server running?): {e}"));
-    State::new(table, app_id)
 }
 
 fn unique(prefix: &str) -> String {
@@ -534,19 +555,6 @@ async fn value(c: &Ctx, key: &str) -> Option<String> {
         .await
         .unwrap()
         .map(|i| String::from_utf8_lossy(&i.data).into_owned())
-}
-
-macro_rules! suite {
-    ($backend:ident: $($case:ident),* $(,)?) => {
-        mod $backend {
-            $(
-                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-                async fn $case() {
-                    super::$case(super::ctx(stringify!($backend)).await).await;
-                }
-            )*
-        }
-    };
 }
 
 suite!(memory: set_get_roundtrip, binary_values_roundtrip, etag_rules, first_write, delete_rules, bulk_get,

@@ -2,6 +2,7 @@
 
 mod bindings;
 mod invoke;
+mod lock;
 mod metadata;
 pub mod openapi;
 mod pubsub;
@@ -110,6 +111,8 @@ pub fn router(state: ApiState) -> Router {
             post(pubsub::bulk_publish).put(pubsub::bulk_publish),
         )
         .route("/v1.0/bindings/{name}", post(bindings::invoke).put(bindings::invoke))
+        .route("/v1.0-alpha1/lock/{store}", post(lock::try_lock))
+        .route("/v1.0-alpha1/unlock/{store}", post(lock::unlock))
         .route("/v1.0/secrets/{store}/bulk", get(secrets::bulk))
         .route("/v1.0/secrets/{store}/{key}", get(secrets::get))
         .route("/v1.0/shutdown", post(metadata::shutdown))
