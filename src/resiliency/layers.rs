@@ -287,6 +287,54 @@ spec:
         assert_eq!(err, StateError::Backend("connection reset".into()));
     }
 
+    /// A lock store that fails its first `failures` operations and counts every call.
+    struct FlakyLocks {
+        inner: crate::components::lock::memory::MemoryLocks,
+        failures: u32,
+        calls: AtomicU32,
+    }
+
+    #[async_trait]
+    impl LockStore for FlakyLocks {
+        async fn try_lock(&self, req: &TryLockRequest) -> Result<bool, LockError> {
+            if self.calls.fetch_add(1, Ordering::SeqCst) < self.failures {
+                return Err(LockError("connection reset".into()));
+            }
+            self.inner.try_lock(req).await
+        }
+        async fn unlock(&self, key: &LockKey) -> Result<UnlockStatus, LockError> {
+            if self.calls.fetch_add(1, Ordering::SeqCst) < self.failures {
+                return Err(LockError("connection reset".into()));
+            }
+            self.inner.unlock(key).await
+        }
+    }
+
+    #[tokio::test]
+    async fn lock_stores_run_under_their_policy() {
+        let flaky = Arc::new(FlakyLocks {
+            inner: Default::default(),
+            failures: 2,
+            calls: AtomicU32::new(0),
+        });
+        let policy = resiliency(RETRY_STORE)
+            .component_outbound("store", Kind::Lock)
+            .expect("a policy");
+        let instance = outbound(Instance::new::<dyn LockStore>(flaky.clone()), policy);
+        let locks = instance.get::<dyn LockStore>().unwrap();
+        let key = LockKey {
+            resource_id: "r".into(),
+            owner: "o".into(),
+        };
+        let req = TryLockRequest {
+            key: key.clone(),
+            expiry_seconds: 60,
+        };
+        assert!(locks.try_lock(&req).await.unwrap(), "taken on the third attempt");
+        assert_eq!(flaky.calls.load(Ordering::SeqCst), 3);
+        assert_eq!(locks.unlock(&key).await.unwrap(), UnlockStatus::Success);
+    }
+
     #[tokio::test]
     async fn etag_mismatches_are_not_retried() {
         let (flaky, store) = layered(0, RETRY_STORE);
