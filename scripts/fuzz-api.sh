@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # Property-based fuzzing of the sidecar's HTTP API against its published contract (openapi/tandem-http.yaml):
-# starts the release binary with an in-memory state store and pub/sub, a local-file secret store and an API token, checks
-# that the sidecar serves the checked-in document, then runs schemathesis (tests/api_fuzz/requirements.txt) for
-# API_FUZZ_SECONDS (default 150) with these checks on every answer:
+# starts the release binary with an in-memory state store, pub/sub and lock store, a local-file secret store and
+# an API token, checks that the sidecar serves the checked-in document, then runs schemathesis
+# (tests/api_fuzz/requirements.txt) for API_FUZZ_SECONDS (default 150) with these checks on every answer:
 #   no_server_error_but_daprs   no 5xx but Dapr's own answers to a client's mistake (tests/api_fuzz/dapr_checks.py)
 #   status_code_conformance     every status is one the document lists for that operation
 #   response_schema_conformance every body matches the document's schema (Dapr's {errorCode, message} errors)
@@ -49,6 +49,14 @@ metadata:
   name: pubsub
 spec:
   type: pubsub.in-memory
+  version: v1
+---
+apiVersion: dapr.io/v1alpha1
+kind: Component
+metadata:
+  name: lockstore
+spec:
+  type: lock.in-memory
   version: v1
 ---
 apiVersion: dapr.io/v1alpha1

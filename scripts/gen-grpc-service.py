@@ -10,6 +10,7 @@ IMPLEMENTED = {
     "publish_event", "bulk_publish_event", "bulk_publish_event_alpha1", "subscribe_topic_events_alpha1", "invoke_binding",
     "get_configuration", "get_configuration_alpha1", "subscribe_configuration", "subscribe_configuration_alpha1",
     "unsubscribe_configuration", "unsubscribe_configuration_alpha1",
+    "try_lock_alpha1", "unlock_alpha1",
 }
 
 root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

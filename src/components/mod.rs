@@ -8,6 +8,7 @@ pub mod http_client;
 pub mod instance;
 pub mod kafka;
 pub mod kind;
+pub mod lock;
 pub mod metadata;
 pub mod mqtt;
 pub mod nameresolution;

@@ -11,6 +11,7 @@ use super::bindings::{self, Binding};
 use super::configuration::{self, ConfigurationStore};
 use super::instance::Instance;
 use super::kind::{ComponentKind, Kind};
+use super::lock::{self, LockStore};
 use super::nameresolution::{self, NameResolver};
 use super::pubsub::{self, PubSub};
 use super::secretstores::{self, SecretStore};
@@ -73,6 +74,8 @@ impl Registry {
         r.register::<dyn SecretStore, _, _>("secretstores.local.file", "v1", secretstores::local_file::build);
         r.register::<dyn SecretStore, _, _>("secretstores.local.env", "v1", secretstores::local_env::build);
         r.register::<dyn SecretStore, _, _>("secretstores.kubernetes", "v1", secretstores::kubernetes::build);
+        r.register::<dyn LockStore, _, _>("lock.redis", "v1", lock::redis::build);
+        r.register::<dyn LockStore, _, _>("lock.in-memory", "v1", lock::memory::build);
         r.register::<dyn NameResolver, _, _>("nameresolution.kubernetes", "v1", nameresolution::kubernetes::build);
         r.register::<dyn NameResolver, _, _>("nameresolution.mdns", "v1", nameresolution::mdns::build);
         r.register::<dyn NameResolver, _, _>("nameresolution.sqlite", "v1", nameresolution::sqlite::build);

@@ -272,8 +272,12 @@ mod tests {
 
     #[test]
     fn categories_tandem_lacks_are_accepted_on_shape() {
-        let v = verdict(&component("lock.redis", json!([])));
+        // A registry without lock backends stands for a category tandem lacks, whatever it ships.
+        let lock = component("lock.redis", json!([]));
+        let v = check(&lock, &Registry::default()).unwrap_or_else(|v| v);
         assert!(v.ready && v.message.contains("no lock components yet"), "{v:?}");
+        let v = verdict(&lock);
+        assert!(v.ready && v.message.contains("lock.redis/v1 is available"), "{v:?}");
     }
 
     #[test]

@@ -11,6 +11,7 @@ use super::{Policy, PolicyError, Retryable, Status};
 use crate::components::Instance;
 use crate::components::Kind;
 use crate::components::bindings::{Binding, BindingError, Directions, Handler, InvokeRequest, InvokeResponse};
+use crate::components::lock::{LockError, LockKey, LockStore, TryLockRequest, UnlockStatus};
 use crate::components::pubsub::{self, BulkEntry, FailedEntry, Message, PubSub, PubSubError, SubscribeRequest};
 use crate::components::secretstores::{Secret, SecretError, SecretStore};
 use crate::components::state::{
@@ -24,6 +25,7 @@ pub fn outbound(instance: Instance, policy: Policy) -> Instance {
         Kind::SecretStore => instance.map::<dyn SecretStore>(|inner| Arc::new(ResilientSecrets { inner, policy })),
         Kind::Bindings => instance.map::<dyn Binding>(|inner| Arc::new(ResilientBinding { inner, policy })),
         Kind::PubSub => instance.map::<dyn PubSub>(|inner| Arc::new(ResilientPubSub { inner, policy })),
+        Kind::Lock => instance.map::<dyn LockStore>(|inner| Arc::new(ResilientLock { inner, policy })),
         other => {
             tracing::warn!(kind = %other, policy = %policy.name(), "resiliency policies do not apply to {other} components yet");
             instance
@@ -237,6 +239,33 @@ impl PubSub for ResilientPubSub {
     }
 }
 
+impl Retryable for LockError {}
+
+/// A lock store whose every operation runs under a policy, as Dapr runs them.
+struct ResilientLock {
+    inner: Arc<dyn LockStore>,
+    policy: Policy,
+}
+
+#[async_trait]
+impl LockStore for ResilientLock {
+    async fn try_lock(&self, req: &TryLockRequest) -> Result<bool, LockError> {
+        self.policy
+            .run(every_response_succeeds, || self.inner.try_lock(req))
+            .await
+            .map_err(|e| flatten(e, LockError))
+    }
+    async fn unlock(&self, key: &LockKey) -> Result<UnlockStatus, LockError> {
+        self.policy
+            .run(every_response_succeeds, || self.inner.unlock(key))
+            .await
+            .map_err(|e| flatten(e, LockError))
+    }
+    async fn close(&self) {
+        self.inner.close().await
+    }
+}
+
 /// A secret store whose every read runs under a policy.
 struct ResilientSecrets {
     inner: Arc<dyn SecretStore>,
@@ -335,6 +364,54 @@ spec:
         let (_, store) = layered(10, RETRY_STORE);
         let err = store.get("k").await.unwrap_err();
         assert_eq!(err, StateError::Backend("connection reset".into()));
+    }
+
+    /// A lock store that fails its first `failures` operations and counts every call.
+    struct FlakyLocks {
+        inner: crate::components::lock::memory::MemoryLocks,
+        failures: u32,
+        calls: AtomicU32,
+    }
+
+    #[async_trait]
+    impl LockStore for FlakyLocks {
+        async fn try_lock(&self, req: &TryLockRequest) -> Result<bool, LockError> {
+            if self.calls.fetch_add(1, Ordering::SeqCst) < self.failures {
+                return Err(LockError("connection reset".into()));
+            }
+            self.inner.try_lock(req).await
+        }
+        async fn unlock(&self, key: &LockKey) -> Result<UnlockStatus, LockError> {
+            if self.calls.fetch_add(1, Ordering::SeqCst) < self.failures {
+                return Err(LockError("connection reset".into()));
+            }
+            self.inner.unlock(key).await
+        }
+    }
+
+    #[tokio::test]
+    async fn lock_stores_run_under_their_policy() {
+        let flaky = Arc::new(FlakyLocks {
+            inner: Default::default(),
+            failures: 2,
+            calls: AtomicU32::new(0),
+        });
+        let policy = resiliency(RETRY_STORE)
+            .component_outbound("store", Kind::Lock)
+            .expect("a policy");
+        let instance = outbound(Instance::new::<dyn LockStore>(flaky.clone()), policy);
+        let locks = instance.get::<dyn LockStore>().unwrap();
+        let key = LockKey {
+            resource_id: "r".into(),
+            owner: "o".into(),
+        };
+        let req = TryLockRequest {
+            key: key.clone(),
+            expiry_seconds: 60,
+        };
+        assert!(locks.try_lock(&req).await.unwrap(), "taken on the third attempt");
+        assert_eq!(flaky.calls.load(Ordering::SeqCst), 3);
+        assert_eq!(locks.unlock(&key).await.unwrap(), UnlockStatus::Success);
     }
 
     #[tokio::test]

@@ -501,6 +501,60 @@ impl ApiError {
         .on_resource("pubsub", name)
     }
 
+    // Distributed lock (`[D] pkg/messages/predefined.go`).
+    pub fn lock_stores_not_configured() -> Self {
+        Self::new(
+            500,
+            Code::FailedPrecondition,
+            "ERR_LOCK_STORE_NOT_CONFIGURED",
+            "lock store is not configured",
+        )
+    }
+    pub fn lock_store_not_found(store: &str) -> Self {
+        Self::new(
+            400,
+            Code::InvalidArgument,
+            "ERR_LOCK_STORE_NOT_FOUND",
+            format!("lock store {} not found", echo(store)),
+        )
+    }
+    /// A required field of a lock request is empty or not positive (`ResourceId`, `LockOwner`, `ExpiryInSeconds`).
+    pub fn lock_field(store: &str, problem: &str) -> Self {
+        Self::new(
+            400,
+            Code::InvalidArgument,
+            "ERR_MALFORMED_REQUEST",
+            format!("{problem} in lock store {}", echo(store)),
+        )
+    }
+    /// The store failed to take the lock.
+    pub fn try_lock(detail: impl std::fmt::Display) -> Self {
+        Self::new(
+            500,
+            Code::Internal,
+            "ERR_TRY_LOCK",
+            format!("failed to try acquiring lock: {detail}"),
+        )
+    }
+    /// The store failed to release the lock.
+    pub fn unlock(detail: impl std::fmt::Display) -> Self {
+        Self::new(
+            500,
+            Code::Internal,
+            "ERR_UNLOCK",
+            format!("failed to release lock: {detail}"),
+        )
+    }
+    /// A resource id holding the key separator `||`: Dapr's code and message for the operation, but 400 and
+    /// InvalidArgument (Dapr answers 500, though the request is at fault).
+    pub fn illegal_lock_key(self) -> Self {
+        ApiError {
+            status: 400,
+            grpc: Code::InvalidArgument,
+            ..self
+        }
+    }
+
     // Metadata.
     pub fn metadata_set(e: impl std::fmt::Display) -> Self {
         Self::new(

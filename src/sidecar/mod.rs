@@ -14,6 +14,7 @@ pub mod hot_reload;
 pub mod http;
 pub mod identity;
 pub mod invoke;
+pub mod lock;
 pub mod metadata;
 pub mod metrics;
 pub mod net;

@@ -10,6 +10,7 @@ use super::bindings::input::InputBindings;
 use super::components::{ComponentTable, References};
 use super::configuration::ConfigurationApi;
 use super::invoke::Invoker;
+use super::lock::Locks;
 use super::metadata::SidecarMetadata;
 use super::pubsub::PubSubApi;
 use super::pubsub::subscriber::Subscriber;
@@ -61,6 +62,8 @@ pub struct Runtime {
     pub pubsub: PubSubApi,
     pub subscriber: Arc<Subscriber>,
     pub bindings: BindingsApi,
+    /// Distributed locks.
+    pub locks: Locks,
     /// Input bindings: their events delivered to the app.
     pub inputs: Arc<InputBindings>,
     /// Configuration stores: reads and subscriptions.
@@ -108,6 +111,7 @@ impl Runtime {
         Runtime {
             configuration: Arc::new(ConfigurationApi::new(parts.components.clone(), parts.app.clone())),
             bindings: BindingsApi::new(parts.components.clone(), parts.metrics.clone()),
+            locks: Locks::new(parts.components.clone()),
             inputs,
             metrics: parts.metrics,
             pubsub,

@@ -522,7 +522,8 @@ async fn assemble(args: &Args, plan: &Plan, ports: &Ports) -> anyhow::Result<Ass
         &args.namespace,
     )
     .with_admission(Kind::State, super::state::admit)
-    .with_admission(Kind::PubSub, super::pubsub::admit);
+    .with_admission(Kind::PubSub, super::pubsub::admit)
+    .with_admission(Kind::Lock, super::lock::admit);
     Ok(Assembled { rt, loader, callee, me })
 }
 

@@ -3,9 +3,25 @@
 //! of Dapr's table layouts) on 127.0.0.1:5432 (database `test`) and MySQL/MariaDB on 127.0.0.1:3306 (database
 //! `test`), each test in tables of its own.
 
+/// One module per backend, one test per case: `case(ctx("backend").await)`, with the `ctx` and cases of the
+/// module it is used in (defined before the suites' modules so each can use it).
+macro_rules! suite {
+    ($backend:ident: $($case:ident),* $(,)?) => {
+        mod $backend {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $case() {
+                    super::$case(super::ctx(stringify!($backend)).await).await;
+                }
+            )*
+        }
+    };
+}
+
 mod bindings;
 mod configuration;
 mod jetstream;
+mod lock;
 mod pubsub;
 mod sql_state;
 
@@ -41,6 +57,16 @@ async fn runtime(backend: &str, app_id: &str, dir: &tempfile::TempDir) -> State 
 /// The state API of app `app_id` holding `component` (named `s`).
 async fn runtime_with(component: Component, app_id: &str) -> Result<State, String> {
     let table = Arc::new(ComponentTable::default());
+    loader(&table, app_id)
+        .with_admission(Kind::State, tandem::sidecar::state::admit)
+        .load_all(&[component])
+        .await
+        .map_err(|e| e.to_string())?;
+    Ok(State::new(table, app_id))
+}
+
+/// A loader of app `app_id`'s components into `table`, as the sidecar's (without resiliency policies).
+fn loader(table: &Arc<ComponentTable>, app_id: &str) -> ComponentLoader {
     let references = References::new(table.clone(), app_id, "", Mode::Standalone);
     ComponentLoader::new(
         Registry::builtin(),
@@ -50,11 +76,6 @@ async fn runtime_with(component: Component, app_id: &str) -> Result<State, Strin
         app_id,
         "",
     )
-    .with_admission(Kind::State, tandem::sidecar::state::admit)
-    .load_all(&[component])
-    .await
-    .map_err(|e| e.to_string())?;
-    Ok(State::new(table, app_id))
 }
 
 fn unique(prefix: &str) -> String {
@@ -567,19 +588,6 @@ async fn value(c: &Ctx, key: &str) -> Option<String> {
         .await
         .unwrap()
         .map(|i| String::from_utf8_lossy(&i.data).into_owned())
-}
-
-macro_rules! suite {
-    ($backend:ident: $($case:ident),* $(,)?) => {
-        mod $backend {
-            $(
-                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-                async fn $case() {
-                    super::$case(super::ctx(stringify!($backend)).await).await;
-                }
-            )*
-        }
-    };
 }
 
 suite!(memory: set_get_roundtrip, binary_values_roundtrip, etag_rules, first_write, delete_rules, bulk_get,

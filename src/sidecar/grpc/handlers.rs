@@ -437,3 +437,25 @@ pub async fn unsubscribe_configuration_alpha1(
 ) -> Reply<rt::UnsubscribeConfigurationResponse> {
     unsubscribe_configuration(api, req).await
 }
+
+#[instrument(level = "debug", name = "grpc.try_lock_alpha1", skip_all, fields(store = %echo(&req.get_ref().store_name)))]
+pub async fn try_lock_alpha1(api: &DaprApi, req: Request<rt::TryLockRequest>) -> Reply<rt::TryLockResponse> {
+    let r = req.into_inner();
+    let success = api
+        .rt
+        .locks
+        .try_lock(&r.store_name, &r.resource_id, &r.lock_owner, r.expiry_in_seconds)
+        .await?;
+    Ok(Response::new(rt::TryLockResponse { success }))
+}
+
+#[instrument(level = "debug", name = "grpc.unlock_alpha1", skip_all, fields(store = %echo(&req.get_ref().store_name)))]
+pub async fn unlock_alpha1(api: &DaprApi, req: Request<rt::UnlockRequest>) -> Reply<rt::UnlockResponse> {
+    let r = req.into_inner();
+    let status = api
+        .rt
+        .locks
+        .unlock(&r.store_name, &r.resource_id, &r.lock_owner)
+        .await?;
+    Ok(Response::new(rt::UnlockResponse { status: status as i32 }))
+}

@@ -260,14 +260,14 @@ impl Dapr for DaprApi {
         &self,
         request: tonic::Request<rt::TryLockRequest>,
     ) -> std::result::Result<tonic::Response<rt::TryLockResponse>, tonic::Status> {
-        Err(Status::unimplemented("TryLockAlpha1 is not implemented by tandem yet"))
+        handlers::try_lock_alpha1(self, request).await
     }
 
     async fn unlock_alpha1(
         &self,
         request: tonic::Request<rt::UnlockRequest>,
     ) -> std::result::Result<tonic::Response<rt::UnlockResponse>, tonic::Status> {
-        Err(Status::unimplemented("UnlockAlpha1 is not implemented by tandem yet"))
+        handlers::unlock_alpha1(self, request).await
     }
 
     async fn encrypt_alpha1(

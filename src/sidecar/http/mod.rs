@@ -3,6 +3,7 @@
 mod bindings;
 mod configuration;
 mod invoke;
+mod lock;
 mod metadata;
 pub mod openapi;
 mod pubsub;
@@ -126,6 +127,8 @@ pub fn router(state: ApiState) -> Router {
             "/v1.0-alpha1/configuration/{store}/{id}/unsubscribe",
             get(configuration::unsubscribe),
         )
+        .route("/v1.0-alpha1/lock/{store}", post(lock::try_lock))
+        .route("/v1.0-alpha1/unlock/{store}", post(lock::unlock))
         .route("/v1.0/secrets/{store}/bulk", get(secrets::bulk))
         .route("/v1.0/secrets/{store}/{key}", get(secrets::get))
         .route("/v1.0/shutdown", post(metadata::shutdown))
