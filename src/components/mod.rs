@@ -3,6 +3,7 @@
 
 pub mod amqp;
 pub mod bindings;
+pub mod conversation;
 pub mod http_client;
 pub mod instance;
 pub mod kafka;

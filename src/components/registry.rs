@@ -8,6 +8,7 @@ use std::sync::{Arc, OnceLock};
 use futures::future::BoxFuture;
 
 use super::bindings::{self, Binding};
+use super::conversation::{self, Conversation};
 use super::instance::Instance;
 use super::kind::{ComponentKind, Kind};
 use super::nameresolution::{self, NameResolver};
@@ -61,6 +62,9 @@ impl Registry {
         r.register::<dyn Binding, _, _>("bindings.mqtt", "v1", bindings::mqtt::build);
         r.register::<dyn Binding, _, _>("bindings.postgresql", "v1", bindings::postgres::build);
         r.register::<dyn Binding, _, _>("bindings.postgres", "v1", bindings::postgres::build);
+        r.register::<dyn Conversation, _, _>("conversation.echo", "v1", conversation::echo::build);
+        r.register::<dyn Conversation, _, _>("conversation.openai", "v1", conversation::openai::build);
+        r.register::<dyn Conversation, _, _>("conversation.ollama", "v1", conversation::openai::build_ollama);
         r.register::<dyn SecretStore, _, _>("secretstores.local.file", "v1", secretstores::local_file::build);
         r.register::<dyn SecretStore, _, _>("secretstores.local.env", "v1", secretstores::local_env::build);
         r.register::<dyn SecretStore, _, _>("secretstores.kubernetes", "v1", secretstores::kubernetes::build);

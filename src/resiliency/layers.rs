@@ -11,6 +11,7 @@ use super::{Policy, PolicyError, Retryable, Status};
 use crate::components::Instance;
 use crate::components::Kind;
 use crate::components::bindings::{Binding, BindingError, Directions, Handler, InvokeRequest, InvokeResponse};
+use crate::components::conversation::{Conversation, ConversationError, ConverseRequest, ConverseResponse};
 use crate::components::secretstores::{Secret, SecretError, SecretStore};
 use crate::components::state::{
     DeleteRequest, Feature, Query, QueryResponse, SetRequest, StateError, StateItem, StateStore, TransactionOp,
@@ -22,6 +23,9 @@ pub fn outbound(instance: Instance, policy: Policy) -> Instance {
         Kind::State => instance.map::<dyn StateStore>(|inner| Arc::new(ResilientState { inner, policy })),
         Kind::SecretStore => instance.map::<dyn SecretStore>(|inner| Arc::new(ResilientSecrets { inner, policy })),
         Kind::Bindings => instance.map::<dyn Binding>(|inner| Arc::new(ResilientBinding { inner, policy })),
+        Kind::Conversation => {
+            instance.map::<dyn Conversation>(|inner| Arc::new(ResilientConversation { inner, policy }))
+        }
         other => {
             tracing::warn!(kind = %other, policy = %policy.name(), "resiliency policies do not apply to {other} components yet");
             instance
@@ -152,6 +156,27 @@ impl Binding for ResilientBinding {
     }
     async fn read(&self, handler: Handler, stop: tokio_util::sync::CancellationToken) -> Result<(), BindingError> {
         self.inner.read(handler, stop).await
+    }
+    async fn close(&self) {
+        self.inner.close().await
+    }
+}
+
+impl Retryable for ConversationError {}
+
+/// An LLM whose every call runs under a policy.
+struct ResilientConversation {
+    inner: Arc<dyn Conversation>,
+    policy: Policy,
+}
+
+#[async_trait]
+impl Conversation for ResilientConversation {
+    async fn converse(&self, req: &ConverseRequest) -> Result<ConverseResponse, ConversationError> {
+        self.policy
+            .run(every_response_succeeds, || self.inner.converse(req))
+            .await
+            .map_err(|e| flatten(e, ConversationError))
     }
     async fn close(&self) {
         self.inner.close().await

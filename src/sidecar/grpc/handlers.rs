@@ -343,3 +343,20 @@ pub async fn invoke_binding(api: &DaprApi, req: Request<rt::InvokeBindingRequest
         }
     }
 }
+
+#[instrument(level = "debug", name = "grpc.converse_alpha1", skip_all, fields(component = %echo(&req.get_ref().name)))]
+pub async fn converse_alpha1(api: &DaprApi, req: Request<rt::ConversationRequest>) -> Reply<rt::ConversationResponse> {
+    Ok(Response::new(
+        api.rt.conversation.converse_alpha1(req.into_inner()).await?,
+    ))
+}
+
+#[instrument(level = "debug", name = "grpc.converse_alpha2", skip_all, fields(component = %echo(&req.get_ref().name)))]
+pub async fn converse_alpha2(
+    api: &DaprApi,
+    req: Request<rt::ConversationRequestAlpha2>,
+) -> Reply<rt::ConversationResponseAlpha2> {
+    Ok(Response::new(
+        api.rt.conversation.converse_alpha2(req.into_inner()).await?,
+    ))
+}
