@@ -21,8 +21,8 @@ import tempfile
 import time
 from pathlib import Path
 
-# The Python quickstarts whose building blocks tandem has today. The others (jobs, workflows, conversation) need
-# building blocks still to come.
+# The Python quickstarts whose building blocks tandem has today. The others (jobs, workflows) need building blocks
+# still to come; conversation/python/http talks to an Ollama server.
 DEFAULT = [
     "service_invocation/python/http",
     "state_management/python/sdk",
@@ -31,6 +31,7 @@ DEFAULT = [
     "pub_sub/python/http",
     "bindings/python/sdk",
     "bindings/python/http",
+    "conversation/python/sdk",
 ]
 
 # The bindings quickstart's README first starts PostgreSQL in Docker with bindings/db/orders.sql (database
@@ -62,8 +63,9 @@ PREPARE = {"bindings/python/sdk": orders_db, "bindings/python/http": orders_db}
 VERIFY = {"bindings/python/sdk": orders_rows, "bindings/python/http": orders_rows}
 
 
-def run_file_step(readme: str) -> dict:
-    """The STEP whose command is `dapr run -f .`: its expected lines, sleep and match order."""
+def run_file_steps(readme: str) -> list[dict]:
+    """The STEPs whose command is `dapr run -f <file>`: each one's run file, expected lines, sleep and match order."""
+    steps = []
     for m in re.finditer(r"<!-- STEP(.*?)-->\s*```bash\s*(.*?)```", readme, re.S):
         header, command = m.group(1), m.group(2)
         if "dapr run -f" not in command:
@@ -87,8 +89,11 @@ def run_file_step(readme: str) -> dict:
                 sleep = int(raw.split(":", 1)[1])
             if raw.strip().startswith("match_order:") and "none" in raw:
                 ordered = False
-        return {"expected": lines, "sleep": sleep, "ordered": ordered, "command": command.strip()}
-    raise SystemExit("no `dapr run -f` step in the README")
+        run_file = re.search(r"dapr run -f\s+(\S+)", command).group(1)
+        steps.append({"expected": lines, "sleep": sleep, "ordered": ordered, "file": run_file})
+    if not steps:
+        raise SystemExit("no `dapr run -f` step in the README")
+    return steps
 
 
 def check(output: str, expected: list[str], ordered: bool) -> list[str]:
@@ -102,30 +107,39 @@ def check(output: str, expected: list[str], ordered: bool) -> list[str]:
     return missing
 
 
-def run_one(tandem: str, root: Path, name: str) -> tuple[bool, str]:
-    qs = root / name
-    step = run_file_step((qs / "README.md").read_text())
-    if name in PREPARE:
-        PREPARE[name]()
+def run_step(tandem: str, qs: Path, step: dict) -> tuple[str, list[str]]:
+    """Runs one `dapr run -f <file>` step as `tandem run -f <file>`: its output and the expected lines missing."""
     home = tempfile.mkdtemp(prefix="tandem-qs-")
     env = {**os.environ, "HOME": home}
     with tempfile.TemporaryFile() as out:
-        proc = subprocess.Popen([tandem, "run", "-f", "."], cwd=qs, env=env, stdout=out, stderr=subprocess.STDOUT)
+        proc = subprocess.Popen([tandem, "run", "-f", step["file"]], cwd=qs, env=env, stdout=out,
+                                stderr=subprocess.STDOUT)
         time.sleep(step["sleep"])
-        subprocess.run([tandem, "stop", "-f", "."], cwd=qs, env=env, capture_output=True, timeout=60)
+        subprocess.run([tandem, "stop", "-f", step["file"]], cwd=qs, env=env, capture_output=True, timeout=60)
         try:
             proc.wait(timeout=60)
         except subprocess.TimeoutExpired:
             proc.kill()
         out.seek(0)
         output = out.read().decode(errors="replace")
-    missing = check(output, step["expected"], step["ordered"])
-    if missing:
-        return False, f"missing {missing!r}\n--- output ---\n{output[-4000:]}"
+    return output, check(output, step["expected"], step["ordered"])
+
+
+def run_one(tandem: str, root: Path, name: str) -> tuple[bool, str]:
+    qs = root / name
+    steps = run_file_steps((qs / "README.md").read_text())
+    if name in PREPARE:
+        PREPARE[name]()
+    seen = 0
+    for step in steps:
+        output, missing = run_step(tandem, qs, step)
+        if missing:
+            return False, f"run -f {step['file']}: missing {missing!r}\n--- output ---\n{output[-4000:]}"
+        seen += len(step["expected"])
     problem = VERIFY[name]() if name in VERIFY else ""
     if problem:
         return False, f"{problem}\n--- output ---\n{output[-4000:]}"
-    return True, f"{len(step['expected'])} expected lines seen"
+    return True, f"{seen} expected lines seen in {len(steps)} run file(s)"
 
 
 def main() -> int:
