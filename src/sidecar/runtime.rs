@@ -106,7 +106,7 @@ impl Runtime {
         ));
         Runtime {
             bindings: BindingsApi::new(parts.components.clone(), parts.metrics.clone()),
-            conversation: ConversationApi::new(parts.components.clone()),
+            conversation: ConversationApi::new(parts.components.clone(), parts.metrics.clone()),
             inputs,
             metrics: parts.metrics,
             pubsub,

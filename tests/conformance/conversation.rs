@@ -15,6 +15,7 @@ use tandem::sidecar::Mode;
 use tandem::sidecar::components::{ComponentLoader, ComponentTable, References};
 use tandem::sidecar::conversation::{ConversationApi, json_to_struct};
 use tandem::sidecar::error::ApiError;
+use tandem::sidecar::metrics::Metrics;
 
 const KEY: &str = "sk-test";
 
@@ -128,7 +129,7 @@ async fn load(components: &[Component]) -> Result<ConversationApi, String> {
     .load_all(components)
     .await
     .map_err(|e| e.to_string())?;
-    Ok(ConversationApi::new(table))
+    Ok(ConversationApi::new(table, Arc::new(Metrics::new("conf"))))
 }
 
 async fn ctx(backend: &'static str) -> Ctx {
@@ -591,4 +592,40 @@ async fn openai_metadata_is_checked_at_load() {
     assert!(load(&[azure]).await.err().unwrap().contains("apiVersion"));
     let bad_url = Component::new("llm", "conversation.ollama", &[("endpoint", "ftp://x")]);
     assert!(load(&[bad_url]).await.err().unwrap().contains("endpoint"));
+}
+
+#[tokio::test]
+async fn cache_ttl_answers_repeated_requests_from_memory() {
+    let llm = fake_llm().await;
+    let cached = Component::new(
+        "llm",
+        "conversation.openai",
+        &[("key", KEY), ("endpoint", &llm.url), ("cacheTTL", "10m")],
+    );
+    let api = load(&[cached]).await.unwrap();
+    let ask = |t: &str| request(vec![input(vec![user(t)], None)]);
+    let first = api.converse_alpha2(ask("same question")).await.unwrap();
+    let again = api.converse_alpha2(ask("same question")).await.unwrap();
+    assert_eq!(first, again);
+    assert_eq!(
+        llm.seen.lock().unwrap().len(),
+        1,
+        "the second answer came from the cache"
+    );
+    api.converse_alpha2(ask("another question")).await.unwrap();
+    assert_eq!(
+        llm.seen.lock().unwrap().len(),
+        2,
+        "a different request reaches the model"
+    );
+
+    let uncached = Component::new("llm", "conversation.openai", &[("key", KEY), ("endpoint", &llm.url)]);
+    let api = load(&[uncached]).await.unwrap();
+    api.converse_alpha2(ask("same question")).await.unwrap();
+    api.converse_alpha2(ask("same question")).await.unwrap();
+    assert_eq!(
+        llm.seen.lock().unwrap().len(),
+        4,
+        "without cacheTTL every request reaches the model"
+    );
 }

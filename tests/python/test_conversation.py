@@ -231,3 +231,16 @@ def test_metadata_lists_conversation_components(env):
     assert listed["echo"]["type"] == "conversation.echo"
     assert listed["gpt"]["type"] == "conversation.openai"
     assert listed["gpt"]["version"] == "v1"
+
+
+def test_metrics_count_conversation_calls(env):
+    sc, _ = env
+    r = post(sc, "alpha2", "echo", json.dumps({"inputs": [{"messages": [{"ofUser": {"content": [{"text": "x"}]}}]}]}))
+    assert r.status_code == 200, r.text
+    metrics = requests.get(f"http://127.0.0.1:{sc.metrics_port}/metrics", timeout=10).text
+    lines = [l for l in metrics.splitlines() if l.startswith("dapr_component_conversation_count{")]
+    ok = [l for l in lines if 'component="echo"' in l and 'success="true"' in l]
+    assert ok and float(ok[0].split()[-1]) >= 1, lines
+    failed = [l for l in lines if 'component="wrongkey"' in l and 'success="false"' in l]
+    assert failed, lines
+    assert "dapr_component_conversation_latencies_bucket{" in metrics

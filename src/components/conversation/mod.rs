@@ -5,14 +5,14 @@
 pub mod echo;
 pub mod openai;
 
-use std::collections::BTreeMap;
-use std::sync::Arc;
-use std::time::Duration;
+use std::collections::{BTreeMap, HashMap};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use futures::future::BoxFuture;
 
-use super::{ComponentKind, Kind};
+use super::{ComponentError, ComponentKind, Kind, Metadata};
 
 /// Who wrote a message.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -156,5 +156,73 @@ impl ComponentKind for dyn Conversation {
 
     fn close(component: Arc<Self>) -> BoxFuture<'static, ()> {
         Box::pin(async move { component.close().await })
+    }
+}
+
+/// The most answers a response cache keeps.
+const CACHE_ENTRIES: usize = 1024;
+
+/// `component` answering identical requests from memory for the `cacheTTL` (alias `responseCacheTTL`) metadata's
+/// duration, as Dapr's langchain-based components do; `component` itself when it is unset or zero.
+pub fn with_response_cache(
+    md: &Metadata,
+    component: Arc<dyn Conversation>,
+) -> Result<Arc<dyn Conversation>, ComponentError> {
+    let ttl = match md.duration("cacheTTL")? {
+        Some(d) => Some(d),
+        None => md.duration("responseCacheTTL")?,
+    };
+    Ok(match ttl.filter(|d| !d.is_zero()) {
+        None => component,
+        Some(ttl) => Arc::new(Cached {
+            inner: component,
+            ttl,
+            answers: Mutex::default(),
+        }),
+    })
+}
+
+struct Cached {
+    inner: Arc<dyn Conversation>,
+    ttl: Duration,
+    /// Request (its debug rendering) -> when it was answered, and the answer.
+    answers: Mutex<HashMap<String, (Instant, ConverseResponse)>>,
+}
+
+impl Cached {
+    fn lookup(&self, key: &str) -> Option<ConverseResponse> {
+        let answers = self.answers.lock().unwrap_or_else(|p| p.into_inner());
+        answers
+            .get(key)
+            .filter(|(at, _)| at.elapsed() < self.ttl)
+            .map(|(_, r)| r.clone())
+    }
+
+    fn store(&self, key: String, resp: ConverseResponse) {
+        let mut answers = self.answers.lock().unwrap_or_else(|p| p.into_inner());
+        answers.retain(|_, (at, _)| at.elapsed() < self.ttl);
+        if answers.len() >= CACHE_ENTRIES {
+            if let Some(oldest) = answers.iter().min_by_key(|(_, (at, _))| *at).map(|(k, _)| k.clone()) {
+                answers.remove(&oldest);
+            }
+        }
+        answers.insert(key, (Instant::now(), resp));
+    }
+}
+
+#[async_trait]
+impl Conversation for Cached {
+    async fn converse(&self, req: &ConverseRequest) -> Result<ConverseResponse, ConversationError> {
+        let key = format!("{req:?}");
+        if let Some(hit) = self.lookup(&key) {
+            return Ok(hit);
+        }
+        let resp = self.inner.converse(req).await?;
+        self.store(key, resp.clone());
+        Ok(resp)
+    }
+
+    async fn close(&self) {
+        self.inner.close().await
     }
 }

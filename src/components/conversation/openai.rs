@@ -1,6 +1,7 @@
 //! `conversation.openai` and `conversation.ollama`: any server speaking OpenAI's chat-completions API (OpenAI,
 //! Azure OpenAI, Ollama, vLLM, llama.cpp, ...). Metadata as Dapr's: `key`, `model`, `endpoint`, `cacheTTL`
-//! (accepted; answers are not cached yet), and for OpenAI `apiType` (`azure`) with `apiVersion`. The model is
+//! (identical requests answered from memory for
+//! that long), and for OpenAI `apiType` (`azure`) with `apiVersion`. The model is
 //! `OPENAI_MODEL` / `AZURE_OPENAI_MODEL` / `OLLAMA_MODEL` from the environment, else the metadata, else Dapr's
 //! default. Each choice the server answers becomes one output, as in Dapr.
 
@@ -37,19 +38,11 @@ fn model(md: &Metadata, env: &str, default: &str) -> String {
         .unwrap_or_else(|| default.to_owned())
 }
 
-fn check_cache_ttl(md: &Metadata) -> Result<(), ComponentError> {
-    for key in ["cacheTTL", "responseCacheTTL"] {
-        md.duration(key)?;
-    }
-    Ok(())
-}
-
 fn endpoint_url(endpoint: &str) -> Result<http::Uri, ComponentError> {
     http_url("endpoint", endpoint)
 }
 
 pub async fn build(md: Metadata) -> Result<Arc<dyn Conversation>, ComponentError> {
-    check_cache_ttl(&md)?;
     let key = md.string("key").ok_or_else(|| {
         ComponentError::invalid("key", "missing the OpenAI API key: set the component's key metadata")
     })?;
@@ -77,18 +70,20 @@ pub async fn build(md: Metadata) -> Result<Arc<dyn Conversation>, ComponentError
         let url = format!("{}/chat/completions", endpoint.trim_end_matches('/'));
         (model, url, ("authorization", format!("Bearer {key}")))
     };
-    ChatCompletions::client(model, url, auth)
+    super::with_response_cache(&md, ChatCompletions::client(model, url, auth)?)
 }
 
 /// `conversation.ollama`: Ollama's OpenAI-compatible API (`/v1`); no key needed.
 pub async fn build_ollama(md: Metadata) -> Result<Arc<dyn Conversation>, ComponentError> {
-    check_cache_ttl(&md)?;
     let key = md.string("key").unwrap_or_else(|| "ollama".into());
     let model = model(&md, "OLLAMA_MODEL", "llama3.2:latest");
     let endpoint = md.string("endpoint").unwrap_or_else(|| OLLAMA_ENDPOINT.into());
     endpoint_url(&endpoint)?;
     let url = format!("{}/chat/completions", endpoint.trim_end_matches('/'));
-    ChatCompletions::client(model, url, ("authorization", format!("Bearer {key}")))
+    super::with_response_cache(
+        &md,
+        ChatCompletions::client(model, url, ("authorization", format!("Bearer {key}")))?,
+    )
 }
 
 /// A client of one chat-completions endpoint.

@@ -7,6 +7,7 @@ pub mod pii;
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
+use std::time::Instant;
 
 use dapr::dapr::proto::runtime::v1 as rt;
 use rt::conversation_message::MessageTypes;
@@ -16,10 +17,12 @@ use crate::components::conversation::{
 };
 use crate::sidecar::components::{ComponentTable, Handle};
 use crate::sidecar::error::{ApiError, ApiResult};
+use crate::sidecar::metrics::Metrics;
 
 #[derive(Clone)]
 pub struct ConversationApi {
     table: Arc<ComponentTable>,
+    metrics: Arc<Metrics>,
 }
 
 fn scrubbed(text: String, scrub: bool) -> String {
@@ -30,8 +33,8 @@ const TOOL_CHOICE_RULE: &str =
     "tool choice must be 'auto', 'none', 'required', or a specific tool name matching the tools available to be used";
 
 impl ConversationApi {
-    pub fn new(table: Arc<ComponentTable>) -> Self {
-        ConversationApi { table }
+    pub fn new(table: Arc<ComponentTable>, metrics: Arc<Metrics>) -> Self {
+        ConversationApi { table, metrics }
     }
 
     fn component(&self, name: &str) -> ApiResult<Handle<dyn Conversation>> {
@@ -40,16 +43,13 @@ impl ConversationApi {
             .ok_or_else(|| ApiError::conversation_not_found(name))
     }
 
-    async fn call(
-        &self,
-        name: &str,
-        component: &dyn Conversation,
-        req: &ConverseRequest,
-    ) -> ApiResult<ConverseResponse> {
-        component
-            .converse(req)
-            .await
-            .map_err(|e| ApiError::conversation_invoke(name, &e.0))
+    /// Calls the component, recording Dapr's conversation metrics.
+    async fn call(&self, component: &Handle<dyn Conversation>, req: &ConverseRequest) -> ApiResult<ConverseResponse> {
+        let started = Instant::now();
+        let result = component.converse(req).await;
+        self.metrics
+            .conversation(component.name(), result.is_ok(), started.elapsed());
+        result.map_err(|e| ApiError::conversation_invoke(component.name(), &e.0))
     }
 
     /// `ConverseAlpha1`: one text per input; one result per output of the component (its first choice's text).
@@ -71,7 +71,7 @@ impl ConversationApi {
             temperature: req.temperature.unwrap_or_default(),
             ..Default::default()
         };
-        let resp = self.call(&req.name, &*component, &request).await?;
+        let resp = self.call(&component, &request).await?;
         let scrub = req.scrub_pii == Some(true);
         let outputs = resp
             .outputs
@@ -211,7 +211,7 @@ impl ConversationApi {
             }),
             prompt_cache_retention,
         };
-        let resp = self.call(&name, &*component, &request).await?;
+        let resp = self.call(&component, &request).await?;
         let scrub = req.scrub_pii == Some(true);
         let usage = resp.usage.map(usage_proto);
         let model = (!resp.model.is_empty()).then(|| resp.model.clone());
