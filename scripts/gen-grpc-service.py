@@ -11,6 +11,7 @@ IMPLEMENTED = {
     "get_configuration", "get_configuration_alpha1", "subscribe_configuration", "subscribe_configuration_alpha1",
     "unsubscribe_configuration", "unsubscribe_configuration_alpha1",
     "try_lock_alpha1", "unlock_alpha1",
+    "converse_alpha1", "converse_alpha2",
 }
 
 root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

@@ -22,8 +22,8 @@ import tempfile
 import time
 from pathlib import Path
 
-# The Python quickstarts whose building blocks tandem has today. The others (jobs, workflows, conversation) need
-# building blocks still to come.
+# The Python quickstarts whose building blocks tandem has today. The others (jobs, workflows) need building blocks
+# still to come; conversation/python/http talks to an Ollama server.
 DEFAULT = [
     "service_invocation/python/http",
     "state_management/python/sdk",
@@ -33,6 +33,7 @@ DEFAULT = [
     "bindings/python/sdk",
     "bindings/python/http",
     "configuration/python/sdk",
+    "conversation/python/sdk",
 ]
 
 # The bindings quickstart's README first starts PostgreSQL in Docker with bindings/db/orders.sql (database
@@ -78,12 +79,13 @@ PREPARE = {"bindings/python/sdk": orders_db, "bindings/python/http": orders_db,
 VERIFY = {"bindings/python/sdk": orders_rows, "bindings/python/http": orders_rows}
 
 
-def run_file_step(readme: str) -> dict:
-    """The STEP whose command is `dapr run -f .` (else the first `dapr run`): its expected lines, sleep and match
-    order."""
-    steps = list(re.finditer(r"<!-- STEP(.*?)-->\s*```bash\s*(.*?)```", readme, re.S))
-    wanted = "dapr run -f" if any("dapr run -f" in m.group(2) for m in steps) else "dapr run "
-    for m in steps:
+def run_steps(readme: str) -> list[dict]:
+    """The STEPs whose command is `dapr run -f <file>` (else the first `dapr run`, a one-app quickstart): each one's
+    command, expected lines, sleep and match order."""
+    steps = []
+    found = list(re.finditer(r"<!-- STEP(.*?)-->\s*```bash\s*(.*?)```", readme, re.S))
+    wanted = "dapr run -f" if any("dapr run -f" in m.group(2) for m in found) else "dapr run "
+    for m in found:
         header, command = m.group(1), m.group(2)
         if wanted not in command:
             continue
@@ -106,8 +108,12 @@ def run_file_step(readme: str) -> dict:
                 sleep = int(raw.split(":", 1)[1])
             if raw.strip().startswith("match_order:") and "none" in raw:
                 ordered = False
-        return {"expected": lines, "sleep": sleep, "ordered": ordered, "command": command.strip()}
-    raise SystemExit("no `dapr run` step in the README")
+        steps.append({"expected": lines, "sleep": sleep, "ordered": ordered, "command": command.strip()})
+        if wanted == "dapr run ":
+            break
+    if not steps:
+        raise SystemExit("no `dapr run` step in the README")
+    return steps
 
 
 def single_app(qs: Path, command: str, tandem: str) -> tuple[Path, list[str], list[str]]:
@@ -137,15 +143,16 @@ def check(output: str, expected: list[str], ordered: bool) -> list[str]:
     return missing
 
 
-def run_one(tandem: str, root: Path, name: str) -> tuple[bool, str]:
-    qs = root / name
-    step = run_file_step((qs / "README.md").read_text())
-    if name in PREPARE:
-        PREPARE[name]()
+def run_step(tandem: str, qs: Path, step: dict) -> tuple[str, list[str]]:
+    """Runs one step (`dapr run -f <file>` as `tandem run -f <file>`, or a one-app `dapr run`): its output and the
+    expected lines missing."""
     home = tempfile.mkdtemp(prefix="tandem-qs-")
     env = {**os.environ, "HOME": home}
-    cwd, argv, stop = qs, [tandem, "run", "-f", "."], [tandem, "stop", "-f", "."]
-    if "dapr run -f" not in step["command"]:
+    run_file = re.search(r"dapr run -f\s+(\S+)", step["command"])
+    if run_file:
+        cwd, argv = qs, [tandem, "run", "-f", run_file.group(1)]
+        stop = [tandem, "stop", "-f", run_file.group(1)]
+    else:
         cwd, argv, stop = single_app(qs, step["command"], tandem)
     with tempfile.TemporaryFile() as out:
         proc = subprocess.Popen(argv, cwd=cwd, env=env, stdout=out, stderr=subprocess.STDOUT)
@@ -157,13 +164,24 @@ def run_one(tandem: str, root: Path, name: str) -> tuple[bool, str]:
             proc.kill()
         out.seek(0)
         output = out.read().decode(errors="replace")
-    missing = check(output, step["expected"], step["ordered"])
-    if missing:
-        return False, f"missing {missing!r}\n--- output ---\n{output[-4000:]}"
+    return output, check(output, step["expected"], step["ordered"])
+
+
+def run_one(tandem: str, root: Path, name: str) -> tuple[bool, str]:
+    qs = root / name
+    steps = run_steps((qs / "README.md").read_text())
+    if name in PREPARE:
+        PREPARE[name]()
+    seen = 0
+    for step in steps:
+        output, missing = run_step(tandem, qs, step)
+        if missing:
+            return False, f"{step['command']}: missing {missing!r}\n--- output ---\n{output[-4000:]}"
+        seen += len(step["expected"])
     problem = VERIFY[name]() if name in VERIFY else ""
     if problem:
         return False, f"{problem}\n--- output ---\n{output[-4000:]}"
-    return True, f"{len(step['expected'])} expected lines seen"
+    return True, f"{seen} expected lines seen in {len(steps)} step(s)"
 
 
 def main() -> int:

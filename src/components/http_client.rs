@@ -9,6 +9,20 @@ use hyper_util::rt::TokioExecutor;
 
 pub type HttpsClient<B> = Client<hyper_rustls::HttpsConnector<HttpConnector>, B>;
 
+/// Metadata `field`'s `value` as an `http://` or `https://` URL.
+pub fn http_url(field: &str, value: &str) -> Result<http::Uri, super::ComponentError> {
+    let uri: http::Uri = value
+        .parse()
+        .map_err(|e| super::ComponentError::invalid(field, format!("{value:?} is not a URL: {e}")))?;
+    if !matches!(uri.scheme_str(), Some("http" | "https")) {
+        return Err(super::ComponentError::invalid(
+            field,
+            format!("{value:?} is not an http:// or https:// URL"),
+        ));
+    }
+    Ok(uri)
+}
+
 /// PEM documents of a client's TLS (an HTTPEndpoint's `clientTLS`, a binding's mTLS metadata).
 #[derive(Clone, Debug, Default)]
 pub struct ClientTlsPem {

@@ -4,6 +4,7 @@
 pub mod amqp;
 pub mod bindings;
 pub mod configuration;
+pub mod conversation;
 pub mod http_client;
 pub mod instance;
 pub mod kafka;

@@ -9,6 +9,7 @@ use futures::future::BoxFuture;
 
 use super::bindings::{self, Binding};
 use super::configuration::{self, ConfigurationStore};
+use super::conversation::{self, Conversation};
 use super::instance::Instance;
 use super::kind::{ComponentKind, Kind};
 use super::lock::{self, LockStore};
@@ -71,6 +72,9 @@ impl Registry {
         r.register::<dyn ConfigurationStore, _, _>("configuration.redis", "v1", configuration::redis::build);
         r.register::<dyn ConfigurationStore, _, _>("configuration.postgresql", "v1", configuration::postgres::build);
         r.register::<dyn ConfigurationStore, _, _>("configuration.postgres", "v1", configuration::postgres::build);
+        r.register::<dyn Conversation, _, _>("conversation.echo", "v1", conversation::echo::build);
+        r.register::<dyn Conversation, _, _>("conversation.openai", "v1", conversation::openai::build);
+        r.register::<dyn Conversation, _, _>("conversation.ollama", "v1", conversation::openai::build_ollama);
         r.register::<dyn SecretStore, _, _>("secretstores.local.file", "v1", secretstores::local_file::build);
         r.register::<dyn SecretStore, _, _>("secretstores.local.env", "v1", secretstores::local_env::build);
         r.register::<dyn SecretStore, _, _>("secretstores.kubernetes", "v1", secretstores::kubernetes::build);

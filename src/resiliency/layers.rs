@@ -11,6 +11,7 @@ use super::{Policy, PolicyError, Retryable, Status};
 use crate::components::Instance;
 use crate::components::Kind;
 use crate::components::bindings::{Binding, BindingError, Directions, Handler, InvokeRequest, InvokeResponse};
+use crate::components::conversation::{Conversation, ConversationError, ConverseRequest, ConverseResponse};
 use crate::components::lock::{LockError, LockKey, LockStore, TryLockRequest, UnlockStatus};
 use crate::components::pubsub::{self, BulkEntry, FailedEntry, Message, PubSub, PubSubError, SubscribeRequest};
 use crate::components::secretstores::{Secret, SecretError, SecretStore};
@@ -26,6 +27,9 @@ pub fn outbound(instance: Instance, policy: Policy) -> Instance {
         Kind::Bindings => instance.map::<dyn Binding>(|inner| Arc::new(ResilientBinding { inner, policy })),
         Kind::PubSub => instance.map::<dyn PubSub>(|inner| Arc::new(ResilientPubSub { inner, policy })),
         Kind::Lock => instance.map::<dyn LockStore>(|inner| Arc::new(ResilientLock { inner, policy })),
+        Kind::Conversation => {
+            instance.map::<dyn Conversation>(|inner| Arc::new(ResilientConversation { inner, policy }))
+        }
         other => {
             tracing::warn!(kind = %other, policy = %policy.name(), "resiliency policies do not apply to {other} components yet");
             instance
@@ -260,6 +264,27 @@ impl LockStore for ResilientLock {
             .run(every_response_succeeds, || self.inner.unlock(key))
             .await
             .map_err(|e| flatten(e, LockError))
+    }
+    async fn close(&self) {
+        self.inner.close().await
+    }
+}
+
+impl Retryable for ConversationError {}
+
+/// An LLM whose every call runs under a policy.
+struct ResilientConversation {
+    inner: Arc<dyn Conversation>,
+    policy: Policy,
+}
+
+#[async_trait]
+impl Conversation for ResilientConversation {
+    async fn converse(&self, req: &ConverseRequest) -> Result<ConverseResponse, ConversationError> {
+        self.policy
+            .run(every_response_succeeds, || self.inner.converse(req))
+            .await
+            .map_err(|e| flatten(e, ConversationError))
     }
     async fn close(&self) {
         self.inner.close().await

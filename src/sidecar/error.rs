@@ -403,6 +403,47 @@ impl ApiError {
         .with_reason("ERR_INVOKE_OUTPUT_BINDING")
     }
 
+    // Conversation.
+    pub fn conversation_not_found(name: &str) -> Self {
+        Self::new(
+            400,
+            Code::InvalidArgument,
+            "ERR_CONVERSATION_NOT_FOUND",
+            format!("failed finding conversation component {}", echo(name)),
+        )
+    }
+    pub fn conversation_missing_inputs(name: &str) -> Self {
+        Self::new(
+            400,
+            Code::InvalidArgument,
+            "ERR_CONVERSATION_MISSING_INPUTS",
+            format!(
+                "failed conversing with component {}: missing inputs in request",
+                echo(name)
+            ),
+        )
+    }
+    pub fn conversation_invalid_params(name: &str, detail: &str) -> Self {
+        Self::new(
+            400,
+            Code::InvalidArgument,
+            "ERR_CONVERSATION_INVALID_PARMS",
+            format!(
+                "failed conversing with component {}: invalid params: {detail}",
+                echo(name)
+            ),
+        )
+    }
+    /// The component failed (the LLM server's error, a timeout, ...): 500, gRPC Internal.
+    pub fn conversation_invoke(name: &str, detail: &str) -> Self {
+        Self::new(
+            500,
+            Code::Internal,
+            "ERR_CONVERSATION_INVOKE",
+            format!("failed conversing with component {}: {detail}", echo(name)),
+        )
+    }
+
     pub fn pubsub_name_empty() -> Self {
         Self::new(404, Code::InvalidArgument, "ERR_PUBSUB_EMPTY", "pubsub name is empty")
             .with_reason("DAPR_PUBSUB_NAME_EMPTY")

@@ -29,6 +29,8 @@ pub struct Metrics {
     input_binding_latency: HistogramVec,
     output_binding: IntCounterVec,
     output_binding_latency: HistogramVec,
+    conversation: IntCounterVec,
+    conversation_latency: HistogramVec,
     /// Topics seen as labels so far: at most [`MAX_TOPIC_LABELS`], later ones are labelled `_other`.
     topics: Mutex<HashSet<String>>,
 }
@@ -123,6 +125,16 @@ impl Metrics {
             "The latency of the response from the output binding component.",
             output_labels,
         );
+        let conversation = counter(
+            "dapr_component_conversation_count",
+            "The number of operations performed on the conversation component.",
+            input_labels,
+        );
+        let conversation_latency = histogram(
+            "dapr_component_conversation_latencies",
+            "The latency of the response from the conversation component.",
+            input_labels,
+        );
         for c in [
             &http_count,
             &grpc_completed,
@@ -130,6 +142,7 @@ impl Metrics {
             &pubsub_egress,
             &input_binding,
             &output_binding,
+            &conversation,
         ] {
             registry.register(Box::new(c.clone())).expect("unique metric");
         }
@@ -140,6 +153,7 @@ impl Metrics {
             &pubsub_egress_latency,
             &input_binding_latency,
             &output_binding_latency,
+            &conversation_latency,
         ] {
             registry.register(Box::new(h.clone())).expect("unique metric");
         }
@@ -159,6 +173,8 @@ impl Metrics {
             input_binding_latency,
             output_binding,
             output_binding_latency,
+            conversation,
+            conversation_latency,
             topics: Mutex::default(),
         }
     }
@@ -243,6 +259,20 @@ impl Metrics {
         ];
         self.output_binding.with_label_values(&labels).inc();
         self.output_binding_latency
+            .with_label_values(&labels)
+            .observe(elapsed.as_secs_f64() * 1e3);
+    }
+
+    /// One call of a conversation component (Dapr's `conversation`); `component` is a loaded component's name.
+    pub fn conversation(&self, component: &str, success: bool, elapsed: Duration) {
+        let labels = [
+            self.app_id.as_str(),
+            component,
+            self.namespace.as_str(),
+            if success { "true" } else { "false" },
+        ];
+        self.conversation.with_label_values(&labels).inc();
+        self.conversation_latency
             .with_label_values(&labels)
             .observe(elapsed.as_secs_f64() * 1e3);
     }

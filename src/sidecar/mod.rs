@@ -8,6 +8,7 @@ pub mod args_render;
 pub mod bindings;
 pub mod components;
 pub mod configuration;
+pub mod conversation;
 pub mod error;
 pub mod grpc;
 pub mod hot_reload;

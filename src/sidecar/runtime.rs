@@ -9,6 +9,7 @@ use super::bindings::BindingsApi;
 use super::bindings::input::InputBindings;
 use super::components::{ComponentTable, References};
 use super::configuration::ConfigurationApi;
+use super::conversation::ConversationApi;
 use super::invoke::Invoker;
 use super::lock::Locks;
 use super::metadata::SidecarMetadata;
@@ -64,6 +65,7 @@ pub struct Runtime {
     pub bindings: BindingsApi,
     /// Distributed locks.
     pub locks: Locks,
+    pub conversation: ConversationApi,
     /// Input bindings: their events delivered to the app.
     pub inputs: Arc<InputBindings>,
     /// Configuration stores: reads and subscriptions.
@@ -112,6 +114,7 @@ impl Runtime {
             configuration: Arc::new(ConfigurationApi::new(parts.components.clone(), parts.app.clone())),
             bindings: BindingsApi::new(parts.components.clone(), parts.metrics.clone()),
             locks: Locks::new(parts.components.clone()),
+            conversation: ConversationApi::new(parts.components.clone(), parts.metrics.clone()),
             inputs,
             metrics: parts.metrics,
             pubsub,

@@ -20,6 +20,7 @@ macro_rules! suite {
 
 mod bindings;
 mod configuration;
+mod conversation;
 mod jetstream;
 mod lock;
 mod pubsub;

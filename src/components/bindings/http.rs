@@ -24,15 +24,7 @@ pub async fn build(md: Metadata) -> Result<Arc<dyn Binding>, ComponentError> {
     let url = md
         .string("url")
         .ok_or_else(|| ComponentError::invalid("url", "the url to call must be set"))?;
-    let parsed: http::Uri = url
-        .parse()
-        .map_err(|e| ComponentError::invalid("url", format!("{url:?} is not a URL: {e}")))?;
-    if !matches!(parsed.scheme_str(), Some("http" | "https")) {
-        return Err(ComponentError::invalid(
-            "url",
-            format!("{url:?} is not an http:// or https:// URL"),
-        ));
-    }
+    crate::components::http_client::http_url("url", &url)?;
     let tls = ClientTlsPem {
         root_ca: pem_or_file(&md, "MTLSRootCA")?,
         certificate: pem_or_file(&md, "MTLSClientCert")?,

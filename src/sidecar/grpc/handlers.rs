@@ -459,3 +459,20 @@ pub async fn unlock_alpha1(api: &DaprApi, req: Request<rt::UnlockRequest>) -> Re
         .await?;
     Ok(Response::new(rt::UnlockResponse { status: status as i32 }))
 }
+
+#[instrument(level = "debug", name = "grpc.converse_alpha1", skip_all, fields(component = %echo(&req.get_ref().name)))]
+pub async fn converse_alpha1(api: &DaprApi, req: Request<rt::ConversationRequest>) -> Reply<rt::ConversationResponse> {
+    Ok(Response::new(
+        api.rt.conversation.converse_alpha1(req.into_inner()).await?,
+    ))
+}
+
+#[instrument(level = "debug", name = "grpc.converse_alpha2", skip_all, fields(component = %echo(&req.get_ref().name)))]
+pub async fn converse_alpha2(
+    api: &DaprApi,
+    req: Request<rt::ConversationRequestAlpha2>,
+) -> Reply<rt::ConversationResponseAlpha2> {
+    Ok(Response::new(
+        api.rt.conversation.converse_alpha2(req.into_inner()).await?,
+    ))
+}

@@ -576,14 +576,14 @@ impl Dapr for DaprApi {
         &self,
         request: tonic::Request<rt::ConversationRequest>,
     ) -> std::result::Result<tonic::Response<rt::ConversationResponse>, tonic::Status> {
-        Err(Status::unimplemented("ConverseAlpha1 is not implemented by tandem yet"))
+        handlers::converse_alpha1(self, request).await
     }
 
     async fn converse_alpha2(
         &self,
         request: tonic::Request<rt::ConversationRequestAlpha2>,
     ) -> std::result::Result<tonic::Response<rt::ConversationResponseAlpha2>, tonic::Status> {
-        Err(Status::unimplemented("ConverseAlpha2 is not implemented by tandem yet"))
+        handlers::converse_alpha2(self, request).await
     }
 
     async fn create_index_alpha1(

@@ -2,6 +2,7 @@
 
 mod bindings;
 mod configuration;
+mod conversation;
 mod invoke;
 mod lock;
 mod metadata;
@@ -129,6 +130,14 @@ pub fn router(state: ApiState) -> Router {
         )
         .route("/v1.0-alpha1/lock/{store}", post(lock::try_lock))
         .route("/v1.0-alpha1/unlock/{store}", post(lock::unlock))
+        .route(
+            "/v1.0-alpha1/conversation/{name}/converse",
+            post(conversation::converse_alpha1),
+        )
+        .route(
+            "/v1.0-alpha2/conversation/{name}/converse",
+            post(conversation::converse_alpha2),
+        )
         .route("/v1.0/secrets/{store}/bulk", get(secrets::bulk))
         .route("/v1.0/secrets/{store}/{key}", get(secrets::get))
         .route("/v1.0/shutdown", post(metadata::shutdown))
