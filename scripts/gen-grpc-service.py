@@ -8,6 +8,7 @@ IMPLEMENTED = {
     "invoke_service", "get_state", "get_bulk_state", "save_state", "query_state_alpha1", "delete_state", "delete_bulk_state",
     "execute_state_transaction", "get_secret", "get_bulk_secret", "get_metadata", "set_metadata", "shutdown",
     "publish_event", "bulk_publish_event", "bulk_publish_event_alpha1", "subscribe_topic_events_alpha1", "invoke_binding",
+    "encrypt_alpha1", "decrypt_alpha1",
 }
 
 root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

@@ -3,6 +3,7 @@
 
 pub mod amqp;
 pub mod bindings;
+pub mod crypto;
 pub mod http_client;
 pub mod instance;
 pub mod kafka;

@@ -8,6 +8,7 @@ use std::sync::{Arc, OnceLock};
 use futures::future::BoxFuture;
 
 use super::bindings::{self, Binding};
+use super::crypto::{self, CryptoProvider};
 use super::instance::Instance;
 use super::kind::{ComponentKind, Kind};
 use super::nameresolution::{self, NameResolver};
@@ -64,6 +65,8 @@ impl Registry {
         r.register::<dyn SecretStore, _, _>("secretstores.local.file", "v1", secretstores::local_file::build);
         r.register::<dyn SecretStore, _, _>("secretstores.local.env", "v1", secretstores::local_env::build);
         r.register::<dyn SecretStore, _, _>("secretstores.kubernetes", "v1", secretstores::kubernetes::build);
+        r.register::<dyn CryptoProvider, _, _>("crypto.dapr.localstorage", "v1", crypto::localstorage::build);
+        r.register::<dyn CryptoProvider, _, _>("crypto.dapr.jwks", "v1", crypto::jwks::build);
         r.register::<dyn NameResolver, _, _>("nameresolution.kubernetes", "v1", nameresolution::kubernetes::build);
         r.register::<dyn NameResolver, _, _>("nameresolution.mdns", "v1", nameresolution::mdns::build);
         r.register::<dyn NameResolver, _, _>("nameresolution.sqlite", "v1", nameresolution::sqlite::build);

@@ -7,6 +7,7 @@ pub mod args;
 pub mod args_render;
 pub mod bindings;
 pub mod components;
+pub mod crypto;
 pub mod error;
 pub mod grpc;
 pub mod hot_reload;

@@ -8,6 +8,7 @@ use super::app_channel::AppChannel;
 use super::bindings::BindingsApi;
 use super::bindings::input::InputBindings;
 use super::components::{ComponentTable, References};
+use super::crypto::CryptoApi;
 use super::invoke::Invoker;
 use super::metadata::SidecarMetadata;
 use super::pubsub::PubSubApi;
@@ -60,6 +61,7 @@ pub struct Runtime {
     pub pubsub: PubSubApi,
     pub subscriber: Arc<Subscriber>,
     pub bindings: BindingsApi,
+    pub crypto: CryptoApi,
     /// Input bindings: their events delivered to the app.
     pub inputs: Arc<InputBindings>,
     pub metrics: Arc<super::metrics::Metrics>,
@@ -104,6 +106,7 @@ impl Runtime {
         ));
         Runtime {
             bindings: BindingsApi::new(parts.components.clone(), parts.metrics.clone()),
+            crypto: CryptoApi::new(parts.components.clone()),
             inputs,
             metrics: parts.metrics,
             pubsub,

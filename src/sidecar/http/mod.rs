@@ -1,6 +1,7 @@
 //! HTTP API (axum): routes, the API-token and metrics middleware, and the single place `ApiError` becomes a response.
 
 mod bindings;
+mod crypto;
 mod invoke;
 mod metadata;
 pub mod openapi;
@@ -110,6 +111,14 @@ pub fn router(state: ApiState) -> Router {
             post(pubsub::bulk_publish).put(pubsub::bulk_publish),
         )
         .route("/v1.0/bindings/{name}", post(bindings::invoke).put(bindings::invoke))
+        .route(
+            "/v1.0-alpha1/crypto/{store}/encrypt",
+            axum::routing::put(crypto::encrypt),
+        )
+        .route(
+            "/v1.0-alpha1/crypto/{store}/decrypt",
+            axum::routing::put(crypto::decrypt),
+        )
         .route("/v1.0/secrets/{store}/bulk", get(secrets::bulk))
         .route("/v1.0/secrets/{store}/{key}", get(secrets::get))
         .route("/v1.0/shutdown", post(metadata::shutdown))
