@@ -2,6 +2,7 @@
 //! (so Dapr's key scheme is exercised too). Redis runs against the server on 127.0.0.1:6379.
 
 mod bindings;
+mod crypto;
 mod jetstream;
 mod pubsub;
 
