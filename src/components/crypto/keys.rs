@@ -233,20 +233,20 @@ impl Key {
 
     /// Fails unless the key may do `op` (JWK `key_ops`) with `algorithm` (JWK `alg`); absent means any.
     fn check(&self, op: &str, algorithm: WrapAlgorithm) -> Result<(), CryptoError> {
-        if let Some(ops) = &self.key_ops {
-            if !ops.iter().any(|o| o == op) {
-                return Err(CryptoError::Unusable(format!(
-                    "key cannot perform the '{op}' operation"
-                )));
-            }
+        if let Some(ops) = &self.key_ops
+            && !ops.iter().any(|o| o == op)
+        {
+            return Err(CryptoError::Unusable(format!(
+                "key cannot perform the '{op}' operation"
+            )));
         }
-        if let Some(alg) = &self.alg {
-            if alg != algorithm.name() {
-                return Err(CryptoError::Unusable(format!(
-                    "key cannot be used with algorithm '{}'",
-                    algorithm.name()
-                )));
-            }
+        if let Some(alg) = &self.alg
+            && alg != algorithm.name()
+        {
+            return Err(CryptoError::Unusable(format!(
+                "key cannot be used with algorithm '{}'",
+                algorithm.name()
+            )));
         }
         Ok(())
     }
@@ -310,7 +310,7 @@ fn cbc_nopad(algorithm: WrapAlgorithm, key: &[u8], data: &[u8], encrypt: bool) -
     if key.len() != size {
         return Err(key_type_mismatch());
     }
-    if data.is_empty() || data.len() % 16 != 0 {
+    if data.is_empty() || !data.len().is_multiple_of(16) {
         return Err(CryptoError::Unusable(
             "the data's length is not a multiple of the AES block size".into(),
         ));

@@ -1,5 +1,6 @@
 //! HTTP cryptography handlers: `PUT /v1.0-alpha1/crypto/<store>/encrypt|decrypt`, options in `dapr-*` headers,
-//! the body streamed through and the answer streamed back.
+//! the body read as a stream, the answer sent once the body has been read whole (held in a temporary file when
+//! large, so memory stays flat).
 
 use axum::body::Body;
 use axum::extract::State;
@@ -58,17 +59,71 @@ pub async fn decrypt(State(st): State<ApiState>, path: DaprPath, headers: Header
     }
 }
 
-/// Streams `out` as the body. The first chunk is awaited before answering, so a message that fits one segment
-/// (and any error before the first output) still gets a proper error status; a later error ends the body early
-/// (the connection is reset), since the status has gone by then.
+/// Answers bytes held in memory up to this size; beyond it they wait in an unlinked temporary file.
+const IN_MEMORY: usize = 1 << 20;
+
+/// Answers with `out` once the input has been read whole, so every error (a tampered segment too) gets its
+/// status, as in Dapr, and an HTTP client that sends its whole body before reading the answer cannot deadlock
+/// against the sidecar. Memory stays flat: past [`IN_MEMORY`] the answer waits in a temporary file, then streams.
 async fn respond(mut out: Output) -> Response {
-    let first = match out.next().await {
-        Some(Err(e)) => return e.into_response(),
-        Some(Ok(chunk)) => Some(chunk),
-        None => None,
+    use tokio::io::AsyncWriteExt;
+    let spill_failed = |e: std::io::Error| ApiError::crypto_operation(format!("failed to buffer the answer: {e}"));
+    let mut mem: Vec<u8> = vec![];
+    let mut file: Option<tokio::fs::File> = None;
+    while let Some(item) = out.next().await {
+        let chunk = match item {
+            Ok(c) => c,
+            Err(e) => return e.into_response(),
+        };
+        if file.is_none() && mem.len() + chunk.len() > IN_MEMORY {
+            match tokio::task::spawn_blocking(tempfile::tempfile).await {
+                Ok(Ok(f)) => file = Some(tokio::fs::File::from_std(f)),
+                Ok(Err(e)) => return spill_failed(e).into_response(),
+                Err(e) => return spill_failed(std::io::Error::other(e)).into_response(),
+            }
+        }
+        match &mut file {
+            Some(f) => {
+                let written = async {
+                    if !mem.is_empty() {
+                        f.write_all(&std::mem::take(&mut mem)).await?;
+                    }
+                    f.write_all(&chunk).await
+                };
+                if let Err(e) = written.await {
+                    return spill_failed(e).into_response();
+                }
+            }
+            None => mem.extend_from_slice(&chunk),
+        }
+    }
+    let body = match file {
+        None => Body::from(mem),
+        Some(mut f) => {
+            use tokio::io::AsyncSeekExt;
+            if let Err(e) = async {
+                f.flush().await?;
+                f.seek(std::io::SeekFrom::Start(0)).await.map(|_| ())
+            }
+            .await
+            {
+                return spill_failed(e).into_response();
+            }
+            Body::from_stream(futures::stream::unfold(f, |mut f| async move {
+                use tokio::io::AsyncReadExt;
+                let mut buf = vec![0u8; 64 << 10];
+                match f.read(&mut buf).await {
+                    Ok(0) => None,
+                    Ok(n) => {
+                        buf.truncate(n);
+                        Some((Ok::<_, std::io::Error>(bytes::Bytes::from(buf)), f))
+                    }
+                    Err(e) => Some((Err(e), f)),
+                }
+            }))
+        }
     };
-    let rest = futures::stream::iter(first.map(Ok)).chain(out);
-    let mut resp = (StatusCode::OK, Body::from_stream(rest)).into_response();
+    let mut resp = (StatusCode::OK, body).into_response();
     resp.headers_mut().insert(
         header::CONTENT_TYPE,
         HeaderValue::from_static("application/octet-stream"),
