@@ -21,13 +21,19 @@ const CHUNK: usize = SEGMENT_SIZE + TAG_SIZE + 1;
 
 /// A request message of either stream: options (first message only) and a payload chunk.
 pub trait CryptoRequest: Send + 'static {
+    type Options;
     fn has_options(&self) -> bool;
+    fn take_options(&mut self) -> Option<Self::Options>;
     fn take_payload(&mut self) -> Option<StreamPayload>;
 }
 
 impl CryptoRequest for rt::EncryptRequest {
+    type Options = rt::EncryptRequestOptions;
     fn has_options(&self) -> bool {
         self.options.is_some()
+    }
+    fn take_options(&mut self) -> Option<Self::Options> {
+        self.options.take()
     }
     fn take_payload(&mut self) -> Option<StreamPayload> {
         self.payload.take()
@@ -35,12 +41,25 @@ impl CryptoRequest for rt::EncryptRequest {
 }
 
 impl CryptoRequest for rt::DecryptRequest {
+    type Options = rt::DecryptRequestOptions;
     fn has_options(&self) -> bool {
         self.options.is_some()
+    }
+    fn take_options(&mut self) -> Option<Self::Options> {
+        self.options.take()
     }
     fn take_payload(&mut self) -> Option<StreamPayload> {
         self.payload.take()
     }
+}
+
+/// The first message of the stream and the options it must carry.
+async fn opening<T: CryptoRequest>(stream: &mut Streaming<T>) -> ApiResult<(T, T::Options)> {
+    let mut first = first_message(stream).await?;
+    let options = first
+        .take_options()
+        .ok_or_else(|| ApiError::bad_request("first message does not contain the required options"))?;
+    Ok((first, options))
 }
 
 /// The first message of the stream.
@@ -130,12 +149,7 @@ pub async fn encrypt(
     api: &CryptoApi,
     mut stream: Streaming<rt::EncryptRequest>,
 ) -> ApiResult<AnswerStream<rt::EncryptResponse>> {
-    let mut first = first_message(&mut stream).await?;
-    let Some(o) = first.options.take() else {
-        return Err(ApiError::bad_request(
-            "first message does not contain the required options",
-        ));
-    };
+    let (first, o) = opening(&mut stream).await?;
     if o.key_name.is_empty() {
         return Err(ApiError::bad_request(
             "missing property 'keyName' in the options message",
@@ -161,12 +175,7 @@ pub async fn decrypt(
     api: &CryptoApi,
     mut stream: Streaming<rt::DecryptRequest>,
 ) -> ApiResult<AnswerStream<rt::DecryptResponse>> {
-    let mut first = first_message(&mut stream).await?;
-    let Some(o) = first.options.take() else {
-        return Err(ApiError::bad_request(
-            "first message does not contain the required options",
-        ));
-    };
+    let (first, o) = opening(&mut stream).await?;
     let out = api
         .decrypt(&o.component_name, &o.key_name, payloads(first, stream))
         .await?;
