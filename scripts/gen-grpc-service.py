@@ -12,6 +12,7 @@ IMPLEMENTED = {
     "unsubscribe_configuration", "unsubscribe_configuration_alpha1",
     "try_lock_alpha1", "unlock_alpha1",
     "converse_alpha1", "converse_alpha2",
+    "encrypt_alpha1", "decrypt_alpha1",
 }
 
 root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

@@ -5,6 +5,7 @@ pub mod amqp;
 pub mod bindings;
 pub mod configuration;
 pub mod conversation;
+pub mod crypto;
 pub mod http_client;
 pub mod instance;
 pub mod kafka;

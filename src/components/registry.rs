@@ -10,6 +10,7 @@ use futures::future::BoxFuture;
 use super::bindings::{self, Binding};
 use super::configuration::{self, ConfigurationStore};
 use super::conversation::{self, Conversation};
+use super::crypto::{self, CryptoProvider};
 use super::instance::Instance;
 use super::kind::{ComponentKind, Kind};
 use super::lock::{self, LockStore};
@@ -80,6 +81,8 @@ impl Registry {
         r.register::<dyn SecretStore, _, _>("secretstores.kubernetes", "v1", secretstores::kubernetes::build);
         r.register::<dyn LockStore, _, _>("lock.redis", "v1", lock::redis::build);
         r.register::<dyn LockStore, _, _>("lock.in-memory", "v1", lock::memory::build);
+        r.register::<dyn CryptoProvider, _, _>("crypto.dapr.localstorage", "v1", crypto::localstorage::build);
+        r.register::<dyn CryptoProvider, _, _>("crypto.dapr.jwks", "v1", crypto::jwks::build);
         r.register::<dyn NameResolver, _, _>("nameresolution.kubernetes", "v1", nameresolution::kubernetes::build);
         r.register::<dyn NameResolver, _, _>("nameresolution.mdns", "v1", nameresolution::mdns::build);
         r.register::<dyn NameResolver, _, _>("nameresolution.sqlite", "v1", nameresolution::sqlite::build);

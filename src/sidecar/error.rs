@@ -343,6 +343,32 @@ impl ApiError {
         .with_reason(code)
     }
 
+    // Cryptography.
+    pub fn crypto_providers_not_configured() -> Self {
+        Self::new(
+            500,
+            Code::Internal,
+            "ERR_CRYPTO_PROVIDERS_NOT_CONFIGURED",
+            "crypto providers not configured",
+        )
+    }
+    pub fn crypto_provider_not_found(name: &str) -> Self {
+        Self::new(
+            400,
+            Code::InvalidArgument,
+            "ERR_CRYPTO_PROVIDER_NOT_FOUND",
+            format!("crypto provider {} not found", echo(name)),
+        )
+    }
+    pub fn crypto_operation(e: impl std::fmt::Display) -> Self {
+        Self::new(
+            500,
+            Code::Internal,
+            "ERR_CRYPTO",
+            format!("failed to perform operation: {e}"),
+        )
+    }
+
     // Secrets.
     pub fn secret_stores_not_configured() -> Self {
         Self::new(

@@ -9,6 +9,7 @@ pub mod bindings;
 pub mod components;
 pub mod configuration;
 pub mod conversation;
+pub mod crypto;
 pub mod error;
 pub mod grpc;
 pub mod hot_reload;

@@ -10,6 +10,7 @@ use super::bindings::input::InputBindings;
 use super::components::{ComponentTable, References};
 use super::configuration::ConfigurationApi;
 use super::conversation::ConversationApi;
+use super::crypto::CryptoApi;
 use super::invoke::Invoker;
 use super::lock::Locks;
 use super::metadata::SidecarMetadata;
@@ -66,6 +67,7 @@ pub struct Runtime {
     /// Distributed locks.
     pub locks: Locks,
     pub conversation: ConversationApi,
+    pub crypto: CryptoApi,
     /// Input bindings: their events delivered to the app.
     pub inputs: Arc<InputBindings>,
     /// Configuration stores: reads and subscriptions.
@@ -115,6 +117,7 @@ impl Runtime {
             bindings: BindingsApi::new(parts.components.clone(), parts.metrics.clone()),
             locks: Locks::new(parts.components.clone()),
             conversation: ConversationApi::new(parts.components.clone(), parts.metrics.clone()),
+            crypto: CryptoApi::new(parts.components.clone()),
             inputs,
             metrics: parts.metrics,
             pubsub,

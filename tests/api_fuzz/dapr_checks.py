@@ -35,6 +35,12 @@ DAPR_CLIENT_MISTAKE_5XX = [
     # onOutputBindingMessage): no operation, an unknown binding or operation, or the binding's own error (a file
     # the localstorage binding does not have).
     (r"^(POST|PUT) /v1\.0/bindings/\{name\}$", "ERR_INVOKE_OUTPUT_BINDING", r"^error invoking output binding "),
+    # Cryptography: no crypto component at all is 500 ERR_CRYPTO_PROVIDERS_NOT_CONFIGURED, and every failed operation
+    # (an unsupported algorithm or cipher, a key the provider lacks, a message that is not one or fails to
+    # authenticate) 500 ERR_CRYPTO (pkg/messages/predefined.go, pkg/api/http/crypto.go).
+    (r"^PUT /v1\.0-alpha1/crypto/\{store\}/(encrypt|decrypt)$", "ERR_CRYPTO_PROVIDERS_NOT_CONFIGURED",
+     r"^crypto providers not configured$"),
+    (r"^PUT /v1\.0-alpha1/crypto/\{store\}/(encrypt|decrypt)$", "ERR_CRYPTO", r"^failed to perform operation: "),
 ]
 
 

@@ -21,6 +21,7 @@ macro_rules! suite {
 mod bindings;
 mod configuration;
 mod conversation;
+mod crypto;
 mod jetstream;
 mod lock;
 mod pubsub;

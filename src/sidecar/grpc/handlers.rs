@@ -476,3 +476,23 @@ pub async fn converse_alpha2(
         api.rt.conversation.converse_alpha2(req.into_inner()).await?,
     ))
 }
+
+#[instrument(level = "debug", name = "grpc.encrypt_alpha1", skip_all)]
+pub async fn encrypt_alpha1(
+    api: &DaprApi,
+    req: Request<tonic::Streaming<rt::EncryptRequest>>,
+) -> Reply<super::crypto::AnswerStream<rt::EncryptResponse>> {
+    Ok(Response::new(
+        super::crypto::encrypt(&api.rt.crypto, req.into_inner()).await?,
+    ))
+}
+
+#[instrument(level = "debug", name = "grpc.decrypt_alpha1", skip_all)]
+pub async fn decrypt_alpha1(
+    api: &DaprApi,
+    req: Request<tonic::Streaming<rt::DecryptRequest>>,
+) -> Reply<super::crypto::AnswerStream<rt::DecryptResponse>> {
+    Ok(Response::new(
+        super::crypto::decrypt(&api.rt.crypto, req.into_inner()).await?,
+    ))
+}

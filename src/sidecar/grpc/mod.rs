@@ -2,6 +2,7 @@
 //! metrics, and the single place `ApiError` becomes a `Status`.
 
 mod convert;
+mod crypto;
 mod handlers;
 pub mod invoke;
 mod service;

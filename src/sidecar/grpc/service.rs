@@ -274,14 +274,14 @@ impl Dapr for DaprApi {
         &self,
         request: tonic::Request<tonic::Streaming<rt::EncryptRequest>>,
     ) -> std::result::Result<tonic::Response<Self::EncryptAlpha1Stream>, tonic::Status> {
-        Err(Status::unimplemented("EncryptAlpha1 is not implemented by tandem yet"))
+        handlers::encrypt_alpha1(self, request).await
     }
 
     async fn decrypt_alpha1(
         &self,
         request: tonic::Request<tonic::Streaming<rt::DecryptRequest>>,
     ) -> std::result::Result<tonic::Response<Self::DecryptAlpha1Stream>, tonic::Status> {
-        Err(Status::unimplemented("DecryptAlpha1 is not implemented by tandem yet"))
+        handlers::decrypt_alpha1(self, request).await
     }
 
     async fn get_metadata(

@@ -3,6 +3,7 @@
 mod bindings;
 mod configuration;
 mod conversation;
+mod crypto;
 mod invoke;
 mod lock;
 mod metadata;
@@ -137,6 +138,14 @@ pub fn router(state: ApiState) -> Router {
         .route(
             "/v1.0-alpha2/conversation/{name}/converse",
             post(conversation::converse_alpha2),
+        )
+        .route(
+            "/v1.0-alpha1/crypto/{store}/encrypt",
+            axum::routing::put(crypto::encrypt),
+        )
+        .route(
+            "/v1.0-alpha1/crypto/{store}/decrypt",
+            axum::routing::put(crypto::decrypt),
         )
         .route("/v1.0/secrets/{store}/bulk", get(secrets::bulk))
         .route("/v1.0/secrets/{store}/{key}", get(secrets::get))
