@@ -41,6 +41,10 @@ DAPR_CLIENT_MISTAKE_5XX = [
     (r"^PUT /v1\.0-alpha1/crypto/\{store\}/(encrypt|decrypt)$", "ERR_CRYPTO_PROVIDERS_NOT_CONFIGURED",
      r"^crypto providers not configured$"),
     (r"^PUT /v1\.0-alpha1/crypto/\{store\}/(encrypt|decrypt)$", "ERR_CRYPTO", r"^failed to perform operation: "),
+    # Configuration: with no configuration component at all, every route answers 500
+    # ERR_CONFIGURATION_STORE_NOT_CONFIGURED (getConfigurationStoreWithRequestValidation in pkg/api/http/http.go).
+    (r"^GET /v1\.0(-alpha1)?/configuration/\{store\}(/subscribe|/\{id\}/unsubscribe)?$",
+     "ERR_CONFIGURATION_STORE_NOT_CONFIGURED", r"^configuration stores not configured$"),
 ]
 
 
