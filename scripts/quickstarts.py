@@ -23,7 +23,8 @@ import time
 from pathlib import Path
 
 # The Python quickstarts whose building blocks tandem has today. The others (jobs, workflows) need building blocks
-# still to come; conversation/python/http talks to an Ollama server.
+# still to come; conversation/python/http talks to an Ollama server; configuration/python/http's app needs Python
+# 3.12 or later (it nests quotes inside an f-string).
 DEFAULT = [
     "service_invocation/python/http",
     "state_management/python/sdk",
@@ -34,6 +35,8 @@ DEFAULT = [
     "bindings/python/http",
     "configuration/python/sdk",
     "conversation/python/sdk",
+    "secrets_management/python/sdk",
+    "secrets_management/python/http",
 ]
 
 # The bindings quickstart's README first starts PostgreSQL in Docker with bindings/db/orders.sql (database
