@@ -459,10 +459,11 @@ impl Resiliency {
         }
         let mut defaults = self.default_apps.lock().unwrap_or_else(|p| p.into_inner());
         // Callers name the app: keep the map bounded (a dropped app's breakers start afresh).
-        if defaults.len() >= MAX_DEFAULT_APPS && !defaults.contains_key(app_id) {
-            if let Some(k) = defaults.keys().next().cloned() {
-                defaults.remove(&k);
-            }
+        if defaults.len() >= MAX_DEFAULT_APPS
+            && !defaults.contains_key(app_id)
+            && let Some(k) = defaults.keys().next().cloned()
+        {
+            defaults.remove(&k);
         }
         let policy = defaults.entry(app_id.to_owned()).or_insert_with(|| {
             Arc::new(AppPolicy::new(

@@ -57,7 +57,7 @@ apps:
     assert_eq!(a.command, ["python3", "app.py"]);
     assert_eq!(a.app_dir, t.path("order-processor"));
     let components = t.path("components").display().to_string();
-    assert_eq!(a.sidecar.resources_path, [components.clone()]);
+    assert_eq!(a.sidecar.resources_path, std::slice::from_ref(&components));
     assert_eq!(b.sidecar.resources_path, [components]);
     assert_eq!(a.env["DEBUG"], "true");
     assert_eq!(a.env["LEVEL"], "app", "an app's env wins over common's");

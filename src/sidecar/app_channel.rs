@@ -329,10 +329,9 @@ impl AppChannel {
             if let (Ok(k), Ok(v)) = (
                 axum::http::HeaderName::from_bytes(k.as_bytes()),
                 HeaderValue::from_str(v),
-            ) {
-                if !req.headers().contains_key(&k) {
-                    req.headers_mut().insert(k, v);
-                }
+            ) && !req.headers().contains_key(&k)
+            {
+                req.headers_mut().insert(k, v);
             }
         }
         let resp = self

@@ -55,15 +55,15 @@ pub fn load(paths: &[String], app_id: &str, namespace: &str) -> Result<Resources
     }
     retain_in_scope(&mut out, app_id, namespace);
     for (i, (name, file)) in sources.iter().enumerate() {
-        if let Some((_, first)) = sources[..i].iter().find(|(n, _)| n == name) {
-            if out.components.iter().filter(|c| c.name() == name).count() > 1 {
-                return Err(LoadError::Duplicate {
-                    kind: "Component",
-                    name: name.clone(),
-                    first: first.clone(),
-                    second: file.clone(),
-                });
-            }
+        if let Some((_, first)) = sources[..i].iter().find(|(n, _)| n == name)
+            && out.components.iter().filter(|c| c.name() == name).count() > 1
+        {
+            return Err(LoadError::Duplicate {
+                kind: "Component",
+                name: name.clone(),
+                first: first.clone(),
+                second: file.clone(),
+            });
         }
     }
     Ok(out)

@@ -201,10 +201,10 @@ impl Cached {
     fn store(&self, key: String, resp: ConverseResponse) {
         let mut answers = self.answers.lock().unwrap_or_else(|p| p.into_inner());
         answers.retain(|_, (at, _)| at.elapsed() < self.ttl);
-        if answers.len() >= CACHE_ENTRIES {
-            if let Some(oldest) = answers.iter().min_by_key(|(_, (at, _))| *at).map(|(k, _)| k.clone()) {
-                answers.remove(&oldest);
-            }
+        if answers.len() >= CACHE_ENTRIES
+            && let Some(oldest) = answers.iter().min_by_key(|(_, (at, _))| *at).map(|(k, _)| k.clone())
+        {
+            answers.remove(&oldest);
         }
         answers.insert(key, (Instant::now(), resp));
     }

@@ -501,10 +501,11 @@ impl Delivery {
     /// Saves the answer's state and sends its data to its output bindings; failures are logged, the event
     /// itself was handled.
     async fn route_on(&self, r: Routing) {
-        if !r.store.is_empty() && !r.state.is_empty() {
-            if let Err(e) = self.state.save(&r.store, &r.state).await {
-                tracing::warn!(binding = %self.name, "error executing app response: saving state to {}: {}", r.store, e.message);
-            }
+        if !r.store.is_empty()
+            && !r.state.is_empty()
+            && let Err(e) = self.state.save(&r.store, &r.state).await
+        {
+            tracing::warn!(binding = %self.name, "error executing app response: saving state to {}: {}", r.store, e.message);
         }
         let targets: Vec<String> = r.to.into_iter().take(MAX_TARGETS).collect();
         let send = |to: String| {

@@ -275,7 +275,7 @@ mod tests {
         assert!(err.contains("detected duplicate actor state store: a and b"), "{err}");
         // A store replacing itself is no duplicate.
         let l = loader();
-        l.load_all(&[a.clone()]).await.unwrap();
+        l.load_all(std::slice::from_ref(&a)).await.unwrap();
         let mut changed = a;
         changed.spec.metadata.push(NameValuePair {
             name: "keyPrefix".into(),

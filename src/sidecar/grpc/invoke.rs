@@ -63,10 +63,10 @@ pub async fn invoke_service(
         format!("/?{query}")
     };
     let mut req = Request::builder().method(verb).uri(uri);
-    if !message.content_type.is_empty() {
-        if let Ok(ct) = HeaderValue::from_str(&message.content_type) {
-            req = req.header("content-type", ct);
-        }
+    if !message.content_type.is_empty()
+        && let Ok(ct) = HeaderValue::from_str(&message.content_type)
+    {
+        req = req.header("content-type", ct);
     }
     let data = message.data.map(|a| a.value).unwrap_or_default();
     let req = req

@@ -340,12 +340,11 @@ pub(crate) fn query_param<'a>(params: &'a [(String, String)], name: &str) -> Opt
 
 /// Stored bytes as a JSON value: raw when they are JSON, else as a string.
 pub(crate) fn json_data(data: &[u8]) -> Box<serde_json::value::RawValue> {
-    if serde_json::from_slice::<serde::de::IgnoredAny>(data).is_ok() {
-        if let Ok(text) = std::str::from_utf8(data) {
-            if let Ok(raw) = serde_json::value::RawValue::from_string(text.trim().to_owned()) {
-                return raw;
-            }
-        }
+    if serde_json::from_slice::<serde::de::IgnoredAny>(data).is_ok()
+        && let Ok(text) = std::str::from_utf8(data)
+        && let Ok(raw) = serde_json::value::RawValue::from_string(text.trim().to_owned())
+    {
+        return raw;
     }
     let s = serde_json::to_string(&String::from_utf8_lossy(data)).expect("a string serialises");
     serde_json::value::RawValue::from_string(s).expect("valid JSON")

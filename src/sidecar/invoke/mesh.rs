@@ -19,6 +19,8 @@ type MtlsClient = Client<hyper_rustls::HttpsConnector<HttpConnector>, Body>;
 /// Distinct target apps with pooled mTLS connections; past this the pools start over.
 const MAX_TARGETS: usize = 1024;
 
+// One per sidecar, so the plain client's size beside the mTLS variant costs nothing worth a Box.
+#[allow(clippy::large_enum_variant)]
 pub enum Mesh {
     Plain(Client<HttpConnector, Body>),
     Mtls {

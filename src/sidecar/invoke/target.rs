@@ -32,10 +32,9 @@ pub fn from_http(path: &str, headers: &mut HeaderMap) -> Result<(String, String)
     if let Some(id) = headers
         .remove("dapr-app-id")
         .and_then(|v| v.to_str().ok().map(str::to_owned))
+        && !id.is_empty()
     {
-        if !id.is_empty() {
-            return Ok((id, clean(path).trim_start_matches('/').to_owned()));
-        }
+        return Ok((id, clean(path).trim_start_matches('/').to_owned()));
     }
     if let Some(id) = basic_auth_app_id(headers) {
         return Ok((id, clean(path).trim_start_matches('/').to_owned()));

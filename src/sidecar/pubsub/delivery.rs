@@ -395,10 +395,10 @@ impl Deliverer {
             let mut ce: Map<String, Value> = serde_json::from_slice(&msg.data)
                 .map_err(|e| format!("the event is not a CloudEvent (rawPayload is not set): {e}"))?;
             for k in ["traceid", "traceparent", "tracestate"] {
-                if !ce.contains_key(k) {
-                    if let Some(v) = msg.metadata.get(k) {
-                        ce.insert(k.into(), v.as_str().into());
-                    }
+                if !ce.contains_key(k)
+                    && let Some(v) = msg.metadata.get(k)
+                {
+                    ce.insert(k.into(), v.as_str().into());
                 }
             }
             ce
@@ -435,10 +435,10 @@ impl Deliverer {
     }
 
     async fn dead_letter_quietly(&self, msg: &Message) {
-        if let Some(dlt) = &self.sub.dead_letter_topic {
-            if let Err(e) = self.publisher.forward(&self.sub.pubsub, &dead_letter(msg, dlt)).await {
-                tracing::warn!(topic = %dlt, "dead-lettering failed: {e}");
-            }
+        if let Some(dlt) = &self.sub.dead_letter_topic
+            && let Err(e) = self.publisher.forward(&self.sub.pubsub, &dead_letter(msg, dlt)).await
+        {
+            tracing::warn!(topic = %dlt, "dead-lettering failed: {e}");
         }
     }
 }

@@ -121,17 +121,16 @@ pub fn key_prefix(md: &Metadata) -> Result<String, String> {
 /// `actorStateStore: true` (a store replacing itself is fine).
 pub fn admit(table: &ComponentTable, candidate: &Loaded) -> Result<(), String> {
     candidate.set_settings(KeyPrefix(key_prefix(&candidate.metadata)?));
-    if is_actor_store(candidate) {
-        if let Some(other) = table
+    if is_actor_store(candidate)
+        && let Some(other) = table
             .of_kind(Kind::State)
             .into_iter()
             .find(|o| o.name != candidate.name && is_actor_store(o))
-        {
-            return Err(format!(
-                "detected duplicate actor state store: {} and {}",
-                other.name, candidate.name
-            ));
-        }
+    {
+        return Err(format!(
+            "detected duplicate actor state store: {} and {}",
+            other.name, candidate.name
+        ));
     }
     Ok(())
 }
