@@ -22,7 +22,7 @@ import tempfile
 import time
 from pathlib import Path
 
-# The Python quickstarts whose building blocks tandem has today. The others (jobs, workflows) need building blocks
+# The Python quickstarts whose building blocks tandem has today. The others (workflows) need building blocks
 # still to come; conversation/python/http talks to an Ollama server.
 DEFAULT = [
     "service_invocation/python/http",
@@ -34,6 +34,8 @@ DEFAULT = [
     "bindings/python/http",
     "configuration/python/sdk",
     "conversation/python/sdk",
+    "jobs/python/http",
+    "jobs/python/sdk",
 ]
 
 # The bindings quickstart's README first starts PostgreSQL in Docker with bindings/db/orders.sql (database
