@@ -153,7 +153,8 @@ def test_bad_input_gets_daprs_codes(env, path, body, want):
 
 
 def test_bad_input_over_grpc_is_invalid_argument(env):
-    from dapr.proto.runtime.v1 import dapr_pb2, dapr_pb2_grpc
+    from dapr.proto.runtime.v1 import dapr_pb2_grpc
+    from dapr.proto.runtime.v1 import jobs_pb2 as dapr_pb2
 
     sc, _ = env
     with grpc.insecure_channel(sc.grpc_address) as ch:
@@ -174,7 +175,8 @@ def test_bad_input_over_grpc_is_invalid_argument(env):
 
 
 def test_list_and_delete_by_prefix_over_grpc(env):
-    from dapr.proto.runtime.v1 import dapr_pb2, dapr_pb2_grpc
+    from dapr.proto.runtime.v1 import dapr_pb2_grpc
+    from dapr.proto.runtime.v1 import jobs_pb2 as dapr_pb2
 
     sc, _ = env
     prefix = unique("pre")
