@@ -141,26 +141,26 @@ pub fn decode(body: &[u8]) -> Result<ScheduleBody, ApiError> {
     Ok(out)
 }
 
-/// A job as daprd writes it: protobuf JSON of `Job`, unset fields left out.
-pub fn encode(job: &Job) -> Json {
-    let mut o = Map::new();
-    o.insert("name".into(), job.name.clone().into());
-    if let Some(s) = &job.schedule {
-        o.insert("schedule".into(), s.clone().into());
-    }
-    if let Some(r) = job.repeats {
-        o.insert("repeats".into(), r.into());
-    }
-    if let Some(d) = &job.due_time {
-        o.insert("dueTime".into(), d.clone().into());
-    }
-    if let Some(t) = &job.ttl {
-        o.insert("ttl".into(), t.clone().into());
-    }
-    if let Some(d) = &job.data {
-        o.insert("data".into(), data::to_http_json(d));
-    }
-    let policy = match job.failure_policy {
+/// A job as daprd writes it: protobuf JSON of `Job` in its field order, unset fields left out.
+#[derive(serde::Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct JobJson<'a> {
+    name: &'a str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    schedule: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    repeats: Option<u32>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    due_time: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    ttl: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    data: Option<Json>,
+    failure_policy: Json,
+}
+
+pub fn encode(job: &Job) -> JobJson<'_> {
+    let failure_policy = match job.failure_policy {
         FailurePolicy::Drop => serde_json::json!({ "drop": {} }),
         FailurePolicy::Constant { interval, max_retries } => {
             let mut c = Map::new();
@@ -171,8 +171,15 @@ pub fn encode(job: &Job) -> Json {
             serde_json::json!({ "constant": c })
         }
     };
-    o.insert("failurePolicy".into(), policy);
-    Json::Object(o)
+    JobJson {
+        name: &job.name,
+        schedule: job.schedule.as_deref(),
+        repeats: job.repeats,
+        due_time: job.due_time.as_deref(),
+        ttl: job.ttl.as_deref(),
+        data: job.data.as_ref().map(data::to_http_json),
+        failure_policy,
+    }
 }
 
 /// A duration as Go's protojson writes it: `1s`, `1.500s`, `0.000001s`.
@@ -272,12 +279,15 @@ mod tests {
             }
         );
         assert_eq!(
-            encode(&b.job)["failurePolicy"],
+            serde_json::to_value(encode(&b.job)).unwrap()["failurePolicy"],
             serde_json::json!({"constant":{"interval":"2.500s","maxRetries":5}})
         );
         let d = decode(br#"{"failurePolicy":{"drop":{}}}"#).unwrap();
         assert_eq!(d.job.failure_policy, FailurePolicy::Drop);
-        assert_eq!(encode(&d.job)["failurePolicy"], serde_json::json!({"drop":{}}));
+        assert_eq!(
+            serde_json::to_value(encode(&d.job)).unwrap()["failurePolicy"],
+            serde_json::json!({"drop":{}})
+        );
         assert_eq!(decode(b"").unwrap().job.schedule, None);
     }
 
