@@ -13,6 +13,8 @@ IMPLEMENTED = {
     "try_lock_alpha1", "unlock_alpha1",
     "converse_alpha1", "converse_alpha2",
     "encrypt_alpha1", "decrypt_alpha1",
+    "schedule_job", "schedule_job_alpha1", "get_job", "get_job_alpha1", "delete_job", "delete_job_alpha1",
+    "delete_jobs_by_prefix", "delete_jobs_by_prefix_alpha1", "list_jobs", "list_jobs_alpha1",
 }
 
 root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

@@ -22,7 +22,7 @@ import tempfile
 import time
 from pathlib import Path
 
-# The Python quickstarts whose building blocks tandem has today. The others (jobs, workflows) need building blocks
+# The Python quickstarts whose building blocks tandem has today. The others (workflows) need building blocks
 # still to come; conversation/python/http talks to an Ollama server; configuration/python/http's app needs Python
 # 3.12 or later (it nests quotes inside an f-string).
 DEFAULT = [
@@ -37,6 +37,8 @@ DEFAULT = [
     "conversation/python/sdk",
     "secrets_management/python/sdk",
     "secrets_management/python/http",
+    "jobs/python/http",
+    "jobs/python/sdk",
 ]
 
 # The bindings quickstart's README first starts PostgreSQL in Docker with bindings/db/orders.sql (database

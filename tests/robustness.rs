@@ -87,6 +87,7 @@ async fn start(dir: &tempfile::TempDir) -> Sidecar {
             version: "v1".into(),
             configuration: serde_json::json!({ "connectionString": dir.path().join("nr.db").to_str().unwrap() }),
         }),
+        jobs_store: None,
     };
     let sidecar = Sidecar::start_with(*args, PortPolicy::Defaults, defaults, Arc::new(registry))
         .await

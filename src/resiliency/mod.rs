@@ -66,7 +66,7 @@ pub fn parse_go_duration(value: &str) -> Result<Duration, String> {
 }
 
 /// Go's `time.ParseDuration` for non-negative values.
-fn go_duration(v: &str) -> Option<Duration> {
+pub(crate) fn go_duration(v: &str) -> Option<Duration> {
     let mut rest = v.strip_prefix('+').unwrap_or(v);
     if rest == "0" {
         return Some(Duration::ZERO);

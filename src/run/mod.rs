@@ -41,7 +41,8 @@ pub fn home_dir() -> PathBuf {
 }
 
 /// What `tandem run` uses when the user gives no resources or Configuration: needs no other software.
-/// Every app started with `tandem run` registers in one SQLite file, so local apps find each other by app id.
+/// Every app started with `tandem run` registers in one SQLite file, so local apps find each other by app id;
+/// jobs are kept in another (`jobs.db`), so they survive restarts.
 pub fn defaults() -> Defaults {
     let home = home_dir();
     let db = home.join("state.db");
@@ -68,6 +69,7 @@ pub fn defaults() -> Defaults {
             version: "v1".into(),
             configuration: serde_json::json!({ "connectionString": home.join("nameresolution.db").to_string_lossy() }),
         }),
+        jobs_store: Some(home.join("jobs.db")),
     }
 }
 

@@ -11,6 +11,8 @@ use std::time::Duration;
 use axum::body::Body;
 use axum::http::{HeaderMap, HeaderValue, Request, Response, StatusCode, Uri, Version};
 use dapr::dapr::proto::common::v1 as common;
+use dapr::dapr::proto::runtime::v1::JobEventRequest;
+use dapr::dapr::proto::runtime::v1::app_callback_alpha_client::AppCallbackAlphaClient;
 use dapr::dapr::proto::runtime::v1::app_callback_client::AppCallbackClient;
 use dapr::dapr::proto::runtime::v1::app_callback_health_check_client::AppCallbackHealthCheckClient;
 use http_body_util::BodyExt;
@@ -362,8 +364,22 @@ impl AppChannel {
         F: FnOnce(AppCallbackClient<Channel>, tonic::Request<T>) -> Fut,
         Fut: std::future::Future<Output = Result<tonic::Response<R>, tonic::Status>>,
     {
+        let (request, _permit) = self.grpc_request(message, metadata, check_health).await?;
+        let client = AppCallbackClient::new(self.grpc.clone())
+            .max_decoding_message_size(self.max_body)
+            .max_encoding_message_size(self.max_body);
+        Ok(call(client, request).await.map(tonic::Response::into_inner))
+    }
+
+    /// A request to a gRPC app, admitted (the permit held until it drops), with the app token and `metadata`.
+    async fn grpc_request<T>(
+        &self,
+        message: T,
+        metadata: &[(String, String)],
+        check_health: bool,
+    ) -> Result<(tonic::Request<T>, Option<OwnedSemaphorePermit>), AppCallError> {
         let mut hdrs = HeaderMap::new();
-        let _permit = self.admit(&mut hdrs, check_health).await?;
+        let permit = self.admit(&mut hdrs, check_health).await?;
         let mut request = tonic::Request::new(message);
         for (name, value) in hdrs
             .iter()
@@ -377,10 +393,32 @@ impl AppChannel {
                 request.metadata_mut().insert(k, v);
             }
         }
-        let client = AppCallbackClient::new(self.grpc.clone())
+        Ok((request, permit))
+    }
+
+    /// A triggered job for a gRPC app, as daprd sends it: `AppCallback.OnJobEvent`, then
+    /// `AppCallbackAlpha.OnJobEventAlpha1` when the app does not implement the stable method.
+    pub async fn job_event(&self, req: JobEventRequest) -> Result<Result<(), tonic::Status>, AppCallError> {
+        let stable = self
+            .callback(
+                req.clone(),
+                &[],
+                true,
+                |mut c, r| async move { c.on_job_event(r).await },
+            )
+            .await?;
+        match stable {
+            Err(s) if s.code() == tonic::Code::Unimplemented => {}
+            other => return Ok(other.map(|_| ())),
+        }
+        let (request, _permit) = self.grpc_request(req, &[], true).await?;
+        let mut client = AppCallbackAlphaClient::new(self.grpc.clone())
             .max_decoding_message_size(self.max_body)
             .max_encoding_message_size(self.max_body);
-        Ok(call(client, request).await.map(tonic::Response::into_inner))
+        // Deprecated in the proto, still what apps built on older SDKs implement.
+        #[allow(deprecated)]
+        let answer = client.on_job_event_alpha1(request).await;
+        Ok(answer.map(|_| ()))
     }
 
     /// Waits until the app accepts TCP connections on its port (or shutdown begins).

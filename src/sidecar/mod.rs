@@ -16,6 +16,7 @@ pub mod hot_reload;
 pub mod http;
 pub mod identity;
 pub mod invoke;
+pub mod jobs;
 pub mod lock;
 pub mod metadata;
 pub mod metrics;

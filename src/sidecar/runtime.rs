@@ -12,6 +12,7 @@ use super::configuration::ConfigurationApi;
 use super::conversation::ConversationApi;
 use super::crypto::CryptoApi;
 use super::invoke::Invoker;
+use super::jobs::JobsApi;
 use super::lock::Locks;
 use super::metadata::SidecarMetadata;
 use super::pubsub::PubSubApi;
@@ -73,6 +74,8 @@ pub struct Runtime {
     /// Configuration stores: reads and subscriptions.
     pub configuration: Arc<ConfigurationApi>,
     pub metrics: Arc<super::metrics::Metrics>,
+    /// Jobs and their scheduler.
+    pub jobs: JobsApi,
 }
 
 /// The parts a [`Runtime`] is made of.
@@ -90,6 +93,8 @@ pub struct Parts {
     /// `--dapr-graceful-shutdown-seconds`.
     pub grace: std::time::Duration,
     pub metrics: Arc<super::metrics::Metrics>,
+    /// The SQLite file jobs are kept in; in memory when unset.
+    pub jobs_store: Option<std::path::PathBuf>,
 }
 
 impl Runtime {
@@ -113,6 +118,7 @@ impl Runtime {
             parts.grace,
         ));
         Runtime {
+            jobs: JobsApi::new(parts.jobs_store.as_deref(), &parts.namespace, &parts.app_id),
             configuration: Arc::new(ConfigurationApi::new(parts.components.clone(), parts.app.clone())),
             bindings: BindingsApi::new(parts.components.clone(), parts.metrics.clone()),
             locks: Locks::new(parts.components.clone()),

@@ -59,6 +59,8 @@ pub struct Ports {
 pub struct Defaults {
     pub components: Vec<Component>,
     pub name_resolution: Option<NameResolutionSpec>,
+    /// The SQLite file jobs are kept in; in memory when unset.
+    pub jobs_store: Option<std::path::PathBuf>,
 }
 
 /// Step 1's result: everything decided before a port is bound.
@@ -77,6 +79,7 @@ pub struct Plan {
     probe: Option<HealthProbe>,
     app_connection: AppConnection,
     name_resolution: NameResolutionSpec,
+    jobs_store: Option<std::path::PathBuf>,
     /// The workload identity for mTLS, when enabled; its renewal stops with `renewal`.
     identity: Option<Arc<WorkloadIdentity>>,
     renewal: CancellationToken,
@@ -153,7 +156,7 @@ pub async fn build(args: &Args, defaults: Defaults, registry: Arc<Registry>) -> 
         .spec
         .name_resolution
         .clone()
-        .or(defaults.name_resolution)
+        .or(defaults.name_resolution.clone())
         .unwrap_or_default();
     if name_resolution.component.is_empty() {
         name_resolution.component = nameresolution::default_component(args.mode == Mode::Kubernetes).to_owned();
@@ -179,6 +182,7 @@ pub async fn build(args: &Args, defaults: Defaults, registry: Arc<Registry>) -> 
         probe,
         app_connection,
         name_resolution,
+        jobs_store: defaults.jobs_store,
         identity,
         renewal,
     })
@@ -512,6 +516,7 @@ async fn assemble(args: &Args, plan: &Plan, ports: &Ports) -> anyhow::Result<Ass
         resiliency: plan.resiliency.clone(),
         metrics: Arc::new(Metrics::new(&args.app_id).in_namespace(&args.namespace)),
         grace: Duration::from_secs(args.dapr_graceful_shutdown_seconds.max(0) as u64),
+        jobs_store: plan.jobs_store.clone(),
     }));
     let loader = ComponentLoader::new(
         plan.registry.clone(),
@@ -587,6 +592,7 @@ async fn initialise(rt: Arc<Runtime>, loader: ComponentLoader, s: Startup) {
         let inputs = rt.inputs.clone();
         let probing = tokio::spawn(async move { inputs.app_ready().await });
         let _ = tokio::time::timeout(Duration::from_secs(5), probing).await;
+        rt.jobs.start(channel.clone(), rt.shutdown.clone());
     }
     rt.health.set_ready();
     tracing::info!(

@@ -45,6 +45,10 @@ DAPR_CLIENT_MISTAKE_5XX = [
     # ERR_CONFIGURATION_STORE_NOT_CONFIGURED (getConfigurationStoreWithRequestValidation in pkg/api/http/http.go).
     (r"^GET /v1\.0(-alpha1)?/configuration/\{store\}(/subscribe|/\{id\}/unsubscribe)?$",
      "ERR_CONFIGURATION_STORE_NOT_CONFIGURED", r"^configuration stores not configured$"),
+    # Jobs: reading a job that does not exist is 500 DAPR_SCHEDULER_GET_JOB (pkg/api/errors/scheduler.go
+    # SchedulerGetJob wraps the scheduler's NotFound as Internal; the jobs quickstart's README shows it).
+    (r"^GET /v1\.0(-alpha1)?/jobs/\{name\}$", "DAPR_SCHEDULER_GET_JOB",
+     r"^failed to get job due to: rpc error: code = NotFound desc = job not found: "),
 ]
 
 

@@ -14,6 +14,11 @@ use crate::sidecar::state::{DeleteItem, TxOp, bulk_parallelism, item_metadata};
 
 type Reply<T> = Result<Response<T>, Status>;
 
+pub use super::jobs::{
+    delete_job, delete_job_alpha1, delete_jobs_by_prefix, delete_jobs_by_prefix_alpha1, get_job, get_job_alpha1,
+    list_jobs, list_jobs_alpha1, schedule_job, schedule_job_alpha1,
+};
+
 #[instrument(level = "debug", name = "grpc.get_state", skip_all, fields(store = %echo(&req.get_ref().store_name)))]
 pub async fn get_state(api: &DaprApi, req: Request<rt::GetStateRequest>) -> Reply<rt::GetStateResponse> {
     let r = req.into_inner();

@@ -5,6 +5,7 @@ mod convert;
 mod crypto;
 mod handlers;
 pub mod invoke;
+mod jobs;
 mod service;
 
 use std::sync::Arc;

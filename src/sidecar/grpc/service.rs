@@ -498,78 +498,70 @@ impl Dapr for DaprApi {
         &self,
         request: tonic::Request<rt::ScheduleJobRequest>,
     ) -> std::result::Result<tonic::Response<rt::ScheduleJobResponse>, tonic::Status> {
-        Err(Status::unimplemented(
-            "ScheduleJobAlpha1 is not implemented by tandem yet",
-        ))
+        handlers::schedule_job_alpha1(self, request).await
     }
 
     async fn schedule_job(
         &self,
         request: tonic::Request<rt::ScheduleJobRequest>,
     ) -> std::result::Result<tonic::Response<rt::ScheduleJobResponse>, tonic::Status> {
-        Err(Status::unimplemented("ScheduleJob is not implemented by tandem yet"))
+        handlers::schedule_job(self, request).await
     }
 
     async fn get_job_alpha1(
         &self,
         request: tonic::Request<rt::GetJobRequest>,
     ) -> std::result::Result<tonic::Response<rt::GetJobResponse>, tonic::Status> {
-        Err(Status::unimplemented("GetJobAlpha1 is not implemented by tandem yet"))
+        handlers::get_job_alpha1(self, request).await
     }
 
     async fn get_job(
         &self,
         request: tonic::Request<rt::GetJobRequest>,
     ) -> std::result::Result<tonic::Response<rt::GetJobResponse>, tonic::Status> {
-        Err(Status::unimplemented("GetJob is not implemented by tandem yet"))
+        handlers::get_job(self, request).await
     }
 
     async fn delete_job_alpha1(
         &self,
         request: tonic::Request<rt::DeleteJobRequest>,
     ) -> std::result::Result<tonic::Response<rt::DeleteJobResponse>, tonic::Status> {
-        Err(Status::unimplemented(
-            "DeleteJobAlpha1 is not implemented by tandem yet",
-        ))
+        handlers::delete_job_alpha1(self, request).await
     }
 
     async fn delete_job(
         &self,
         request: tonic::Request<rt::DeleteJobRequest>,
     ) -> std::result::Result<tonic::Response<rt::DeleteJobResponse>, tonic::Status> {
-        Err(Status::unimplemented("DeleteJob is not implemented by tandem yet"))
+        handlers::delete_job(self, request).await
     }
 
     async fn delete_jobs_by_prefix_alpha1(
         &self,
         request: tonic::Request<rt::DeleteJobsByPrefixRequestAlpha1>,
     ) -> std::result::Result<tonic::Response<rt::DeleteJobsByPrefixResponseAlpha1>, tonic::Status> {
-        Err(Status::unimplemented(
-            "DeleteJobsByPrefixAlpha1 is not implemented by tandem yet",
-        ))
+        handlers::delete_jobs_by_prefix_alpha1(self, request).await
     }
 
     async fn delete_jobs_by_prefix(
         &self,
         request: tonic::Request<rt::DeleteJobsByPrefixRequest>,
     ) -> std::result::Result<tonic::Response<rt::DeleteJobsByPrefixResponse>, tonic::Status> {
-        Err(Status::unimplemented(
-            "DeleteJobsByPrefix is not implemented by tandem yet",
-        ))
+        handlers::delete_jobs_by_prefix(self, request).await
     }
 
     async fn list_jobs_alpha1(
         &self,
         request: tonic::Request<rt::ListJobsRequestAlpha1>,
     ) -> std::result::Result<tonic::Response<rt::ListJobsResponseAlpha1>, tonic::Status> {
-        Err(Status::unimplemented("ListJobsAlpha1 is not implemented by tandem yet"))
+        handlers::list_jobs_alpha1(self, request).await
     }
 
     async fn list_jobs(
         &self,
         request: tonic::Request<rt::ListJobsRequest>,
     ) -> std::result::Result<tonic::Response<rt::ListJobsResponse>, tonic::Status> {
-        Err(Status::unimplemented("ListJobs is not implemented by tandem yet"))
+        handlers::list_jobs(self, request).await
     }
 
     async fn converse_alpha1(

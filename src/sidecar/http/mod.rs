@@ -5,6 +5,7 @@ mod configuration;
 mod conversation;
 mod crypto;
 mod invoke;
+mod jobs;
 mod lock;
 mod metadata;
 pub mod openapi;
@@ -128,6 +129,14 @@ pub fn router(state: ApiState) -> Router {
         .route(
             "/v1.0-alpha1/configuration/{store}/{id}/unsubscribe",
             get(configuration::unsubscribe),
+        )
+        .route(
+            "/v1.0-alpha1/jobs/{name}",
+            post(jobs::schedule).get(jobs::get).delete(jobs::delete),
+        )
+        .route(
+            "/v1.0/jobs/{name}",
+            post(jobs::schedule).get(jobs::get).delete(jobs::delete),
         )
         .route("/v1.0-alpha1/lock/{store}", post(lock::try_lock))
         .route("/v1.0-alpha1/unlock/{store}", post(lock::unlock))

@@ -1,6 +1,7 @@
 """A plain HTTP app for input binding tests: answers OPTIONS /<route> with 200 for the routes in $WANT (comma
 separated) and 404 for the rest, records every POST as one JSON line in $RECORD (path, headers, body), and answers
-POST /route-answer with the body in $ANSWER (a Dapr routing object), POST /fail with 500, anything else with 200.
+POST /route-answer with the body in $ANSWER (a Dapr routing object), POST /fail (and /job/fail, a job) with 500,
+anything else with 200.
 
 Usage: WANT=/tick,/custom RECORD=events.jsonl [ANSWER='{...}'] python binding_app_http.py PORT [NAME]
 """
@@ -48,7 +49,7 @@ class Handler(BaseHTTPRequestHandler):
             }) + "\n")
         if self.path == "/route-answer":
             self._send(200, ANSWER.encode())
-        elif self.path == "/fail":
+        elif self.path in ("/fail", "/job/fail"):
             self._send(500, b"no")
         else:
             self._send(200, b'{"success": true}')
