@@ -13,6 +13,8 @@ IMPLEMENTED = {
     "try_lock_alpha1", "unlock_alpha1",
     "converse_alpha1", "converse_alpha2",
     "encrypt_alpha1", "decrypt_alpha1",
+    "subtle_get_key_alpha1", "subtle_encrypt_alpha1", "subtle_decrypt_alpha1", "subtle_wrap_key_alpha1",
+    "subtle_unwrap_key_alpha1", "subtle_sign_alpha1", "subtle_verify_alpha1",
 }
 
 root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

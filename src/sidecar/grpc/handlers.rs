@@ -12,7 +12,12 @@ use crate::echo::echo;
 use crate::sidecar::error::ApiError;
 use crate::sidecar::state::{DeleteItem, TxOp, bulk_parallelism, item_metadata};
 
-type Reply<T> = Result<Response<T>, Status>;
+pub use super::crypto::{
+    subtle_decrypt_alpha1, subtle_encrypt_alpha1, subtle_get_key_alpha1, subtle_sign_alpha1, subtle_unwrap_key_alpha1,
+    subtle_verify_alpha1, subtle_wrap_key_alpha1,
+};
+
+pub(super) type Reply<T> = Result<Response<T>, Status>;
 
 #[instrument(level = "debug", name = "grpc.get_state", skip_all, fields(store = %echo(&req.get_ref().store_name)))]
 pub async fn get_state(api: &DaprApi, req: Request<rt::GetStateRequest>) -> Reply<rt::GetStateResponse> {
