@@ -51,6 +51,9 @@ impl std::fmt::Debug for Key {
     }
 }
 
+/// The largest RSA modulus a JWK may carry (parsing a larger one would cost time for nothing).
+const MAX_RSA_BITS: usize = 16384;
+
 /// JWK members that hold key material, never copied as plain parameters.
 const MATERIAL_MEMBERS: [&str; 14] = [
     "kty", "n", "e", "d", "p", "q", "dp", "dq", "qi", "oth", "k", "crv", "x", "y",
@@ -128,6 +131,11 @@ impl Key {
             Some("oct") => Material::Symmetric(bytes("k")?),
             Some("RSA") => {
                 let (n, e) = (big("n")?, big("e")?);
+                if n.bits() > MAX_RSA_BITS {
+                    return Err(CryptoError::Key(format!(
+                        "invalid RSA JWK: keys of more than {MAX_RSA_BITS} bits are not supported"
+                    )));
+                }
                 if jwk.get("d").is_some() {
                     let primes = match (jwk.get("p"), jwk.get("q")) {
                         (Some(_), Some(_)) => vec![big("p")?, big("q")?],

@@ -114,3 +114,10 @@ fn symmetric_keys_have_no_public_part_and_serialize_raw() {
     assert!(Key::parse(b"", None).is_err());
     assert!(Key::parse(b"-----BEGIN NOTHING-----\nAA==\n-----END NOTHING-----\n", None).is_err());
 }
+
+#[test]
+fn oversized_rsa_jwk_is_refused() {
+    let n = URL_SAFE_NO_PAD.encode(vec![0xffu8; 4096]);
+    let e = Key::from_jwk(&serde_json::json!({"kty": "RSA", "n": n, "e": "AQAB"})).unwrap_err();
+    assert!(e.to_string().contains("more than 16384 bits"), "{e}");
+}

@@ -9,6 +9,9 @@ use crate::sidecar::error::{ApiError, ApiResult};
 
 use super::CryptoApi;
 
+/// The largest key `subtle_wrap_key` reads (a 16384-bit RSA private key in PEM is about 12 KiB).
+const MAX_PLAINTEXT_KEY: usize = 64 << 10;
+
 /// How `get_key` writes the public key.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum KeyFormat {
@@ -116,6 +119,11 @@ impl CryptoApi {
         aad: &[u8],
     ) -> ApiResult<Sealed> {
         let provider = self.provider(store)?;
+        if plaintext_key.len() > MAX_PLAINTEXT_KEY {
+            return Err(ApiError::crypto_operation(format!(
+                "failed to parse plaintext key: a key is at most {MAX_PLAINTEXT_KEY} bytes"
+            )));
+        }
         let key = Key::parse(plaintext_key, None)
             .map_err(|e| ApiError::crypto_operation(format!("failed to parse plaintext key: {e}")))?;
         let result = match (Algorithm::parse(algorithm), key.serialize()) {
