@@ -73,14 +73,14 @@ async fn encryption_families_round_trip(c: Ctx) {
             .unwrap_or_else(|e| panic!("{} {alg}: {e}", c.backend));
         let back = c
             .api
-            .subtle_decrypt("c", key, alg, &sealed.ciphertext, &nonce, &sealed.tag, b"ad")
+            .subtle_decrypt("c", key, alg, &sealed, &nonce, b"ad")
             .await
             .unwrap_or_else(|e| panic!("{} {alg}: {e}", c.backend));
         assert_eq!(back, plaintext, "{} {alg}", c.backend);
         if !sealed.tag.is_empty() {
             let e = c
                 .api
-                .subtle_decrypt("c", key, alg, &sealed.ciphertext, &nonce, &sealed.tag, b"other")
+                .subtle_decrypt("c", key, alg, &sealed, &nonce, b"other")
                 .await
                 .unwrap_err();
             assert_eq!(e.message, "failed to perform operation: failed to decrypt");
@@ -94,7 +94,7 @@ async fn encryption_families_round_trip(c: Ctx) {
         .unwrap();
     let back = c
         .api
-        .subtle_decrypt("c", "rsa.pem", "RSA-OAEP-256", &sealed.ciphertext, &[], &[], &[])
+        .subtle_decrypt("c", "rsa.pem", "RSA-OAEP-256", &sealed, &[], &[])
         .await
         .unwrap();
     assert_eq!(back, b"k");
@@ -111,7 +111,7 @@ async fn keys_wrap_and_unwrap(c: Ctx) {
         let wrapped = c.api.subtle_wrap_key("c", key, alg, &cek, nonce, &[]).await.unwrap();
         let back = c
             .api
-            .subtle_unwrap_key("c", key, alg, &wrapped.ciphertext, nonce, &wrapped.tag, &[])
+            .subtle_unwrap_key("c", key, alg, &wrapped, nonce, &[])
             .await
             .unwrap();
         assert_eq!(back, cek, "{} {alg}", c.backend);
@@ -125,7 +125,7 @@ async fn keys_wrap_and_unwrap(c: Ctx) {
         .unwrap();
     let der = c
         .api
-        .subtle_unwrap_key("c", "sym256", "A256KW", &wrapped.ciphertext, &[], &[], &[])
+        .subtle_unwrap_key("c", "sym256", "A256KW", &wrapped, &[], &[])
         .await
         .unwrap();
     assert_eq!(der.len(), 48, "Ed25519 PKCS#8 DER");

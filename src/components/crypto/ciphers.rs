@@ -402,7 +402,7 @@ type Aes192Gcm = aes_gcm::AesGcm<aes::Aes192, aes_gcm::aead::consts::U12>;
 fn seal_with<C: KeyInit + AeadInPlace>(
     key: &[u8],
     nonce: &[u8],
-    data: &mut Vec<u8>,
+    data: &mut [u8],
     aad: &[u8],
 ) -> Result<Vec<u8>, CryptoError> {
     use aes_gcm::aead::generic_array::typenum::Unsigned;
@@ -420,7 +420,7 @@ fn seal_with<C: KeyInit + AeadInPlace>(
 fn open_with<C: KeyInit + AeadInPlace>(
     key: &[u8],
     nonce: &[u8],
-    data: &mut Vec<u8>,
+    data: &mut [u8],
     tag: &[u8],
     aad: &[u8],
 ) -> Result<(), CryptoError> {

@@ -89,17 +89,18 @@ impl CryptoApi {
         result.map_err(|e| hidden(store, "failed to encrypt", e))
     }
 
+    /// Decrypts a ciphertext (and its tag, for an authenticated cipher).
     pub async fn subtle_decrypt(
         &self,
         store: &str,
         key_name: &str,
         algorithm: &str,
-        ciphertext: &[u8],
+        sealed: &Sealed,
         nonce: &[u8],
-        tag: &[u8],
         aad: &[u8],
     ) -> ApiResult<Vec<u8>> {
         let provider = self.provider(store)?;
+        let (ciphertext, tag) = (&sealed.ciphertext, &sealed.tag);
         let result = match Algorithm::parse(algorithm) {
             Some(alg) => provider.decrypt(key_name, alg, ciphertext, nonce, tag, aad).await,
             None => Err(unsupported()),
@@ -134,18 +135,18 @@ impl CryptoApi {
         result.map_err(|e| hidden(store, "failed to wrap key", e))
     }
 
-    /// Unwraps `wrapped_key`, answering the key's bytes.
+    /// Unwraps a wrapped key (and its tag, for an authenticated cipher), answering the key's bytes.
     pub async fn subtle_unwrap_key(
         &self,
         store: &str,
         key_name: &str,
         algorithm: &str,
-        wrapped_key: &[u8],
+        wrapped: &Sealed,
         nonce: &[u8],
-        tag: &[u8],
         aad: &[u8],
     ) -> ApiResult<Vec<u8>> {
         let provider = self.provider(store)?;
+        let (wrapped_key, tag) = (&wrapped.ciphertext, &wrapped.tag);
         let result = match Algorithm::parse(algorithm) {
             Some(alg) => provider.unwrap_key(key_name, alg, wrapped_key, nonce, tag, aad).await,
             None => Err(unsupported()),

@@ -13,6 +13,7 @@ use tracing::instrument;
 
 use super::DaprApi;
 use super::handlers::Reply;
+use crate::components::crypto::Sealed;
 use crate::echo::echo;
 use crate::sidecar::crypto::subtle::KeyFormat;
 
@@ -242,9 +243,11 @@ pub async fn subtle_decrypt_alpha1(
             &r.component_name,
             &r.key_name,
             &r.algorithm,
-            &r.ciphertext,
+            &Sealed {
+                ciphertext: r.ciphertext,
+                tag: r.tag,
+            },
             &r.nonce,
-            &r.tag,
             &r.associated_data,
         )
         .await?;
@@ -288,9 +291,11 @@ pub async fn subtle_unwrap_key_alpha1(
             &r.component_name,
             &r.key_name,
             &r.algorithm,
-            &r.wrapped_key,
+            &Sealed {
+                ciphertext: r.wrapped_key,
+                tag: r.tag,
+            },
             &r.nonce,
-            &r.tag,
             &r.associated_data,
         )
         .await?;
