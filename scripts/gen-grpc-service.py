@@ -15,6 +15,8 @@ IMPLEMENTED = {
     "encrypt_alpha1", "decrypt_alpha1",
     "schedule_job", "schedule_job_alpha1", "get_job", "get_job_alpha1", "delete_job", "delete_job_alpha1",
     "delete_jobs_by_prefix", "delete_jobs_by_prefix_alpha1", "list_jobs", "list_jobs_alpha1",
+    "subtle_get_key_alpha1", "subtle_encrypt_alpha1", "subtle_decrypt_alpha1", "subtle_wrap_key_alpha1",
+    "subtle_unwrap_key_alpha1", "subtle_sign_alpha1", "subtle_verify_alpha1",
 }
 
 root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

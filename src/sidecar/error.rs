@@ -360,6 +360,15 @@ impl ApiError {
             format!("crypto provider {} not found", echo(name)),
         )
     }
+    /// A key that could not be retrieved (`SubtleGetKeyAlpha1`).
+    pub fn crypto_key(name: &str, e: impl std::fmt::Display) -> Self {
+        Self::new(
+            500,
+            Code::Internal,
+            "ERR_CRYPTO_KEY",
+            format!("failed to retrieve key {}: {e}", echo(name)),
+        )
+    }
     pub fn crypto_operation(e: impl std::fmt::Display) -> Self {
         Self::new(
             500,

@@ -30,7 +30,7 @@ fn b64url(b: &[u8]) -> String {
     URL_SAFE_NO_PAD.encode(b)
 }
 
-fn rsa_pem() -> String {
+pub(crate) fn rsa_pem() -> String {
     std::fs::read_to_string(format!("{FIXTURES}/rsa-private.pem")).unwrap()
 }
 
@@ -47,6 +47,8 @@ fn jwks() -> String {
         {"kty": "RSA", "kid": "rsa.pem", "n": big(rsa.n()), "e": big(rsa.e()), "d": big(rsa.d()),
          "p": big(&primes[0]), "q": big(&primes[1])},
         {"kty": "RSA", "kid": "rsa-public.pem", "n": big(rsa.n()), "e": big(rsa.e())},
+        super::subtle_crypto::ec_jwk(),
+        super::subtle_crypto::ed_jwk(),
     ]})
     .to_string()
 }
@@ -63,12 +65,15 @@ fn key_folder() -> tempfile::TempDir {
     std::fs::write(p.join("rsa.pem"), rsa_pem()).unwrap();
     std::fs::copy(format!("{FIXTURES}/rsa-private-pkcs1.pem"), p.join("rsa-pkcs1.pem")).unwrap();
     std::fs::copy(format!("{FIXTURES}/rsa-public.pem"), p.join("rsa-public.pem")).unwrap();
+    for name in ["ec256.pem", "ed.pem"] {
+        std::fs::copy(format!("{}/{name}", super::subtle_crypto::FIXTURES), p.join(name)).unwrap();
+    }
     dir
 }
 
-struct Ctx {
-    api: CryptoApi,
-    backend: &'static str,
+pub(crate) struct Ctx {
+    pub(crate) api: CryptoApi,
+    pub(crate) backend: &'static str,
     _dir: tempfile::TempDir,
 }
 
@@ -95,7 +100,7 @@ async fn api_with(components: &[Component]) -> CryptoApi {
         .unwrap_or_else(|e| panic!("the crypto provider failed to start: {e}"))
 }
 
-async fn ctx(backend: &'static str) -> Ctx {
+pub(crate) async fn ctx(backend: &'static str) -> Ctx {
     let dir = key_folder();
     let component = match backend {
         "localstorage" => Component::new(

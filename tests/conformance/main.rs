@@ -26,6 +26,7 @@ mod jetstream;
 mod lock;
 mod pubsub;
 mod sql_state;
+mod subtle_crypto;
 
 use std::collections::BTreeMap;
 use std::sync::Arc;

@@ -218,3 +218,180 @@ def test_http_streams_large_bodies_in_flat_memory(sc, tmp_path):
     assert got.hexdigest() == want.hexdigest()
     grown_mb = (peak_rss_kb(sc.proc.pid) - before) / 1024
     assert grown_mb < 32, f"the sidecar's peak memory grew by {grown_mb:.0f} MiB for a 128 MiB payload"
+
+
+# ---- Subtle*Alpha1: unary operations with a provider's key, through the SDK's generated gRPC stubs ----
+
+SUBTLE = REPO / "tests" / "fixtures" / "subtle"
+EC_JWK = {"kty": "EC", "kid": "ec-key", "crv": "P-256", "use": "sig",
+          "d": "QwInfok57r29xcrsnMjTyAKBX7BU9KGLTWIN2s27vhE",
+          "x": "W6kh2fCbjf46TMI7QP1_zJ0AEnv2Ex0mlI7Wi_xmHxs",
+          "y": "Kt6xGK4FdbvRtb_aKdaSsdGbytqTXD7v-mHr3fNri8Q"}
+
+
+@pytest.fixture(scope="module")
+def subtle(sidecars, tmp_path_factory):
+    from dapr.proto.runtime.v1 import dapr_pb2_grpc
+    keys = tmp_path_factory.mktemp("subtle-keys")
+    (keys / "sym256").write_bytes(SYM)
+    (keys / "sym128").write_bytes(SYM[:16])
+    for name in ("rsa.pem", "ec256.pem", "ed.pem"):
+        shutil.copy(SUBTLE / name, keys / name)
+    jwks = {"keys": [EC_JWK, {"kty": "oct", "kid": "mykey", "k": b64url(SYM), "alg": "A256GCM"}]}
+    sc = sidecars.start("subtle", [
+        component("localstorage", "crypto.dapr.localstorage", {"path": str(keys)}),
+        component("jwks", "crypto.dapr.jwks", {"jwks": json.dumps(jwks)}),
+    ])
+    channel = grpc.insecure_channel(sc.grpc_address)
+    yield dapr_pb2_grpc.DaprStub(channel)
+    channel.close()
+
+
+def pb():
+    from dapr.proto.runtime.v1 import crypto_pb2
+    return crypto_pb2
+
+
+def rpc_error(call, req):
+    with pytest.raises(grpc.RpcError) as e:
+        call(req)
+    return e.value.code(), e.value.details()
+
+
+def test_subtle_get_key_pem_and_jwk(subtle):
+    p = pb()
+    r = subtle.SubtleGetKeyAlpha1(p.SubtleGetKeyRequest(component_name="localstorage", name="rsa.pem"))
+    assert r.name == "rsa.pem"
+    assert r.public_key == (SUBTLE / "rsa.pub").read_text(), "the public half, as `openssl pkey -pubout` writes it"
+    r = subtle.SubtleGetKeyAlpha1(p.SubtleGetKeyRequest(
+        component_name="jwks", name="ec-key", format=p.SubtleGetKeyRequest.JSON))
+    jwk = json.loads(r.public_key)
+    assert r.name == "ec-key"
+    assert jwk == {k: v for k, v in EC_JWK.items() if k != "d"}, "no private member is given back"
+    assert list(jwk) == sorted(jwk), "members in alphabetical order, as Dapr writes them"
+
+
+@pytest.mark.parametrize("req,code,text", [
+    (dict(component_name="localstorage", name="sym256"), grpc.StatusCode.INTERNAL,
+     "failed to retrieve key sym256: key not found"),
+    (dict(component_name="jwks", name="nope"), grpc.StatusCode.INTERNAL, "failed to retrieve key nope: key not found"),
+    (dict(component_name="localstorage", name="rsa.pem", format=7), grpc.StatusCode.INVALID_ARGUMENT,
+     "invalid key format"),
+    (dict(component_name="nope", name="rsa.pem"), grpc.StatusCode.INVALID_ARGUMENT, "crypto provider nope not found"),
+    (dict(component_name="", name="rsa.pem"), grpc.StatusCode.INVALID_ARGUMENT, "missing component name"),
+])
+def test_subtle_get_key_errors(subtle, req, code, text):
+    got_code, details = rpc_error(subtle.SubtleGetKeyAlpha1, pb().SubtleGetKeyRequest(**req))
+    assert got_code == code
+    assert text in details
+
+
+def test_subtle_aes_gcm_interop_with_cryptography(subtle):
+    aead = pytest.importorskip("cryptography.hazmat.primitives.ciphers.aead")
+    p, nonce, aad = pb(), os.urandom(12), b"header"
+    sealed = aead.AESGCM(SYM).encrypt(nonce, b"made by cryptography", aad)
+    for store, key in (("localstorage", "sym256"), ("jwks", "mykey")):
+        r = subtle.SubtleDecryptAlpha1(p.SubtleDecryptRequest(
+            component_name=store, key_name=key, algorithm="A256GCM", ciphertext=sealed[:-16], tag=sealed[-16:],
+            nonce=nonce, associated_data=aad))
+        assert r.plaintext == b"made by cryptography"
+    r = subtle.SubtleEncryptAlpha1(p.SubtleEncryptRequest(
+        component_name="localstorage", key_name="sym256", algorithm="A256GCM", plaintext=b"made by tandem",
+        nonce=nonce, associated_data=aad))
+    assert len(r.tag) == 16
+    assert aead.AESGCM(SYM).decrypt(nonce, r.ciphertext + r.tag, aad) == b"made by tandem"
+    bad_tag = bytes([r.tag[0] ^ 1]) + r.tag[1:]
+    code, details = rpc_error(subtle.SubtleDecryptAlpha1, p.SubtleDecryptRequest(
+        component_name="localstorage", key_name="sym256", algorithm="A256GCM", ciphertext=r.ciphertext,
+        tag=bad_tag, nonce=nonce, associated_data=aad))
+    assert code == grpc.StatusCode.INTERNAL
+    assert details == "failed to perform operation: failed to decrypt", "no detail that could serve as an oracle"
+
+
+@pytest.mark.parametrize("alg,key,nonce", [
+    ("A128CBC", "sym128", bytes(16)), ("A256CBC-NOPAD", "sym256", bytes(16)), ("A128GCM", "sym128", bytes(12)),
+    ("XC20P", "sym256", bytes(24)), ("C20P", "sym256", bytes(12)), ("A128CBC-HS256", "sym256", bytes(16)),
+])
+def test_subtle_symmetric_round_trips(subtle, alg, key, nonce):
+    p = pb()
+    plaintext = bytes(range(48))
+    r = subtle.SubtleEncryptAlpha1(p.SubtleEncryptRequest(
+        component_name="localstorage", key_name=key, algorithm=alg, plaintext=plaintext, nonce=nonce))
+    assert r.ciphertext != plaintext
+    back = subtle.SubtleDecryptAlpha1(p.SubtleDecryptRequest(
+        component_name="localstorage", key_name=key, algorithm=alg, ciphertext=r.ciphertext, tag=r.tag, nonce=nonce))
+    assert back.plaintext == plaintext
+
+
+@pytest.mark.parametrize("req", [
+    dict(key_name="sym256", algorithm="A256CBC-HS512", nonce=bytes(16)),  # a 32-byte key is too short for it
+    dict(key_name="sym256", algorithm="a256gcm", nonce=bytes(12)),  # names are case-sensitive, as in Dapr
+    dict(key_name="sym256", algorithm="A256GCM", nonce=bytes(8)),  # wrong nonce size
+    dict(key_name="missing", algorithm="A256GCM", nonce=bytes(12)),
+    dict(key_name="mykey", algorithm="A128GCM", nonce=bytes(12)),  # wrong type of key
+    dict(key_name="rsa.pem", algorithm="A256GCM", nonce=bytes(12)),
+])
+def test_subtle_encrypt_errors_are_generic(subtle, req):
+    code, details = rpc_error(subtle.SubtleEncryptAlpha1, pb().SubtleEncryptRequest(
+        component_name="localstorage", plaintext=b"x", **req))
+    assert (code, details) == (grpc.StatusCode.INTERNAL, "failed to perform operation: failed to encrypt")
+
+
+def test_subtle_wrap_unwrap_interop(subtle):
+    keywrap = pytest.importorskip("cryptography.hazmat.primitives.keywrap")
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import padding
+    p, cek = pb(), os.urandom(32)
+    r = subtle.SubtleWrapKeyAlpha1(p.SubtleWrapKeyRequest(
+        component_name="localstorage", key_name="sym256", algorithm="A256KW", plaintext_key=cek))
+    assert r.wrapped_key == keywrap.aes_key_wrap(SYM, cek), "RFC 3394 is deterministic: same bytes as cryptography"
+    back = subtle.SubtleUnwrapKeyAlpha1(p.SubtleUnwrapKeyRequest(
+        component_name="localstorage", key_name="sym256", algorithm="A256KW", wrapped_key=r.wrapped_key))
+    assert back.plaintext_key == cek
+    r = subtle.SubtleWrapKeyAlpha1(p.SubtleWrapKeyRequest(
+        component_name="localstorage", key_name="rsa.pem", algorithm="RSA-OAEP-256", plaintext_key=cek))
+    private = serialization.load_pem_private_key((SUBTLE / "rsa.pem").read_bytes(), password=None)
+    oaep = padding.OAEP(mgf=padding.MGF1(hashes.SHA256()), algorithm=hashes.SHA256(), label=None)
+    assert private.decrypt(r.wrapped_key, oaep) == cek
+    code, details = rpc_error(subtle.SubtleWrapKeyAlpha1, p.SubtleWrapKeyRequest(
+        component_name="localstorage", key_name="sym256", algorithm="A256KW", plaintext_key=b""))
+    assert code == grpc.StatusCode.INTERNAL and "failed to parse plaintext key" in details
+
+
+def test_subtle_signatures_interop_with_cryptography(subtle):
+    pytest.importorskip("cryptography")
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec, padding, utils
+    p = pb()
+    digest = hashes.Hash(hashes.SHA256())
+    digest.update(b"a message to sign")
+    digest = digest.finalize()
+
+    def sign(key, alg, data, store="localstorage"):
+        return subtle.SubtleSignAlpha1(p.SubtleSignRequest(
+            component_name=store, key_name=key, algorithm=alg, digest=data)).signature
+
+    def public(name):
+        return serialization.load_pem_private_key((SUBTLE / name).read_bytes(), password=None).public_key()
+
+    prehashed = utils.Prehashed(hashes.SHA256())
+    public("ec256.pem").verify(sign("ec256.pem", "ES256", digest), digest, ec.ECDSA(prehashed))
+    public("ec256.pem").verify(sign("ec-key", "ES256", digest, "jwks"), digest, ec.ECDSA(prehashed))
+    public("rsa.pem").verify(sign("rsa.pem", "RS256", digest), digest, padding.PKCS1v15(), prehashed)
+    pss = padding.PSS(mgf=padding.MGF1(hashes.SHA256()), salt_length=padding.PSS.AUTO)
+    public("rsa.pem").verify(sign("rsa.pem", "PS256", digest), digest, pss, prehashed)
+    public("ed.pem").verify(sign("ed.pem", "EdDSA", b"the whole message"), b"the whole message")
+
+    # The other way: signatures by cryptography verify in tandem, and a changed one does not.
+    private = serialization.load_pem_private_key((SUBTLE / "ec256.pem").read_bytes(), password=None)
+    theirs = private.sign(digest, ec.ECDSA(prehashed))
+    for sig, want in ((theirs, True), (theirs[:-1] + bytes([theirs[-1] ^ 1]), False)):
+        r = subtle.SubtleVerifyAlpha1(p.SubtleVerifyRequest(
+            component_name="jwks", key_name="ec-key", algorithm="ES256", digest=digest, signature=sig))
+        assert r.valid is want
+    code, details = rpc_error(subtle.SubtleSignAlpha1, p.SubtleSignRequest(
+        component_name="localstorage", key_name="sym256", algorithm="HS256", digest=digest))
+    assert (code, details) == (grpc.StatusCode.INTERNAL, "failed to perform operation: failed to sign")
+    code, _ = rpc_error(subtle.SubtleSignAlpha1, p.SubtleSignRequest(
+        component_name="jwks", key_name="mykey", algorithm="ES256", digest=digest))
+    assert code == grpc.StatusCode.INTERNAL, "a symmetric key cannot sign"

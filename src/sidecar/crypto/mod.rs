@@ -3,6 +3,7 @@
 //! 64 KiB segment per call whatever the message's size.
 
 pub mod scheme;
+pub mod subtle;
 
 use std::sync::Arc;
 
@@ -82,9 +83,16 @@ impl CryptoApi {
         };
         let key = FileKey::generate(cipher).map_err(|e| op(e.to_string()))?;
         let wfk = provider
-            .wrap_key(&opts.key_name, algorithm, key.file_key())
+            .wrap_key(
+                &opts.key_name,
+                algorithm.algorithm(),
+                key.file_key(),
+                algorithm.iv(),
+                &[],
+            )
             .await
-            .map_err(|e| op(format!("failed to wrap the file key: {e}")))?;
+            .map_err(|e| op(format!("failed to wrap the file key: {e}")))?
+            .ciphertext;
         let key_name = if opts.omit_decryption_key_name {
             String::new()
         } else if opts.decryption_key_name.is_empty() {
@@ -132,7 +140,11 @@ impl CryptoApi {
             ("", named) => named.to_owned(),
             (given, _) => given.to_owned(),
         };
-        let unwrapped = match provider.unwrap_key(&key_name, manifest.key_wrap, &manifest.wfk).await {
+        let wrap = manifest.key_wrap;
+        let unwrapped = match provider
+            .unwrap_key(&key_name, wrap.algorithm(), &manifest.wfk, wrap.iv(), &[], &[])
+            .await
+        {
             Ok(k) => Some(k),
             Err(e) => {
                 tracing::debug!(store = %crate::echo::echo(store), error = %e, "unwrapping the file key failed");

@@ -1,4 +1,4 @@
-//! gRPC `EncryptAlpha1` / `DecryptAlpha1`: bidirectional streams of `StreamPayload{data, seq}` with the options in
+//! gRPC `EncryptAlpha1` / `DecryptAlpha1` and the unary `Subtle*Alpha1` methods. Encrypt and decrypt are bidirectional streams of `StreamPayload{data, seq}` with the options in
 //! the first message, as Dapr reads them (first message within 5 s, sequence numbers from 0 without gaps, options
 //! only up front); the answer is streamed back in chunks of at most one segment.
 
@@ -8,7 +8,14 @@ use bytes::Bytes;
 use dapr::dapr::proto::common::v1::StreamPayload;
 use dapr::dapr::proto::runtime::v1 as rt;
 use futures::{Stream, StreamExt};
-use tonic::Streaming;
+use tonic::{Request, Response, Streaming};
+use tracing::instrument;
+
+use super::DaprApi;
+use super::handlers::Reply;
+use crate::components::crypto::Sealed;
+use crate::echo::echo;
+use crate::sidecar::crypto::subtle::KeyFormat;
 
 use crate::sidecar::crypto::scheme::{SEGMENT_SIZE, TAG_SIZE};
 use crate::sidecar::crypto::{CryptoApi, EncryptOptions, Output};
@@ -180,4 +187,142 @@ pub async fn decrypt(
         .decrypt(&o.component_name, &o.key_name, payloads(first, stream))
         .await?;
     Ok(Box::pin(answers(out, |p| rt::DecryptResponse { payload: Some(p) })))
+}
+
+#[instrument(level = "debug", name = "grpc.subtle_get_key_alpha1", skip_all, fields(component = %echo(&req.get_ref().component_name)))]
+pub async fn subtle_get_key_alpha1(
+    api: &DaprApi,
+    req: Request<rt::SubtleGetKeyRequest>,
+) -> Reply<rt::SubtleGetKeyResponse> {
+    let r = req.into_inner();
+    let key = api
+        .rt
+        .crypto
+        .get_key(&r.component_name, &r.name, KeyFormat::from_proto(r.format))
+        .await?;
+    Ok(Response::new(rt::SubtleGetKeyResponse {
+        name: key.name,
+        public_key: key.public_key,
+    }))
+}
+
+#[instrument(level = "debug", name = "grpc.subtle_encrypt_alpha1", skip_all, fields(component = %echo(&req.get_ref().component_name)))]
+pub async fn subtle_encrypt_alpha1(
+    api: &DaprApi,
+    req: Request<rt::SubtleEncryptRequest>,
+) -> Reply<rt::SubtleEncryptResponse> {
+    let r = req.into_inner();
+    let sealed = api
+        .rt
+        .crypto
+        .subtle_encrypt(
+            &r.component_name,
+            &r.key_name,
+            &r.algorithm,
+            &r.plaintext,
+            &r.nonce,
+            &r.associated_data,
+        )
+        .await?;
+    Ok(Response::new(rt::SubtleEncryptResponse {
+        ciphertext: sealed.ciphertext,
+        tag: sealed.tag,
+    }))
+}
+
+#[instrument(level = "debug", name = "grpc.subtle_decrypt_alpha1", skip_all, fields(component = %echo(&req.get_ref().component_name)))]
+pub async fn subtle_decrypt_alpha1(
+    api: &DaprApi,
+    req: Request<rt::SubtleDecryptRequest>,
+) -> Reply<rt::SubtleDecryptResponse> {
+    let r = req.into_inner();
+    let plaintext = api
+        .rt
+        .crypto
+        .subtle_decrypt(
+            &r.component_name,
+            &r.key_name,
+            &r.algorithm,
+            &Sealed {
+                ciphertext: r.ciphertext,
+                tag: r.tag,
+            },
+            &r.nonce,
+            &r.associated_data,
+        )
+        .await?;
+    Ok(Response::new(rt::SubtleDecryptResponse { plaintext }))
+}
+
+#[instrument(level = "debug", name = "grpc.subtle_wrap_key_alpha1", skip_all, fields(component = %echo(&req.get_ref().component_name)))]
+pub async fn subtle_wrap_key_alpha1(
+    api: &DaprApi,
+    req: Request<rt::SubtleWrapKeyRequest>,
+) -> Reply<rt::SubtleWrapKeyResponse> {
+    let r = req.into_inner();
+    let sealed = api
+        .rt
+        .crypto
+        .subtle_wrap_key(
+            &r.component_name,
+            &r.key_name,
+            &r.algorithm,
+            &r.plaintext_key,
+            &r.nonce,
+            &r.associated_data,
+        )
+        .await?;
+    Ok(Response::new(rt::SubtleWrapKeyResponse {
+        wrapped_key: sealed.ciphertext,
+        tag: sealed.tag,
+    }))
+}
+
+#[instrument(level = "debug", name = "grpc.subtle_unwrap_key_alpha1", skip_all, fields(component = %echo(&req.get_ref().component_name)))]
+pub async fn subtle_unwrap_key_alpha1(
+    api: &DaprApi,
+    req: Request<rt::SubtleUnwrapKeyRequest>,
+) -> Reply<rt::SubtleUnwrapKeyResponse> {
+    let r = req.into_inner();
+    let plaintext_key = api
+        .rt
+        .crypto
+        .subtle_unwrap_key(
+            &r.component_name,
+            &r.key_name,
+            &r.algorithm,
+            &Sealed {
+                ciphertext: r.wrapped_key,
+                tag: r.tag,
+            },
+            &r.nonce,
+            &r.associated_data,
+        )
+        .await?;
+    Ok(Response::new(rt::SubtleUnwrapKeyResponse { plaintext_key }))
+}
+
+#[instrument(level = "debug", name = "grpc.subtle_sign_alpha1", skip_all, fields(component = %echo(&req.get_ref().component_name)))]
+pub async fn subtle_sign_alpha1(api: &DaprApi, req: Request<rt::SubtleSignRequest>) -> Reply<rt::SubtleSignResponse> {
+    let r = req.into_inner();
+    let signature = api
+        .rt
+        .crypto
+        .subtle_sign(&r.component_name, &r.key_name, &r.algorithm, &r.digest)
+        .await?;
+    Ok(Response::new(rt::SubtleSignResponse { signature }))
+}
+
+#[instrument(level = "debug", name = "grpc.subtle_verify_alpha1", skip_all, fields(component = %echo(&req.get_ref().component_name)))]
+pub async fn subtle_verify_alpha1(
+    api: &DaprApi,
+    req: Request<rt::SubtleVerifyRequest>,
+) -> Reply<rt::SubtleVerifyResponse> {
+    let r = req.into_inner();
+    let valid = api
+        .rt
+        .crypto
+        .subtle_verify(&r.component_name, &r.key_name, &r.algorithm, &r.digest, &r.signature)
+        .await?;
+    Ok(Response::new(rt::SubtleVerifyResponse { valid }))
 }

@@ -12,7 +12,12 @@ use crate::echo::echo;
 use crate::sidecar::error::ApiError;
 use crate::sidecar::state::{DeleteItem, TxOp, bulk_parallelism, item_metadata};
 
-type Reply<T> = Result<Response<T>, Status>;
+pub use super::crypto::{
+    subtle_decrypt_alpha1, subtle_encrypt_alpha1, subtle_get_key_alpha1, subtle_sign_alpha1, subtle_unwrap_key_alpha1,
+    subtle_verify_alpha1, subtle_wrap_key_alpha1,
+};
+
+pub(super) type Reply<T> = Result<Response<T>, Status>;
 
 pub use super::jobs::{
     delete_job, delete_job_alpha1, delete_jobs_by_prefix, delete_jobs_by_prefix_alpha1, get_job, get_job_alpha1,

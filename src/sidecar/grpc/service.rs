@@ -302,63 +302,49 @@ impl Dapr for DaprApi {
         &self,
         request: tonic::Request<rt::SubtleGetKeyRequest>,
     ) -> std::result::Result<tonic::Response<rt::SubtleGetKeyResponse>, tonic::Status> {
-        Err(Status::unimplemented(
-            "SubtleGetKeyAlpha1 is not implemented by tandem yet",
-        ))
+        handlers::subtle_get_key_alpha1(self, request).await
     }
 
     async fn subtle_encrypt_alpha1(
         &self,
         request: tonic::Request<rt::SubtleEncryptRequest>,
     ) -> std::result::Result<tonic::Response<rt::SubtleEncryptResponse>, tonic::Status> {
-        Err(Status::unimplemented(
-            "SubtleEncryptAlpha1 is not implemented by tandem yet",
-        ))
+        handlers::subtle_encrypt_alpha1(self, request).await
     }
 
     async fn subtle_decrypt_alpha1(
         &self,
         request: tonic::Request<rt::SubtleDecryptRequest>,
     ) -> std::result::Result<tonic::Response<rt::SubtleDecryptResponse>, tonic::Status> {
-        Err(Status::unimplemented(
-            "SubtleDecryptAlpha1 is not implemented by tandem yet",
-        ))
+        handlers::subtle_decrypt_alpha1(self, request).await
     }
 
     async fn subtle_wrap_key_alpha1(
         &self,
         request: tonic::Request<rt::SubtleWrapKeyRequest>,
     ) -> std::result::Result<tonic::Response<rt::SubtleWrapKeyResponse>, tonic::Status> {
-        Err(Status::unimplemented(
-            "SubtleWrapKeyAlpha1 is not implemented by tandem yet",
-        ))
+        handlers::subtle_wrap_key_alpha1(self, request).await
     }
 
     async fn subtle_unwrap_key_alpha1(
         &self,
         request: tonic::Request<rt::SubtleUnwrapKeyRequest>,
     ) -> std::result::Result<tonic::Response<rt::SubtleUnwrapKeyResponse>, tonic::Status> {
-        Err(Status::unimplemented(
-            "SubtleUnwrapKeyAlpha1 is not implemented by tandem yet",
-        ))
+        handlers::subtle_unwrap_key_alpha1(self, request).await
     }
 
     async fn subtle_sign_alpha1(
         &self,
         request: tonic::Request<rt::SubtleSignRequest>,
     ) -> std::result::Result<tonic::Response<rt::SubtleSignResponse>, tonic::Status> {
-        Err(Status::unimplemented(
-            "SubtleSignAlpha1 is not implemented by tandem yet",
-        ))
+        handlers::subtle_sign_alpha1(self, request).await
     }
 
     async fn subtle_verify_alpha1(
         &self,
         request: tonic::Request<rt::SubtleVerifyRequest>,
     ) -> std::result::Result<tonic::Response<rt::SubtleVerifyResponse>, tonic::Status> {
-        Err(Status::unimplemented(
-            "SubtleVerifyAlpha1 is not implemented by tandem yet",
-        ))
+        handlers::subtle_verify_alpha1(self, request).await
     }
 
     async fn start_workflow_alpha1(
