@@ -230,8 +230,7 @@ EC_JWK = {"kty": "EC", "kid": "ec-key", "crv": "P-256", "use": "sig",
 
 
 @pytest.fixture(scope="module")
-def subtle(sidecars, tmp_path_factory):
-    from dapr.proto.runtime.v1 import dapr_pb2_grpc
+def subtle_sc(sidecars, tmp_path_factory):
     keys = tmp_path_factory.mktemp("subtle-keys")
     (keys / "sym256").write_bytes(SYM)
     (keys / "sym128").write_bytes(SYM[:16])
@@ -242,7 +241,13 @@ def subtle(sidecars, tmp_path_factory):
         component("localstorage", "crypto.dapr.localstorage", {"path": str(keys)}),
         component("jwks", "crypto.dapr.jwks", {"jwks": json.dumps(jwks)}),
     ])
-    channel = grpc.insecure_channel(sc.grpc_address)
+    return sc
+
+
+@pytest.fixture(scope="module")
+def subtle(subtle_sc):
+    from dapr.proto.runtime.v1 import dapr_pb2_grpc
+    channel = grpc.insecure_channel(subtle_sc.grpc_address)
     yield dapr_pb2_grpc.DaprStub(channel)
     channel.close()
 
@@ -395,3 +400,70 @@ def test_subtle_signatures_interop_with_cryptography(subtle):
     code, _ = rpc_error(subtle.SubtleSignAlpha1, p.SubtleSignRequest(
         component_name="jwks", key_name="mykey", algorithm="ES256", digest=digest))
     assert code == grpc.StatusCode.INTERNAL, "a symmetric key cannot sign"
+
+
+def subtle_http(sc, store, op, body):
+    return requests.post(sc.url(f"/v1.0-alpha1/subtlecrypto/{store}/{op}"), json=body, timeout=10)
+
+
+def b64(b: bytes) -> str:
+    return base64.b64encode(b).decode()
+
+
+def test_subtle_http_routes_speak_protojson(subtle_sc):
+    """Dapr's HTTP routes for the Subtle APIs: protojson bodies (camelCase or proto names, bytes in base64) in
+    and out, empty fields left out, over the same block as the gRPC methods."""
+    r = subtle_http(subtle_sc, "localstorage", "getkey", {"name": "rsa.pem", "format": "PEM"})
+    assert r.status_code == 200, r.text
+    assert r.json() == {"name": "rsa.pem", "publicKey": (SUBTLE / "rsa.pub").read_text()}
+    r = subtle_http(subtle_sc, "jwks", "getkey", {"name": "ec-key", "format": 1})
+    assert json.loads(r.json()["publicKey"]) == {k: v for k, v in EC_JWK.items() if k != "d"}
+
+    nonce, aad = os.urandom(12), b"header"
+    r = subtle_http(subtle_sc, "localstorage", "encrypt", {
+        "keyName": "sym256", "algorithm": "A256GCM", "plaintext": b64(b"over http"), "nonce": b64(nonce),
+        "associatedData": b64(aad)})
+    assert r.status_code == 200, r.text
+    sealed = r.json()
+    assert set(sealed) == {"ciphertext", "tag"}
+    aead = pytest.importorskip("cryptography.hazmat.primitives.ciphers.aead")
+    raw = base64.b64decode(sealed["ciphertext"]) + base64.b64decode(sealed["tag"])
+    assert aead.AESGCM(SYM).decrypt(nonce, raw, aad) == b"over http"
+    r = subtle_http(subtle_sc, "jwks", "decrypt", {
+        "key_name": "mykey", "algorithm": "A256GCM", "ciphertext": sealed["ciphertext"], "tag": sealed["tag"],
+        "nonce": b64(nonce).rstrip("="), "associated_data": b64(aad)})
+    assert r.status_code == 200, r.text
+    assert base64.b64decode(r.json()["plaintext"]) == b"over http"
+
+    r = subtle_http(subtle_sc, "localstorage", "wrapkey", {
+        "keyName": "sym128", "algorithm": "A128KW", "plaintextKey": b64(SYM)})
+    wrapped = r.json()["wrappedKey"]
+    r = subtle_http(subtle_sc, "localstorage", "unwrapkey", {
+        "keyName": "sym128", "algorithm": "A128KW", "wrappedKey": wrapped})
+    assert base64.b64decode(r.json()["plaintextKey"]) == SYM
+
+    digest = os.urandom(32)
+    sig = subtle_http(subtle_sc, "localstorage", "sign", {
+        "keyName": "ec256.pem", "algorithm": "ES256", "digest": b64(digest)}).json()["signature"]
+    r = subtle_http(subtle_sc, "jwks", "verify", {
+        "keyName": "ec-key", "algorithm": "ES256", "digest": b64(digest), "signature": sig})
+    assert r.json() == {"valid": True}
+    other = os.urandom(32)
+    r = subtle_http(subtle_sc, "jwks", "verify", {
+        "keyName": "ec-key", "algorithm": "ES256", "digest": b64(other), "signature": sig})
+    assert r.status_code == 200 and r.json() == {}, "protojson leaves a false `valid` out"
+
+
+@pytest.mark.parametrize("store,op,body,status,code", [
+    ("localstorage", "encrypt", "{not json", 400, "ERR_MALFORMED_REQUEST"),
+    ("localstorage", "encrypt", {"plaintext": "%%%"}, 400, "ERR_MALFORMED_REQUEST"),
+    ("localstorage", "getkey", {"name": "rsa.pem", "format": "DER"}, 400, "ERR_MALFORMED_REQUEST"),
+    ("nope", "getkey", {"name": "rsa.pem"}, 400, "ERR_CRYPTO_PROVIDER_NOT_FOUND"),
+    ("localstorage", "getkey", {"name": "sym256"}, 500, "ERR_CRYPTO_KEY"),
+    ("localstorage", "sign", {"keyName": "sym256", "algorithm": "HS256", "digest": b64(b"x" * 32)}, 500, "ERR_CRYPTO"),
+])
+def test_subtle_http_bad_input(subtle_sc, store, op, body, status, code):
+    url = subtle_sc.url(f"/v1.0-alpha1/subtlecrypto/{store}/{op}")
+    r = requests.post(url, data=body, timeout=10) if isinstance(body, str) else requests.post(url, json=body, timeout=10)
+    assert r.status_code == status, r.text
+    assert r.json()["errorCode"] == code, r.text

@@ -13,7 +13,7 @@ use serde::Deserialize;
 use serde_json::{Map, Value, json};
 use tracing::instrument;
 
-use super::{ApiState, DaprPath, json_response, read_body};
+use super::{ApiState, DaprPath, json_response, read_json};
 use crate::sidecar::conversation::json_to_struct;
 use crate::sidecar::error::ApiError;
 
@@ -448,17 +448,6 @@ fn alpha2_json(r: rt::ConversationResponseAlpha2) -> Value {
         .collect();
     put(&mut out, "outputs", Value::Array(outputs));
     Value::Object(out)
-}
-
-/// The body as `T`, up to `--max-body-size`; an empty body is every field unset (`None`), as in Dapr.
-async fn read_json<T: for<'de> Deserialize<'de>>(st: &ApiState, body: Body) -> Result<Option<T>, ApiError> {
-    let body = read_body(body, st.max_body).await.map_err(ApiError::body_read)?;
-    if body.is_empty() {
-        return Ok(None);
-    }
-    serde_json::from_slice(&body)
-        .map(Some)
-        .map_err(ApiError::malformed_request)
 }
 
 #[instrument(level = "debug", name = "http.conversation.alpha1", skip_all, fields(component = %crate::echo::echo(path.store())))]

@@ -12,6 +12,7 @@ pub mod openapi;
 mod pubsub;
 mod secrets;
 mod state;
+mod subtle_crypto;
 
 pub use pubsub::{new_traceparent, trace_context};
 /// The request-body decoders of the state handlers, public for the fuzz targets in `fuzz/`.
@@ -156,6 +157,25 @@ pub fn router(state: ApiState) -> Router {
             "/v1.0-alpha1/crypto/{store}/decrypt",
             axum::routing::put(crypto::decrypt),
         )
+        .route("/v1.0-alpha1/subtlecrypto/{store}/getkey", post(subtle_crypto::get_key))
+        .route(
+            "/v1.0-alpha1/subtlecrypto/{store}/encrypt",
+            post(subtle_crypto::encrypt),
+        )
+        .route(
+            "/v1.0-alpha1/subtlecrypto/{store}/decrypt",
+            post(subtle_crypto::decrypt),
+        )
+        .route(
+            "/v1.0-alpha1/subtlecrypto/{store}/wrapkey",
+            post(subtle_crypto::wrap_key),
+        )
+        .route(
+            "/v1.0-alpha1/subtlecrypto/{store}/unwrapkey",
+            post(subtle_crypto::unwrap_key),
+        )
+        .route("/v1.0-alpha1/subtlecrypto/{store}/sign", post(subtle_crypto::sign))
+        .route("/v1.0-alpha1/subtlecrypto/{store}/verify", post(subtle_crypto::verify))
         .route("/v1.0/secrets/{store}/bulk", get(secrets::bulk))
         .route("/v1.0/secrets/{store}/{key}", get(secrets::get))
         .route("/v1.0/shutdown", post(metadata::shutdown))
@@ -320,6 +340,20 @@ impl<S: Send + Sync> axum::extract::FromRequestParts<S> for DaprPath {
 }
 
 /// Reads a request body up to `--max-body-size`.
+/// The body as `T`, up to `--max-body-size`; an empty body is every field unset (`None`), as in Dapr.
+pub(crate) async fn read_json<T: for<'de> serde::Deserialize<'de>>(
+    st: &ApiState,
+    body: Body,
+) -> Result<Option<T>, ApiError> {
+    let body = read_body(body, st.max_body).await.map_err(ApiError::body_read)?;
+    if body.is_empty() {
+        return Ok(None);
+    }
+    serde_json::from_slice(&body)
+        .map(Some)
+        .map_err(ApiError::malformed_request)
+}
+
 pub(crate) async fn read_body(body: Body, limit: usize) -> Result<Bytes, String> {
     axum::body::to_bytes(body, limit).await.map_err(|e| {
         let too_large = std::error::Error::source(&e).is_some_and(|s| s.is::<http_body_util::LengthLimitError>());
