@@ -22,8 +22,9 @@ import tempfile
 import time
 from pathlib import Path
 
-# The Python quickstarts whose building blocks tandem has today. The others (jobs, workflows) need building blocks
-# still to come; conversation/python/http talks to an Ollama server.
+# The Python quickstarts whose building blocks tandem has today. The others (jobs) need building blocks still to
+# come; conversation/python/http talks to an Ollama server. workflows/python/sdk needs the Redis on 127.0.0.1:6379
+# (its components folder's actor state store).
 DEFAULT = [
     "service_invocation/python/http",
     "state_management/python/sdk",
@@ -34,6 +35,7 @@ DEFAULT = [
     "bindings/python/http",
     "configuration/python/sdk",
     "conversation/python/sdk",
+    "workflows/python/sdk",
 ]
 
 # The bindings quickstart's README first starts PostgreSQL in Docker with bindings/db/orders.sql (database

@@ -25,4 +25,4 @@ def test_dapr_python_quickstarts_print_what_their_readmes_say(tandem):
                        env=env, capture_output=True, text=True, timeout=600)
     print(r.stdout)
     assert r.returncode == 0, r.stdout + r.stderr
-    assert r.stdout.count("PASS ") == 9  # every quickstart of scripts/quickstarts.py DEFAULT
+    assert r.stdout.count("PASS ") == 10  # every quickstart of scripts/quickstarts.py DEFAULT

@@ -148,7 +148,44 @@ pub fn router(state: ApiState) -> Router {
             "/v1.0-alpha1/crypto/{store}/decrypt",
             axum::routing::put(crypto::decrypt),
         )
-        .merge(workflow_routes())
+        .route("/v1.0/workflows/{component}/{name}/start", post(workflow::start))
+        .route("/v1.0/workflows/{component}/{instanceID}", get(workflow::get))
+        .route(
+            "/v1.0/workflows/{component}/{instanceID}/raiseEvent/{eventName}",
+            post(workflow::raise_event),
+        )
+        .route("/v1.0/workflows/{component}/{instanceID}/pause", post(workflow::pause))
+        .route(
+            "/v1.0/workflows/{component}/{instanceID}/resume",
+            post(workflow::resume),
+        )
+        .route(
+            "/v1.0/workflows/{component}/{instanceID}/terminate",
+            post(workflow::terminate),
+        )
+        .route("/v1.0/workflows/{component}/{instanceID}/purge", post(workflow::purge))
+        .route("/v1.0-beta1/workflows/{component}/{name}/start", post(workflow::start))
+        .route("/v1.0-beta1/workflows/{component}/{instanceID}", get(workflow::get))
+        .route(
+            "/v1.0-beta1/workflows/{component}/{instanceID}/raiseEvent/{eventName}",
+            post(workflow::raise_event),
+        )
+        .route(
+            "/v1.0-beta1/workflows/{component}/{instanceID}/pause",
+            post(workflow::pause),
+        )
+        .route(
+            "/v1.0-beta1/workflows/{component}/{instanceID}/resume",
+            post(workflow::resume),
+        )
+        .route(
+            "/v1.0-beta1/workflows/{component}/{instanceID}/terminate",
+            post(workflow::terminate),
+        )
+        .route(
+            "/v1.0-beta1/workflows/{component}/{instanceID}/purge",
+            post(workflow::purge),
+        )
         .route("/v1.0/secrets/{store}/bulk", get(secrets::bulk))
         .route("/v1.0/secrets/{store}/{key}", get(secrets::get))
         .route("/v1.0/shutdown", post(metadata::shutdown))
@@ -272,23 +309,6 @@ pub fn normalize_path(mut req: Request) -> Request {
         }
     }
     req
-}
-
-/// Dapr's workflow routes, under each version it serves them.
-fn workflow_routes() -> Router<ApiState> {
-    let mut r = Router::new();
-    for v in ["v1.0", "v1.0-beta1", "v1.0-alpha1"] {
-        let base = format!("/{v}/workflows/{{component}}/{{id}}");
-        r = r
-            .route(&format!("{base}/start"), post(workflow::start))
-            .route(&base, get(workflow::get))
-            .route(&format!("{base}/raiseEvent/{{event}}"), post(workflow::raise_event))
-            .route(&format!("{base}/pause"), post(workflow::pause))
-            .route(&format!("{base}/resume"), post(workflow::resume))
-            .route(&format!("{base}/terminate"), post(workflow::terminate))
-            .route(&format!("{base}/purge"), post(workflow::purge));
-    }
-    r
 }
 
 /// Path parameters decoded as Dapr decodes them (`url.QueryUnescape`: `%XX` escapes, and `+` is a space).
