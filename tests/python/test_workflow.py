@@ -91,6 +91,8 @@ def env(sidecars):
 def finish(client, iid, timeout=30):
     state = client.wait_for_workflow_completion(iid, timeout_in_seconds=timeout)
     assert state is not None
+    if state.failure_details is not None:
+        print("failure:", state.failure_details.error_type, state.failure_details.message)
     return state
 
 
@@ -242,8 +244,9 @@ def test_a_sidecar_restart_mid_workflow_resumes_it_from_the_store(fresh_sidecars
     assert "gated 5" in SEEN
     sc.proc.kill()
     sc.proc.wait()
-    rt.shutdown()
+    # The activity now ends, but its answer has no sidecar to go to: the next sidecar runs it again.
     GATE.set()
+    rt.shutdown()
 
     sc2 = fresh_sidecars.start(app_id, comps)
     rt2 = build_runtime("127.0.0.1", sc2.grpc_port)

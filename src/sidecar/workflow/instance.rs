@@ -202,10 +202,21 @@ impl Instance {
             version: None,
         }))];
         new_events.extend(decode_all(&self.inbox));
+        // The history keeps every event (GetInstanceHistory shows them); the worker gets those it replays, as
+        // durabletask's workers know no `WorkflowCompleted` or `EventSent` event.
+        let past_events = decode_all(&self.history)
+            .into_iter()
+            .filter(|e| {
+                !matches!(
+                    e.event_type,
+                    Some(EventType::WorkflowCompleted(_)) | Some(EventType::EventSent(_))
+                )
+            })
+            .collect();
         let req = pb::WorkflowRequest {
             instance_id: self.id.clone(),
             execution_id: Some(self.execution_id.clone()),
-            past_events: decode_all(&self.history),
+            past_events,
             new_events,
             ..Default::default()
         };
