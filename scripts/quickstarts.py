@@ -85,7 +85,7 @@ def run_steps(readme: str) -> list[dict]:
     """The STEPs whose command is `dapr run -f <file>` (else the first `dapr run`, a one-app quickstart): each one's
     command, expected lines, sleep and match order."""
     steps = []
-    found = list(re.finditer(r"<!-- STEP(.*?)-->\s*```bash\s*(.*?)```", readme, re.S))
+    found = list(re.finditer(r"<!-- STEP(.*?)-->\s*```(?:bash|sh)\s*(.*?)```", readme, re.S))
     wanted = "dapr run -f" if any("dapr run -f" in m.group(2) for m in found) else "dapr run "
     for m in found:
         header, command = m.group(1), m.group(2)
