@@ -22,9 +22,9 @@ import tempfile
 import time
 from pathlib import Path
 
-# The Python quickstarts whose building blocks tandem has today. The others (workflows) need building blocks
-# still to come; conversation/python/http talks to an Ollama server; configuration/python/http's app needs Python
-# 3.12 or later (it nests quotes inside an f-string).
+# The Python quickstarts whose building blocks tandem has today. conversation/python/http talks to an Ollama
+# server; configuration/python/http's app needs Python 3.12 or later (it nests quotes inside an f-string).
+# workflows/python/sdk needs the Redis on 127.0.0.1:6379 (its components folder's actor state store).
 DEFAULT = [
     "service_invocation/python/http",
     "state_management/python/sdk",
@@ -39,6 +39,7 @@ DEFAULT = [
     "secrets_management/python/http",
     "jobs/python/http",
     "jobs/python/sdk",
+    "workflows/python/sdk",
 ]
 
 # The bindings quickstart's README first starts PostgreSQL in Docker with bindings/db/orders.sql (database
@@ -88,7 +89,7 @@ def run_steps(readme: str) -> list[dict]:
     """The STEPs whose command is `dapr run -f <file>` (else the first `dapr run`, a one-app quickstart): each one's
     command, expected lines, sleep and match order."""
     steps = []
-    found = list(re.finditer(r"<!-- STEP(.*?)-->\s*```bash\s*(.*?)```", readme, re.S))
+    found = list(re.finditer(r"<!-- STEP(.*?)-->\s*```(?:bash|sh)\s*(.*?)```", readme, re.S))
     wanted = "dapr run -f" if any("dapr run -f" in m.group(2) for m in found) else "dapr run "
     for m in found:
         header, command = m.group(1), m.group(2)

@@ -28,6 +28,7 @@ pub mod secrets;
 pub mod server;
 mod startup;
 pub mod state;
+pub mod workflow;
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};

@@ -19,6 +19,7 @@ use super::pubsub::PubSubApi;
 use super::pubsub::subscriber::Subscriber;
 use super::secrets::Secrets;
 use super::state::State;
+use super::workflow::Workflows;
 use crate::api::Configuration;
 
 /// Readiness flags behind /v1.0/healthz and /v1.0/healthz/outbound.
@@ -76,6 +77,8 @@ pub struct Runtime {
     pub metrics: Arc<super::metrics::Metrics>,
     /// Jobs and their scheduler.
     pub jobs: JobsApi,
+    /// Workflows: the embedded durable-task engine.
+    pub workflows: Workflows,
 }
 
 /// The parts a [`Runtime`] is made of.
@@ -117,8 +120,10 @@ impl Runtime {
             &parts.app_id,
             parts.grace,
         ));
+        let shutdown = tokio_util::sync::CancellationToken::new();
         Runtime {
             jobs: JobsApi::new(parts.jobs_store.as_deref(), &parts.namespace, &parts.app_id),
+            workflows: Workflows::new(parts.components.clone(), &parts.app_id, shutdown.clone()),
             configuration: Arc::new(ConfigurationApi::new(parts.components.clone(), parts.app.clone())),
             bindings: BindingsApi::new(parts.components.clone(), parts.metrics.clone()),
             locks: Locks::new(parts.components.clone()),
@@ -133,7 +138,7 @@ impl Runtime {
             namespace: parts.namespace,
             config: parts.config,
             health: Health::default(),
-            shutdown: Default::default(),
+            shutdown,
             fatal: Default::default(),
             components: parts.components,
             references: parts.references,

@@ -565,6 +565,9 @@ async fn initialise(rt: Arc<Runtime>, loader: ComponentLoader, s: Startup) {
     tokio::spawn(rt.subscriber.clone().follow());
     tokio::spawn(rt.inputs.clone().follow());
     tokio::spawn(rt.configuration.clone().follow());
+    // Workflows that were running when the sidecar last stopped go on (their work waits for a worker).
+    let workflows = rt.workflows.clone();
+    tokio::spawn(async move { workflows.resume_all().await });
     if let Some((client, baseline)) = s.operator {
         let span = tracing::info_span!("hot_reload", app_id = %rt.app_id);
         tokio::spawn(tracing::Instrument::instrument(

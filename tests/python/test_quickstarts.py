@@ -27,5 +27,5 @@ def test_dapr_python_quickstarts_print_what_their_readmes_say(tandem):
     assert r.returncode == 0, r.stdout + r.stderr
     sys.path.insert(0, str(REPO / "scripts"))
     from quickstarts import DEFAULT
-    assert len(DEFAULT) >= 13
+    assert len(DEFAULT) >= 14
     assert r.stdout.count("PASS ") == len(DEFAULT)  # every quickstart of scripts/quickstarts.py DEFAULT

@@ -3,6 +3,7 @@
 
 mod convert;
 mod crypto;
+pub mod durabletask;
 mod handlers;
 pub mod invoke;
 mod jobs;
@@ -36,7 +37,9 @@ pub fn router(rt: Arc<Runtime>, api_token: Option<Arc<str>>, max_body: usize, me
         invoker: rt.invoker.clone(),
         api_token: api_token.clone(),
     };
+    let workflows = durabletask_service(rt.workflows.clone(), api_token.clone(), max_body);
     tonic::service::Routes::new(dapr_service(rt, api_token, max_body))
+        .add_service(workflows)
         .into_axum_router()
         .fallback(
             move |ConnectInfo(peer): ConnectInfo<SocketAddr>, req: axum::extract::Request| {
@@ -120,6 +123,24 @@ pub fn dapr_service(
     let server = DaprServer::new(DaprApi { rt, max_body })
         .max_decoding_message_size(max_body)
         .max_encoding_message_size(max_body);
+    tonic::service::interceptor::InterceptedService::new(server, check)
+}
+
+/// The durabletask `TaskHubSidecarService` the workflow SDKs use, behind the same API-token check.
+pub fn durabletask_service(
+    workflows: super::workflow::Workflows,
+    api_token: Option<Arc<str>>,
+    max_body: usize,
+) -> tonic::service::interceptor::InterceptedService<
+    durabletask::service::TaskHubServer,
+    impl tonic::service::Interceptor + Clone,
+> {
+    let check = move |req: tonic::Request<()>| -> Result<tonic::Request<()>, Status> {
+        let given = req.metadata().get("dapr-api-token").and_then(|v| v.to_str().ok());
+        check_token(api_token.as_deref(), given)?;
+        Ok(req)
+    };
+    let server = durabletask::service::TaskHubServer::new(durabletask::WorkflowGrpc { workflows }, max_body);
     tonic::service::interceptor::InterceptedService::new(server, check)
 }
 

@@ -13,6 +13,7 @@ mod pubsub;
 mod secrets;
 mod state;
 mod subtle_crypto;
+mod workflow;
 
 pub use pubsub::{new_traceparent, trace_context};
 /// The request-body decoders of the state handlers, public for the fuzz targets in `fuzz/`.
@@ -176,6 +177,44 @@ pub fn router(state: ApiState) -> Router {
         )
         .route("/v1.0-alpha1/subtlecrypto/{store}/sign", post(subtle_crypto::sign))
         .route("/v1.0-alpha1/subtlecrypto/{store}/verify", post(subtle_crypto::verify))
+        .route("/v1.0/workflows/{component}/{name}/start", post(workflow::start))
+        .route("/v1.0/workflows/{component}/{instanceID}", get(workflow::get))
+        .route(
+            "/v1.0/workflows/{component}/{instanceID}/raiseEvent/{eventName}",
+            post(workflow::raise_event),
+        )
+        .route("/v1.0/workflows/{component}/{instanceID}/pause", post(workflow::pause))
+        .route(
+            "/v1.0/workflows/{component}/{instanceID}/resume",
+            post(workflow::resume),
+        )
+        .route(
+            "/v1.0/workflows/{component}/{instanceID}/terminate",
+            post(workflow::terminate),
+        )
+        .route("/v1.0/workflows/{component}/{instanceID}/purge", post(workflow::purge))
+        .route("/v1.0-beta1/workflows/{component}/{name}/start", post(workflow::start))
+        .route("/v1.0-beta1/workflows/{component}/{instanceID}", get(workflow::get))
+        .route(
+            "/v1.0-beta1/workflows/{component}/{instanceID}/raiseEvent/{eventName}",
+            post(workflow::raise_event),
+        )
+        .route(
+            "/v1.0-beta1/workflows/{component}/{instanceID}/pause",
+            post(workflow::pause),
+        )
+        .route(
+            "/v1.0-beta1/workflows/{component}/{instanceID}/resume",
+            post(workflow::resume),
+        )
+        .route(
+            "/v1.0-beta1/workflows/{component}/{instanceID}/terminate",
+            post(workflow::terminate),
+        )
+        .route(
+            "/v1.0-beta1/workflows/{component}/{instanceID}/purge",
+            post(workflow::purge),
+        )
         .route("/v1.0/secrets/{store}/bulk", get(secrets::bulk))
         .route("/v1.0/secrets/{store}/{key}", get(secrets::get))
         .route("/v1.0/shutdown", post(metadata::shutdown))
