@@ -53,7 +53,7 @@ pub struct Instance {
 #[derive(Clone, Debug, PartialEq)]
 pub enum Effect {
     /// Run an activity.
-    Activity(pb::ActivityRequest),
+    Activity(Box<pb::ActivityRequest>),
     /// Deliver `TimerFired` for timer `id` at `fire_at_ms`.
     Timer { id: i32, fire_at_ms: i64 },
     /// Create (and start) a child workflow.
@@ -76,7 +76,10 @@ pub enum Effect {
         recurse: bool,
     },
     /// Tell the parent this child ended (it is terminal now).
-    NotifyParent { parent: String, event: pb::HistoryEvent },
+    NotifyParent {
+        parent: String,
+        event: Box<pb::HistoryEvent>,
+    },
 }
 
 pub fn now_ms() -> i64 {
@@ -282,7 +285,10 @@ impl Instance {
                 },
             )),
         };
-        vec![Effect::NotifyParent { parent, event }]
+        vec![Effect::NotifyParent {
+            parent,
+            event: Box::new(event),
+        }]
     }
 
     /// Applies an orchestrator's answer to the step built from `new_events` (which carried `taken` inbox
@@ -331,12 +337,12 @@ impl Instance {
                             task_execution_id: task_execution_id.clone(),
                             ..Default::default()
                         }))));
-                    effects.push(Effect::Activity(self.activity_request(
+                    effects.push(Effect::Activity(Box::new(self.activity_request(
                         id,
                         &t.name,
                         t.input,
                         task_execution_id,
-                    )));
+                    ))));
                 }
                 WorkflowActionType::CreateTimer(t) => {
                     let fire_at = t.fire_at.unwrap_or_default();
@@ -504,12 +510,12 @@ impl Instance {
         for e in &history {
             match &e.event_type {
                 Some(EventType::TaskScheduled(t)) if !answered_tasks.contains(&e.event_id) => {
-                    out.push(Effect::Activity(self.activity_request(
+                    out.push(Effect::Activity(Box::new(self.activity_request(
                         e.event_id,
                         &t.name,
                         t.input.clone(),
                         t.task_execution_id.clone(),
-                    )));
+                    ))));
                 }
                 Some(EventType::TimerCreated(t)) if !fired.contains(&e.event_id) => out.push(Effect::Timer {
                     id: e.event_id,

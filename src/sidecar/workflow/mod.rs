@@ -211,13 +211,13 @@ impl Workflows {
         let slot = self.slot(id);
         let mut s = slot.lock().await;
         self.load(&mut s, id).await?;
-        if let Some(existing) = &s.instance {
-            if !existing.is_terminal() {
-                if parent.is_some() {
-                    return Ok(()); // A child started again after a restart.
-                }
-                return Err(WorkflowError::AlreadyExists(id.to_owned()));
+        if let Some(existing) = &s.instance
+            && !existing.is_terminal()
+        {
+            if parent.is_some() {
+                return Ok(()); // A child started again after a restart.
             }
+            return Err(WorkflowError::AlreadyExists(id.to_owned()));
         }
         s.instance = Some(Instance::new(id, name, input, parent, &self.engine.app_id));
         s.step = None;
@@ -459,7 +459,7 @@ impl Workflows {
                     let token = format!("a|{id}|{}|{}", req.task_id, req.task_execution_id);
                     let item = pb::WorkItem {
                         completion_token: token,
-                        request: Some(pb::work_item::Request::ActivityRequest(req)),
+                        request: Some(pb::work_item::Request::ActivityRequest(*req)),
                     };
                     if !self.engine.dispatcher.push(item) {
                         tracing::warn!(instance = %id, "the workflow work queue is full; an activity waits for a restart");
@@ -506,7 +506,7 @@ impl Workflows {
                     let _ = Box::pin(self.terminate(&instance_id, output, recurse)).await;
                 }
                 Effect::NotifyParent { parent, event } => {
-                    if let Err(e) = Box::pin(self.deliver(&parent, event, |p| !p.is_terminal())).await {
+                    if let Err(e) = Box::pin(self.deliver(&parent, *event, |p| !p.is_terminal())).await {
                         tracing::warn!(instance = %id, parent = %parent, error = %e, "could not tell the parent workflow a child ended");
                     }
                 }
