@@ -45,6 +45,18 @@ DAPR_CLIENT_MISTAKE_5XX = [
     # ERR_CONFIGURATION_STORE_NOT_CONFIGURED (getConfigurationStoreWithRequestValidation in pkg/api/http/http.go).
     (r"^GET /v1\.0(-alpha1)?/configuration/\{store\}(/subscribe|/\{id\}/unsubscribe)?$",
      "ERR_CONFIGURATION_STORE_NOT_CONFIGURED", r"^configuration stores not configured$"),
+    # Subtle crypto: the same answers as the crypto routes (no provider configured, a failed operation), and 500
+    # ERR_CRYPTO_KEY for a key that cannot be retrieved (pkg/api/universal/subtlecrypto.go, pkg/messages).
+    (r"^POST /v1\.0-alpha1/subtlecrypto/\{store\}/\w+$", "ERR_CRYPTO_PROVIDERS_NOT_CONFIGURED",
+     r"^crypto providers not configured$"),
+    (r"^POST /v1\.0-alpha1/subtlecrypto/\{store\}/\w+$", "ERR_CRYPTO", r"^failed to perform operation: "),
+    (r"^POST /v1\.0-alpha1/subtlecrypto/\{store\}/getkey$", "ERR_CRYPTO_KEY", r"^failed to retrieve key "),
+    # Workflows: Dapr answers every failed operation 500 with the operation's code (ERR_START_WORKFLOW,
+    # ERR_GET_WORKFLOW, ...; pkg/api/universal/workflows.go); the fuzzed sidecar has no actor state store, so
+    # every operation fails that way.
+    (r"^(GET|POST) /v1\.0(-beta1)?/workflows/\{component\}/",
+     r"ERR_(START|GET|PAUSE|RESUME|TERMINATE|PURGE|RAISE_EVENT)_WORKFLOW",
+     r"no state store with actorStateStore set to true is configured"),
     # Jobs: reading a job that does not exist is 500 DAPR_SCHEDULER_GET_JOB (pkg/api/errors/scheduler.go
     # SchedulerGetJob wraps the scheduler's NotFound as Internal; the jobs quickstart's README shows it).
     (r"^GET /v1\.0(-alpha1)?/jobs/\{name\}$", "DAPR_SCHEDULER_GET_JOB",

@@ -36,7 +36,7 @@ pub fn check_instance_id(id: &str, create: bool) -> Result<(), ApiError> {
                 format!("workflow instance ID exceeds the max length of {MAX_INSTANCE_ID} characters"),
             ));
         }
-        if !id.chars().all(|c| c.is_alphanumeric() || c == '-' || c == '_') {
+        if !id.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_') {
             return Err(bad(
                 "ERR_INSTANCE_ID_INVALID",
                 format!(
@@ -148,6 +148,8 @@ pub async fn start(
     };
     match st.rt.workflows.start(Some(id), &name, input).await {
         Ok(id) => json_response(StatusCode::ACCEPTED, serde_json::json!({ "instanceID": id })),
+        // The id passed the check above, so what the engine refuses is the name (tandem bounds its length).
+        Err(WorkflowError::Invalid(m)) => ApiError::malformed_request(m).into_response(),
         Err(e) => ApiError::new(
             500,
             Code::Internal,
@@ -250,4 +252,21 @@ pub async fn terminate(State(st): State<ApiState>, path: DaprPath) -> Response {
 }
 pub async fn purge(State(st): State<ApiState>, path: DaprPath) -> Response {
     operate(st, path, Op::Purge).await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::check_instance_id;
+
+    #[test]
+    fn instance_ids_on_create_are_ascii_letters_digits_dash_and_underscore() {
+        assert!(check_instance_id("order-1_A", true).is_ok());
+        for bad in ["ß", "a b", "a:b", "", &"x".repeat(65)] {
+            assert_eq!(check_instance_id(bad, true).unwrap_err().status, 400, "{bad:?}");
+        }
+        assert!(
+            check_instance_id("ß", false).is_ok(),
+            "only create checks the characters, as Dapr"
+        );
+    }
 }
